@@ -1,0 +1,114 @@
+"""What crosses from the service to a training run, and back: the job spec and progress events.
+
+This module imports only pydantic: the API process reads and writes these shapes without
+pulling in torch. The service writes ``jobs/{job_id}/spec.json``; the training driver reads
+it and appends :class:`TrainingEvent` lines under ``jobs/{job_id}/events/``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class S3Location(BaseModel):
+    """Where the run reads inputs and writes results. Credentials travel as AWS_* env vars."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint_url: str
+    bucket: str
+    region: str = "us-east-1"
+
+
+class LoraSpec(BaseModel):
+    """PEFT LoRA settings of the run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = 8
+    """Rank of the low-rank update; serving must allow at least this rank."""
+    alpha: int = 16
+    """Scale numerator: the update is multiplied by alpha / r."""
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+    """Module names to adapt; ``all-linear`` adapts every linear layer but the LM head."""
+
+
+class TrainingSpec(BaseModel):
+    """Everything a training run needs; resolved by the service, never ``"auto"``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    base_model_id: str
+    base_model_path: str
+    """Local Hugging Face directory of the base model on every Ray node."""
+    training_file_key: str
+    """S3 key of the validated chat JSONL training file."""
+    validation_file_key: str | None = None
+    model_key: str
+    """The adapter goes to ``models/{model_key}/`` (adapter_config.json + safetensors)."""
+    n_epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    """Examples per optimizer step, across all workers."""
+    learning_rate: float = Field(gt=0)
+    seed: int
+    max_seq_length: int = 1024
+    """Longer examples are truncated."""
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    num_workers: int = 2
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    zero_stage: Literal[2, 3] = 2
+    s3: S3Location
+
+    @property
+    def events_prefix(self) -> str:
+        return events_prefix(self.job_id)
+
+    @property
+    def checkpoints_prefix(self) -> str:
+        return f"jobs/{self.job_id}/checkpoints"
+
+    @property
+    def adapter_prefix(self) -> str:
+        return adapter_prefix(self.model_key)
+
+
+EventType = Literal["message", "metrics", "result", "error"]
+
+
+class TrainingEvent(BaseModel):
+    """One progress line written by rank 0 of a run.
+
+    ``type`` is ``message`` (human text), ``metrics`` (``data`` = step, train_loss, ...),
+    ``result`` (``data`` = trained_tokens, model_key: the adapter is fully in S3), or
+    ``error`` (``data`` = code, param, message: the run failed for a reason the user can fix).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    created_at: int
+    level: Literal["info", "warn", "error"] = "info"
+    type: EventType = "message"
+    message: str
+    data: dict[str, Any] | None = None
+
+
+def spec_key(job_id: str) -> str:
+    return f"jobs/{job_id}/spec.json"
+
+
+def events_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/events/"
+
+
+def event_batch_key(job_id: str, seq: int) -> str:
+    """Event batches are numbered so readers can resume after the last one they ingested."""
+    return f"{events_prefix(job_id)}{seq:08d}.jsonl"
+
+
+def adapter_prefix(model_key: str) -> str:
+    return f"models/{model_key}/"
