@@ -22,7 +22,7 @@ class InvalidChatFile(ValueError):
         self.line = line
         self.reason = reason
         self.code = code
-        where = f"Line {line}: " if line is not None else ""
+        where = f"Line {line} " if line is not None else ""
         super().__init__(f"{where}{reason}")
 
 
@@ -48,20 +48,20 @@ def parse_example(raw: bytes | str, line: int) -> dict[str, Any]:
 
 
 def _check_message(msg: Any, line: int, i: int) -> None:
-    where = f"messages[{i}]"
+    where = f"has an invalid messages[{i}]:"
     if not isinstance(msg, dict):
-        raise InvalidChatFile(line, f"{where} must be an object.")
+        raise InvalidChatFile(line, f"{where} not an object.")
     unknown = set(msg) - MESSAGE_KEYS
     if unknown:
-        raise InvalidChatFile(line, f"{where} has unrecognized key(s) {sorted(unknown)}.")
+        raise InvalidChatFile(line, f"{where} unrecognized key(s) {sorted(unknown)}.")
     role = msg.get("role")
     if role not in ROLES:
-        raise InvalidChatFile(line, f"{where} has unknown role {role!r}.")
+        raise InvalidChatFile(line, f"{where} unknown role {role!r}.")
     content = msg.get("content")
     if role == "assistant" and content is None and msg.get("tool_calls"):
         pass
     elif not isinstance(content, str):
-        raise InvalidChatFile(line, f"{where} must have string 'content'.")
+        raise InvalidChatFile(line, f"{where} 'content' must be a string.")
     if "weight" in msg and (role != "assistant" or msg["weight"] not in (0, 1)):
         raise InvalidChatFile(line, f"{where} 'weight' must be 0 or 1, on assistant messages.")
     if "tool_calls" in msg and not isinstance(msg["tool_calls"], list):

@@ -1,0 +1,102 @@
+"""Domain errors, raised where a problem is found, and the one handler that shapes them.
+
+Every error leaves the API as OpenAI's envelope:
+``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class APIError(Exception):
+    status_code = 400
+    type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(APIError):
+    status_code = 400
+
+
+class NotFound(APIError):
+    status_code = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, model: str, param: str | None = "model"):
+        super().__init__(
+            f"The model `{model}` does not exist or you do not have access to it.", param=param
+        )
+
+
+class AuthenticationFailed(APIError):
+    status_code = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class Conflict(APIError):
+    """A request that the object's current state forbids.
+
+    Answered 400 rather than 409: the official SDK retries 409 as if it were transient.
+    """
+
+    status_code = 400
+
+
+class UpstreamUnavailable(APIError):
+    status_code = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+def _envelope(status: int, message: str, param: str | None, code: str | None, type_: str):
+    return JSONResponse(
+        status_code=status,
+        content={"error": {"message": message, "type": type_, "param": param, "code": code}},
+    )
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse(status_code=exc.status_code, content=exc.body(), headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        param = ".".join(loc) or None
+        msg = first.get("msg", "Invalid request")
+        message = f"Invalid value for '{param}': {msg}" if param else msg
+        return _envelope(400, message, param, "invalid_value", "invalid_request_error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else None
+        return _envelope(exc.status_code, str(exc.detail), None, code, "invalid_request_error")

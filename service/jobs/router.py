@@ -1,0 +1,51 @@
+"""HTTP routes of the fine-tuning jobs API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from service.deps import CallerDep, ContextDep, SessionDep
+from service.jobs import service
+from service.jobs.protocol import CreateJobRequest, FineTuningJob, JobCheckpoint, JobEvent
+from service.pagination import ListPage, page
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+@router.post("", response_model=FineTuningJob)
+def create_job(ctx: ContextDep, session: SessionDep, caller: CallerDep,
+               body: CreateJobRequest) -> FineTuningJob:
+    return service.create(session, caller, body, set(ctx.settings.base_model_dirs()))
+
+
+@router.get("", response_model=ListPage[FineTuningJob])
+def list_jobs(session: SessionDep, caller: CallerDep, limit: Limit = 20,
+              after: str | None = None) -> ListPage[FineTuningJob]:
+    rows = service.list_rows(session, caller, limit, after)
+    return page([service.to_object(r) for r in rows], limit)
+
+
+@router.get("/{job_id}", response_model=FineTuningJob)
+def retrieve_job(session: SessionDep, caller: CallerDep, job_id: str) -> FineTuningJob:
+    return service.to_object(service.get_row(session, caller, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=FineTuningJob)
+def cancel_job(ctx: ContextDep, session: SessionDep, caller: CallerDep,
+               job_id: str) -> FineTuningJob:
+    return service.cancel(session, caller, job_id, ctx.ray.stop)
+
+
+@router.get("/{job_id}/events", response_model=ListPage[JobEvent])
+def list_job_events(session: SessionDep, caller: CallerDep, job_id: str,
+                    limit: Limit = 20, after: str | None = None) -> ListPage[JobEvent]:
+    return page(service.list_events(session, caller, job_id, limit, after), limit)
+
+
+@router.get("/{job_id}/checkpoints", response_model=ListPage[JobCheckpoint])
+def list_job_checkpoints(session: SessionDep, caller: CallerDep, job_id: str,
+                         limit: Limit = 10, after: str | None = None) -> ListPage[JobCheckpoint]:
+    return page(service.list_checkpoints(session, caller, job_id, limit, after), limit)

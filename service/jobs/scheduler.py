@@ -1,0 +1,270 @@
+"""The scheduler loop: validate, queue, launch on Ray, ingest progress, settle.
+
+It runs inside every API process. Everything it knows comes from the database, the bucket
+and Ray, so a restarted process carries on where the last one stopped (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+import sys
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.context import AppContext
+from service.db import CheckpointRow, JobEventRow, JobRow
+from service.files.service import file_key, register
+from service.ids import new_id, now
+from service.jobs import hyperparameters
+from service.jobs.naming import checkpoint_name, fine_tuned_model_name
+from service.jobs.service import add_event, transition
+from training.chat_format import InvalidChatFile, read_examples
+from training.spec import (
+    LoraSpec,
+    S3Location,
+    TrainingEvent,
+    TrainingSpec,
+    event_batch_key,
+    events_prefix,
+    spec_key,
+)
+
+log = logging.getLogger("openft.scheduler")
+RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss",
+                  "valid_mean_token_accuracy"]
+
+
+class Scheduler:
+    def __init__(self, ctx: AppContext):
+        self.ctx = ctx
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.tick)
+            except Exception:  # one bad tick must not stop the loop
+                log.exception("scheduler tick failed")
+            await asyncio.sleep(self.ctx.settings.scheduler_interval_s)
+
+    def tick(self) -> None:
+        for job_id in self._ids("validating_files"):
+            self.validate(job_id)
+        self.launch_queued()
+        for job_id in self._ids("queued", "running", submitted=True):
+            self.follow(job_id)
+
+    def _ids(self, *states: str, submitted: bool = False) -> list[str]:
+        with self.ctx.db.session() as s:
+            q = select(JobRow.id).where(JobRow.status.in_(states))
+            if submitted:
+                q = q.where(JobRow.ray_submission_id.is_not(None))
+            return list(s.scalars(q.order_by(JobRow.created_at)))
+
+    # -- validating_files -> queued | failed ---------------------------------------------
+    def validate(self, job_id: str) -> None:
+        ctx = self.ctx
+        with ctx.db.session() as s:
+            job = s.get(JobRow, job_id)
+            if job is None or job.status != "validating_files":
+                return
+            try:
+                examples = read_examples(ctx.blobs.iter_lines(file_key(job.training_file)))
+                if job.validation_file:
+                    _validate_file(ctx, job.validation_file, "validation_file")
+            except InvalidChatFile as e:
+                self._fail_validation(s, job, e, "training_file")
+                return
+            except _InvalidValidationFile as e:
+                self._fail_validation(s, job, e.cause, "validation_file")
+                return
+            settings = ctx.settings
+            resolved = hyperparameters.resolve(job.hyperparameters, len(examples),
+                                               settings.training_num_workers)
+            spec = TrainingSpec(
+                job_id=job.id, base_model_id=job.model,
+                base_model_path=str(settings.base_model_dirs()[job.model]),
+                training_file_key=file_key(job.training_file),
+                validation_file_key=file_key(job.validation_file) if job.validation_file
+                else None,
+                model_key=job.model_key, n_epochs=resolved.n_epochs,
+                batch_size=resolved.batch_size, learning_rate=resolved.learning_rate,
+                seed=job.seed, max_seq_length=settings.serving_max_model_len,
+                lora=LoraSpec(), num_workers=settings.training_num_workers,
+                cpus_per_worker=settings.training_cpus_per_worker,
+                use_gpu=settings.training_use_gpu, zero_stage=settings.training_zero_stage,
+                s3=S3Location(endpoint_url=settings.resolved_s3_endpoint_url,
+                              bucket=settings.s3_bucket, region=settings.s3_region),
+            )
+            # The spec is in S3 before the row says queued (results before pointers).
+            ctx.blobs.put(spec_key(job.id), spec.model_dump_json(indent=2).encode(),
+                          "application/json")
+            if transition(s, job.id, ("validating_files",), "queued",
+                          "Files validated, moving job to queued state",
+                          hyperparameters=resolved.as_dict()):
+                add_event(s, job.id, f"Training file has {len(examples)} examples",
+                          data={"n_examples": len(examples), **resolved.as_dict()})
+
+    def _fail_validation(self, s: Session, job: JobRow, e: InvalidChatFile, param: str) -> None:
+        name = "Training" if param == "training_file" else "Validation"
+        code = e.code if param == "training_file" else e.code.replace("training", "validation")
+        message = f"{name} file {getattr(job, param)} is invalid. {e}"
+        transition(s, job.id, ("validating_files",), "failed", message, level="error",
+                   finished_at=now(), error={"code": code, "message": message, "param": param})
+
+    # -- queued -> submitted to Ray -------------------------------------------------------
+    def launch_queued(self) -> None:
+        ctx = self.ctx
+        with ctx.db.session() as s:
+            busy = s.scalar(select(func.count()).select_from(JobRow).where(
+                JobRow.ray_submission_id.is_not(None), JobRow.status.in_(("queued", "running"))))
+            free = ctx.settings.max_concurrent_jobs - (busy or 0)
+            if free <= 0:
+                return
+            waiting = s.scalars(
+                select(JobRow).where(JobRow.status == "queued",
+                                     JobRow.ray_submission_id.is_(None))
+                .order_by(JobRow.created_at).limit(free).with_for_update(skip_locked=True)
+            ).all()
+            for job in waiting:
+                submission_id = f"openft-{job.id}"
+                ctx.ray.submit(
+                    submission_id,
+                    entrypoint=(f"{sys.executable} -m training.driver "
+                                f"s3://{ctx.settings.s3_bucket}/{spec_key(job.id)}"),
+                    env_vars=_training_env(ctx),
+                    metadata={"openft_job_id": job.id},
+                )
+                job.ray_submission_id = submission_id
+                add_event(s, job.id, "Submitted the training run to Ray")
+
+    # -- queued/running -> running | succeeded | failed ----------------------------------
+    def follow(self, job_id: str) -> None:
+        ctx = self.ctx
+        with ctx.db.session() as s:
+            job = s.get(JobRow, job_id)
+            if job is None or job.status not in ("queued", "running"):
+                return
+            self._ingest(s, job)
+            state = ctx.ray.status(job.ray_submission_id)
+            if state is None:
+                self._fail(s, job, "The training run was lost (Ray no longer knows it).")
+                return
+            status, ray_message = state
+            if status == "RUNNING" and job.status == "queued":
+                transition(s, job.id, ("queued",), "running", "Fine-tuning job started")
+            elif status == "SUCCEEDED":
+                self._ingest(s, job)
+                self._succeed(s, job)
+            elif status == "FAILED":
+                self._ingest(s, job)
+                if job.error:
+                    transition(s, job.id, ("queued", "running"), "failed",
+                               job.error.get("message", "Training failed"), level="error",
+                               finished_at=now())
+                else:
+                    self._fail(s, job, "Training failed. " + ray_message[-300:])
+            elif status == "STOPPED":
+                self._fail(s, job, "The training run was stopped outside openft.")
+
+    def _ingest(self, s: Session, job: JobRow) -> None:
+        """Copy new event batches from the bucket into the database, each batch once."""
+        start_after = event_batch_key(job.id, job.events_cursor - 1) if job.events_cursor else ""
+        for key in self.ctx.blobs.list_keys(events_prefix(job.id), start_after=start_after):
+            if key != event_batch_key(job.id, job.events_cursor):
+                break  # a gap: the batch before it is still being written
+            for line in self.ctx.blobs.get(key).splitlines():
+                if line.strip():
+                    self._apply(s, job, TrainingEvent.model_validate_json(line))
+            job.events_cursor += 1
+        s.flush()
+
+    def _apply(self, s: Session, job: JobRow, ev: TrainingEvent) -> None:
+        if ev.type == "result":
+            job.trained_tokens = int((ev.data or {}).get("trained_tokens", 0))
+        elif ev.type == "error":
+            data = ev.data or {}
+            job.error = {"code": data.get("code", "server_error"),
+                         "message": data.get("message", ev.message),
+                         "param": data.get("param")}
+        add_event(s, job.id, ev.message, level=ev.level,
+                  type_="metrics" if ev.type == "metrics" else "message",
+                  data=ev.data if ev.type == "metrics" else None, created_at=ev.created_at)
+
+    def _succeed(self, s: Session, job: JobRow) -> None:
+        if job.trained_tokens is None:
+            self._fail(s, job, "The training run ended without producing a model.")
+            return
+        name = fine_tuned_model_name(job.model, job.organization, job.suffix, job.model_key)
+        metrics = self._metric_rows(s, job.id)
+        result_file = self._write_results(s, job, metrics)
+        last = metrics[-1] if metrics else {"step": 0}
+        s.add(CheckpointRow(
+            id=new_id("ftckpt"), job_id=job.id, created_at=now(),
+            step_number=int(last.get("step", 0)),
+            fine_tuned_model_checkpoint=checkpoint_name(name, int(last.get("step", 0))),
+            metrics={k: v for k, v in last.items() if k != "total_steps"},
+        ))
+        transition(s, job.id, ("queued", "running"), "succeeded",
+                   "The job has successfully completed", finished_at=now(),
+                   fine_tuned_model=name, result_files=[result_file])
+        add_event(s, job.id, f"New fine-tuned model created: {name}")
+
+    def _metric_rows(self, s: Session, job_id: str) -> list[dict]:
+        rows = s.scalars(select(JobEventRow.data).where(
+            JobEventRow.job_id == job_id, JobEventRow.type == "metrics"
+        ).order_by(JobEventRow.seq))
+        return [r for r in rows if r]
+
+    def _write_results(self, s: Session, job: JobRow, metrics: list[dict]) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(RESULT_COLUMNS)
+        for m in metrics:
+            writer.writerow([m.get("step"), m.get("train_loss"),
+                             m.get("train_mean_token_accuracy", m.get("train_accuracy")),
+                             m.get("valid_loss"), m.get("valid_mean_token_accuracy")])
+        body = buf.getvalue().encode()
+        key = f"jobs/{job.id}/results.csv"
+        self.ctx.blobs.put(key, body, "text/csv")
+        row = register(s, job.organization, key, "step_metrics.csv", "fine-tune-results",
+                       len(body))
+        return row.id
+
+    def _fail(self, s: Session, job: JobRow, message: str) -> None:
+        transition(s, job.id, ("queued", "running"), "failed", message, level="error",
+                   finished_at=now(),
+                   error={"code": "server_error", "message": message, "param": None})
+
+
+class _InvalidValidationFile(Exception):
+    def __init__(self, cause: InvalidChatFile):
+        self.cause = cause
+
+
+def _validate_file(ctx: AppContext, file_id: str, param: str) -> None:
+    try:
+        read_examples(ctx.blobs.iter_lines(file_key(file_id)))
+    except InvalidChatFile as e:
+        raise _InvalidValidationFile(e) from None
+
+
+def _training_env(ctx: AppContext) -> dict[str, str]:
+    """What the training run needs to reach the bucket; travels in Ray's runtime_env."""
+    st = ctx.settings
+    endpoint = st.resolved_s3_endpoint_url
+    return {
+        "AWS_ACCESS_KEY_ID": st.s3_access_key,
+        "AWS_SECRET_ACCESS_KEY": st.s3_secret_key.get_secret_value(),
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_REGION": st.s3_region,
+        "AWS_DEFAULT_REGION": st.s3_region,
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+

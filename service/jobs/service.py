@@ -1,0 +1,164 @@
+"""Fine-tuning jobs: creation, reads, cancel. The scheduler moves them through their life."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.auth import Caller
+from service.db import CheckpointRow, JobEventRow, JobRow
+from service.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
+from service.files.service import get_row as get_file_row
+from service.ids import new_id, now, random_tail
+from service.jobs.protocol import CreateJobRequest, FineTuningJob, JobCheckpoint, JobEvent
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+
+ACTIVE = ("validating_files", "queued", "running")
+
+
+def to_object(row: JobRow) -> FineTuningJob:
+    hyper = dict(row.hyperparameters)
+    return FineTuningJob(
+        id=row.id, created_at=row.created_at,
+        error=row.error if row.status == "failed" else None,
+        fine_tuned_model=row.fine_tuned_model if row.status == "succeeded" else None,
+        finished_at=row.finished_at, hyperparameters=hyper, model=row.model,
+        organization_id=row.organization, result_files=list(row.result_files or []),
+        status=row.status,
+        trained_tokens=row.trained_tokens if row.status == "succeeded" else None,
+        training_file=row.training_file, validation_file=row.validation_file,
+        seed=row.seed, method={"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        metadata=row.job_metadata,
+    )
+
+
+def add_event(session: Session, job_id: str, message: str, *, level: str = "info",
+              type_: str = "message", data: dict[str, Any] | None = None,
+              created_at: int | None = None) -> None:
+    session.add(JobEventRow(id=new_id("ftevent"), job_id=job_id, created_at=created_at or now(),
+                            level=level, type=type_, message=message, data=data))
+
+
+def transition(session: Session, job_id: str, from_states: tuple[str, ...], to: str,
+               message: str, level: str = "info", **fields: Any) -> bool:
+    """Compare-and-set a status change with its event, so racing writers cannot both win."""
+    result = session.execute(
+        update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(from_states))
+        .values(status=to, **fields)
+    )
+    if result.rowcount != 1:
+        return False
+    add_event(session, job_id, message, level=level)
+    return True
+
+
+def create(session: Session, caller: Caller, req: CreateJobRequest,
+           base_models: set[str]) -> FineTuningJob:
+    if req.model not in base_models:
+        raise ModelNotFound(req.model)
+    method_type = req.method.type if req.method else "supervised"
+    if method_type != "supervised":
+        raise InvalidRequest(
+            f"Fine-tuning method {method_type!r} is not supported yet; use 'supervised'.",
+            param="method.type", code="invalid_value",
+        )
+    for param, file_id in (("training_file", req.training_file),
+                           ("validation_file", req.validation_file)):
+        if file_id is None:
+            continue
+        try:
+            f = get_file_row(session, caller, file_id, param=param)
+        except NotFound:
+            raise InvalidRequest(f"invalid {param}: {file_id}", param=param,
+                                 code="invalid_file") from None
+        if f.purpose != "fine-tune":
+            raise InvalidRequest(f"File {file_id} has purpose {f.purpose!r}, not 'fine-tune'.",
+                                 param=param, code="invalid_file")
+    hyper = (req.method.supervised.hyperparameters
+             if req.method and req.method.supervised and req.method.supervised.hyperparameters
+             else req.hyperparameters)
+    hyperparameters = (hyper.model_dump() if hyper else
+                       {"batch_size": "auto", "learning_rate_multiplier": "auto",
+                        "n_epochs": "auto"})
+    job_id = new_id("ftjob")
+    row = JobRow(
+        id=job_id, organization=caller.organization, model=req.model,
+        training_file=req.training_file, validation_file=req.validation_file,
+        status="validating_files", created_at=now(), hyperparameters=hyperparameters,
+        method={"type": "supervised"}, suffix=req.suffix,
+        seed=req.seed if req.seed is not None else secrets.randbelow(2147483647),
+        job_metadata=req.metadata, model_key=random_tail(12).lower(),
+        result_files=[], events_cursor=0,
+    )
+    session.add(row)
+    session.flush()
+    add_event(session, job_id, f"Created fine-tuning job: {job_id}")
+    add_event(session, job_id, f"Validating training file: {req.training_file}")
+    return to_object(row)
+
+
+def get_row(session: Session, caller: Caller, job_id: str) -> JobRow:
+    row = session.get(JobRow, job_id)
+    if row is None or row.organization != caller.organization:
+        raise NotFound(f"No fine-tuning job found with id {job_id}.", param="fine_tuning_job_id")
+    return row
+
+
+def list_rows(session: Session, caller: Caller, limit: int, after: str | None) -> list[JobRow]:
+    q = select(JobRow).where(JobRow.organization == caller.organization)
+    if after:
+        anchor = get_row(session, caller, after)
+        q = q.where((JobRow.created_at < anchor.created_at)
+                    | ((JobRow.created_at == anchor.created_at) & (JobRow.id < anchor.id)))
+    q = q.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)
+    return list(session.scalars(q))
+
+
+def cancel(session: Session, caller: Caller, job_id: str, stop_ray) -> FineTuningJob:
+    row = get_row(session, caller, job_id)
+    if row.status in TERMINAL_STATES:
+        raise Conflict(f"Job {job_id} has already {row.status}; it cannot be cancelled.",
+                       param="fine_tuning_job_id", code="invalid_state")
+    if row.ray_submission_id:
+        stop_ray(row.ray_submission_id)
+    if not transition(session, job_id, ACTIVE, "cancelled", "Fine-tuning job cancelled",
+                      finished_at=now()):
+        raise Conflict(f"Job {job_id} changed state; try again.", param="fine_tuning_job_id",
+                       code="invalid_state")
+    session.refresh(row)
+    return to_object(row)
+
+
+def list_events(session: Session, caller: Caller, job_id: str, limit: int,
+                after: str | None) -> list[JobEvent]:
+    get_row(session, caller, job_id)
+    q = select(JobEventRow).where(JobEventRow.job_id == job_id)
+    if after:
+        anchor = session.scalar(select(JobEventRow).where(JobEventRow.id == after,
+                                                          JobEventRow.job_id == job_id))
+        if anchor is None:
+            raise NotFound(f"No event {after} in job {job_id}.", param="after")
+        q = q.where(JobEventRow.seq < anchor.seq)
+    rows = session.scalars(q.order_by(JobEventRow.seq.desc()).limit(limit + 1))
+    return [JobEvent(id=r.id, created_at=r.created_at, level=r.level, message=r.message,
+                     type=r.type, data=r.data) for r in rows]
+
+
+def list_checkpoints(session: Session, caller: Caller, job_id: str, limit: int,
+                     after: str | None) -> list[JobCheckpoint]:
+    get_row(session, caller, job_id)
+    q = select(CheckpointRow).where(CheckpointRow.job_id == job_id)
+    if after:
+        anchor = session.scalar(select(CheckpointRow).where(CheckpointRow.id == after,
+                                                            CheckpointRow.job_id == job_id))
+        if anchor is None:
+            raise NotFound(f"No checkpoint {after} in job {job_id}.", param="after")
+        q = q.where(CheckpointRow.seq < anchor.seq)
+    rows = session.scalars(q.order_by(CheckpointRow.seq.desc()).limit(limit + 1))
+    return [JobCheckpoint(id=r.id, created_at=r.created_at,
+                          fine_tuned_model_checkpoint=r.fine_tuned_model_checkpoint,
+                          fine_tuning_job_id=r.job_id, metrics=r.metrics,
+                          step_number=r.step_number) for r in rows]

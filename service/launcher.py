@@ -1,0 +1,145 @@
+"""``make run``: the whole stack in the foreground on embedded defaults.
+
+Starts, in order, SeaweedFS (S3) -> Ray head -> the serving app -> the API, and stops them in
+reverse on Ctrl-C or SIGTERM. Each embedded server is skipped when its ``OPENFT_*`` URL points
+at an existing one. Everything it keeps lives in ``OPENFT_DATA_DIR``, so a second run finds
+the files, jobs and models of the first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from service.auth import generate_key
+from service.processes import ManagedProcess, start_ray_head, start_seaweedfs
+from service.settings import DEFAULT_BASE_MODEL_ID, Settings
+
+log = logging.getLogger("openft.launcher")
+DEFAULT_ORGANIZATION = "personal"
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def ensure_api_key(settings: Settings) -> tuple[Settings, str | None]:
+    """Keep the one generated key in the data dir, so restarts keep working clients."""
+    if settings.api_keys:
+        return settings, None
+    key_file = settings.data_dir / "api_key"
+    if not key_file.exists():
+        key_file.write_text(generate_key() + "\n")
+        key_file.chmod(0o600)
+    key = key_file.read_text().strip()
+    return settings.model_copy(update={"api_keys": f"{key}={DEFAULT_ORGANIZATION}"}), key
+
+
+def prepare_base_models(settings: Settings) -> None:
+    if settings.default_base_model:
+        out = settings.base_model_dirs()[DEFAULT_BASE_MODEL_ID]
+        subprocess.run([sys.executable, "-m", "training.base_model", "--out", str(out)],
+                       check=True)
+    for model_id, path in settings.base_model_dirs().items():
+        if not (path / "config.json").exists():
+            raise SystemExit(f"base model {model_id}: no config.json in {path}")
+
+
+def stack_env(settings: Settings) -> dict[str, str]:
+    """Environment of the Ray head: its workers (training, serving) read the bucket with it."""
+    endpoint = settings.resolved_s3_endpoint_url
+    return dict(
+        os.environ,
+        AWS_ACCESS_KEY_ID=settings.s3_access_key,
+        AWS_SECRET_ACCESS_KEY=settings.s3_secret_key.get_secret_value(),
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ENDPOINT_URL_S3=endpoint,
+        AWS_REGION=settings.s3_region,
+        AWS_DEFAULT_REGION=settings.s3_region,
+        RAY_AUTH_MODE="disabled",
+        RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2",
+        VLLM_CPU_KVCACHE_SPACE=str(settings.serving_kv_cache_gib),
+    )
+
+
+def serving_config(settings: Settings) -> dict:
+    return {
+        "base_models": [{"id": k, "path": str(v)} for k, v in settings.base_model_dirs().items()],
+        "s3_bucket": settings.s3_bucket,
+        "host": "127.0.0.1",
+        "port": settings.serving_port,
+        "replica_cpus": settings.serving_replica_cpus,
+        "max_model_len": settings.serving_max_model_len,
+        "kv_cache_gib": settings.serving_kv_cache_gib,
+        "max_loras": settings.serving_max_loras,
+        "max_lora_rank": settings.serving_max_lora_rank,
+    }
+
+
+def _ray_temp_dir(settings: Settings) -> Path:
+    # Ray puts Unix sockets under its temp dir; their paths must stay under ~100 bytes.
+    preferred = settings.data_dir / "ray"
+    return preferred if len(str(preferred)) <= 40 else Path(f"/tmp/openft-ray-{os.getpid()}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings, generated_key = ensure_api_key(settings)
+    logs = settings.data_dir / "logs"
+    started: list[ManagedProcess] = []
+    try:
+        prepare_base_models(settings)
+        env = stack_env(settings)
+        if not settings.s3_endpoint_url:
+            print(f"openft: starting SeaweedFS S3 on 127.0.0.1:{settings.s3_port}", flush=True)
+            started.append(start_seaweedfs(
+                settings.data_dir / "s3", settings.s3_port, settings.s3_bucket,
+                settings.s3_access_key, settings.s3_secret_key.get_secret_value(), logs))
+        if not settings.ray_address:
+            print(f"openft: starting Ray head ({settings.ray_num_cpus} CPUs)", flush=True)
+            started.append(start_ray_head(
+                _ray_temp_dir(settings), settings.ray_gcs_port, settings.ray_dashboard_port,
+                settings.ray_num_cpus, logs, env))
+        if not settings.serving_url:
+            print("openft: deploying the serving app (vLLM) on Ray Serve", flush=True)
+            address = (f"127.0.0.1:{settings.ray_gcs_port}" if not settings.ray_address
+                       else "auto")
+            subprocess.run([sys.executable, "-m", "serving.deploy", "--address", address,
+                            "--config", json.dumps(serving_config(settings))],
+                           check=True, env=env)
+        _serve_api(settings, generated_key)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for proc in reversed(started):
+            print(f"openft: stopping {proc.name} (pid {proc.pid})", flush=True)
+            proc.stop()
+
+
+def _serve_api(settings: Settings, generated_key: str | None) -> None:
+    import uvicorn
+
+    from service.main import create_app
+
+    base_url = f"http://{settings.host}:{settings.port}/v1"
+    print(f"\nopenft is up: base URL {base_url}", flush=True)
+    if generated_key:
+        print(f"API key (kept in {settings.data_dir / 'api_key'}): {generated_key}", flush=True)
+    print("Base models: " + ", ".join(settings.base_model_dirs()), flush=True)
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                            log_level="info", access_log=False)
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The API application: ``create_app(settings)`` builds it; nothing happens at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from service.auth import KeyRing, parse_api_keys
+from service.chat.router import router as chat_router
+from service.context import AppContext
+from service.db import Database, migrate
+from service.errors import install_handlers
+from service.files.router import router as files_router
+from service.ids import now
+from service.jobs.ray_jobs import RayJobs
+from service.jobs.router import router as jobs_router
+from service.jobs.scheduler import Scheduler
+from service.models.router import router as models_router
+from service.settings import Settings
+from service.storage import BlobStore
+
+log = logging.getLogger("openft")
+
+
+def build_context(settings: Settings) -> AppContext:
+    if not settings.api_keys:
+        raise ValueError("OPENFT_API_KEYS is not set: no caller could authenticate")
+    db = Database(settings.resolved_database_url)
+    migrate(db.engine)
+    blobs = BlobStore(settings.resolved_s3_endpoint_url, settings.s3_bucket,
+                      settings.s3_access_key, settings.s3_secret_key.get_secret_value(),
+                      settings.s3_region)
+    blobs.ensure_bucket()
+    return AppContext(
+        settings=settings, db=db, blobs=blobs, keys=KeyRing(parse_api_keys(settings.api_keys)),
+        ray=RayJobs(settings.resolved_ray_address),
+        serving=httpx.AsyncClient(base_url=settings.resolved_serving_url,
+                                  timeout=httpx.Timeout(600.0, connect=5.0)),
+        started_at=now(),
+    )
+
+
+def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = await asyncio.to_thread(build_context, settings)
+        app.state.ctx = ctx
+        task = asyncio.create_task(Scheduler(ctx).run_forever()) if run_scheduler else None
+        try:
+            yield
+        finally:
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await ctx.serving.aclose()
+            ctx.ray.close()
+            ctx.db.dispose()
+
+    app = FastAPI(title="openft", version="0.1.0", lifespan=lifespan)
+    install_handlers(app)
+    for router in (files_router, jobs_router, models_router, chat_router):
+        app.include_router(router)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

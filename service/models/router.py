@@ -1,0 +1,25 @@
+"""HTTP routes of the Models API. Ids hold ``:``; the ``path`` converter also takes ``%2F``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.deps import CallerDep, ContextDep, SessionDep
+from service.models import service
+from service.models.protocol import ModelObject
+from service.pagination import ListPage
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.get("", response_model=ListPage[ModelObject], response_model_exclude_none=True)
+def list_models(ctx: ContextDep, session: SessionDep, caller: CallerDep) -> ListPage[ModelObject]:
+    data = service.list_models(session, ctx.settings, caller, ctx.started_at)
+    return ListPage(data=data, has_more=False,
+                    first_id=data[0].id if data else None, last_id=data[-1].id if data else None)
+
+
+@router.get("/{model_id:path}", response_model=ModelObject)
+def retrieve_model(ctx: ContextDep, session: SessionDep, caller: CallerDep,
+                   model_id: str) -> ModelObject:
+    return service.resolve(session, ctx.settings, caller, model_id, ctx.started_at).public

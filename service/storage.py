@@ -1,0 +1,79 @@
+"""The bucket: uploaded files, job specs, progress events and adapters (S3 through boto3)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import IO
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+
+class BlobStore:
+    """Thin seam over one S3 bucket, so the rest of the service never speaks boto3."""
+
+    def __init__(self, endpoint_url: str, bucket: str, access_key: str, secret_key: str,
+                 region: str = "us-east-1"):
+        self.endpoint_url = endpoint_url
+        self.bucket = bucket
+        self.region = region
+        self._s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            region_name=region,
+            config=Config(retries={"max_attempts": 3, "mode": "standard"},
+                          s3={"addressing_style": "path"}),
+        )
+
+    def ensure_bucket(self) -> None:
+        try:
+            self._s3.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self._s3.create_bucket(Bucket=self.bucket)
+
+    def upload_stream(self, key: str, stream: IO[bytes]) -> None:
+        """Multipart upload in chunks: a large file is never held in memory whole."""
+        self._s3.upload_fileobj(stream, self.bucket, key)
+
+    def put(self, key: str, body: bytes, content_type: str = "application/octet-stream") -> None:
+        self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+
+    def get(self, key: str) -> bytes:
+        return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        body = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+        try:
+            yield from body.iter_chunks(chunk_size)
+        finally:
+            body.close()
+
+    def iter_lines(self, key: str) -> Iterator[bytes]:
+        body = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+        try:
+            yield from body.iter_lines(keepends=False)
+        finally:
+            body.close()
+
+    def delete(self, key: str) -> None:
+        self._s3.delete_object(Bucket=self.bucket, Key=key)
+
+    def list_keys(self, prefix: str, start_after: str = "") -> list[str]:
+        keys: list[str] = []
+        paginator = self._s3.get_paginator("list_objects_v2")
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        for page in paginator.paginate(**kwargs):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError:
+            return False
+        return True

@@ -1,0 +1,90 @@
+"""Shared fixtures: real SeaweedFS, a real local Ray head and a tiny model, stopped by PID."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from service.processes import ManagedProcess, free_port, start_ray_head, start_seaweedfs
+
+S3_ACCESS_KEY = "test-access"
+S3_SECRET_KEY = "test-secret"
+S3_BUCKET = "openft-test"
+
+# Ray Train reports faster with a short health-check interval (see STACK-NOTES).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@dataclass
+class S3Server:
+    endpoint_url: str
+    bucket: str
+    access_key: str
+    secret_key: str
+    process: ManagedProcess
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+        )
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The AWS_* variables a training or serving process needs to reach this server."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+
+@dataclass
+class RayHead:
+    dashboard_url: str
+    gcs_address: str
+    process: ManagedProcess
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    root = tmp_path_factory.mktemp("seaweedfs")
+    port = free_port()
+    proc = start_seaweedfs(root / "data", port, S3_BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY, root)
+    try:
+        yield S3Server(f"http://127.0.0.1:{port}", S3_BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY, proc)
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[RayHead]:
+    """A Ray head whose workers (training, serving replicas) can reach the test S3 server."""
+    root = Path("/tmp") / f"ray-{os.getpid()}"  # Ray's socket paths must stay short
+    gcs_port, dash_port = free_port(), free_port()
+    env = dict(os.environ, **s3_server.env)
+    proc = start_ray_head(root, gcs_port, dash_port, num_cpus=4, log_dir=root, env=env)
+    try:
+        yield RayHead(f"http://127.0.0.1:{dash_port}", f"127.0.0.1:{gcs_port}", proc)
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.support.tiny_model import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

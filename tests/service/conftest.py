@@ -1,0 +1,66 @@
+"""An API app on real SeaweedFS and SQLite, with two organizations and no Ray behind it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from service.settings import Settings
+
+KEY_A, KEY_B = "sk-test-a", "sk-test-b"
+ORG_A, ORG_B = "org-a", "org-b"
+
+
+def chat_line(i: int) -> str:
+    import json
+
+    return json.dumps({"messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": f"What is {i} plus one?"},
+        {"role": "assistant", "content": f"{i + 1}"},
+    ]})
+
+
+def chat_jsonl(n: int = 12) -> bytes:
+    return ("\n".join(chat_line(i) for i in range(n)) + "\n").encode()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, s3_server, tiny_model_dir: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        s3_endpoint_url=s3_server.endpoint_url,
+        s3_bucket=s3_server.bucket,
+        s3_access_key=s3_server.access_key,
+        s3_secret_key=s3_server.secret_key,
+        ray_address="http://127.0.0.1:9",  # nothing listens: these tests never launch
+        serving_url="http://127.0.0.1:9",
+        api_keys=f"{KEY_A}={ORG_A},{KEY_B}={ORG_B}",
+        default_base_model=False,
+        base_models={"tiny-llama": tiny_model_dir},
+    )
+
+
+@pytest.fixture
+def app(settings: Settings):
+    return create_app(settings, run_scheduler=False)
+
+
+@pytest.fixture
+def client(app) -> Iterator[TestClient]:
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture
+def as_a() -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEY_A}"}
+
+
+@pytest.fixture
+def as_b() -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEY_B}"}
