@@ -1,0 +1,69 @@
+"""Pure pieces: hyperparameter rule, key parsing, chat-file validation, naming."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service.auth import KeyRing, parse_api_keys
+from service.errors import AuthenticationFailed
+from service.jobs.hyperparameters import BASE_LEARNING_RATE, resolve
+from service.jobs.naming import fine_tuned_model_name
+from training.chat_format import InvalidChatFile, parse_example, read_examples
+
+
+@pytest.mark.parametrize("requested, n, workers, expected", [
+    ({}, 10, 2, (10, 2, 1.0)),
+    ({}, 50, 2, (3, 2, 1.0)),
+    ({}, 1000, 2, (3, 16 // 2, 1.0)),
+    ({"n_epochs": 1, "batch_size": 3, "learning_rate_multiplier": 0.5}, 40, 2, (1, 4, 0.5)),
+    ({"n_epochs": "auto", "batch_size": "auto"}, 300, 1, (3, 4, 1.0)),
+])
+def test_auto_hyperparameters(requested, n, workers, expected):
+    r = resolve(requested, n, workers)
+    assert (r.n_epochs, r.batch_size, r.learning_rate_multiplier) == expected
+    assert r.learning_rate == pytest.approx(BASE_LEARNING_RATE * expected[2])
+
+
+def test_keys_are_matched_and_bad_specs_refused():
+    ring = KeyRing(parse_api_keys("k1=org-a, k2=org-b"))
+    assert ring.authenticate("Bearer k2").organization == "org-b"
+    with pytest.raises(AuthenticationFailed):
+        ring.authenticate("Bearer k3")
+    with pytest.raises(AuthenticationFailed):
+        ring.authenticate(None)
+    with pytest.raises(ValueError):
+        parse_api_keys("k1=org:a")
+
+
+def test_model_name_shape():
+    assert fine_tuned_model_name("base", "org", None, "abc") == "ft:base:org::abc"
+    assert fine_tuned_model_name("base", "org", "x", "abc") == "ft:base:org:x:abc"
+
+
+GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("{nope", "not valid JSON"),
+    ("[1, 2]", "JSON object"),
+    ('{"prompt": "x"}', "unrecognized key"),
+    ('{"messages": []}', "non-empty 'messages'"),
+    ('{"messages": [{"role": "robot", "content": "x"}]}', "unknown role"),
+    ('{"messages": [{"role": "user", "content": "x"}]}', "no assistant message"),
+    ('{"messages": [{"role": "assistant", "content": "x", "weight": 2}]}', "'weight'"),
+    ('{"messages": [{"role": "assistant", "content": 5}]}', "'content' must be a string"),
+])
+def test_each_bad_line_names_line_and_problem(line, fragment):
+    with pytest.raises(InvalidChatFile) as e:
+        parse_example(line, 7)
+    assert e.value.line == 7 and str(e.value).startswith("Line 7") and fragment in str(e.value)
+
+
+def test_read_examples_counts_and_skips_blank_lines():
+    lines = [json.dumps(GOOD)] * 10 + [""]
+    assert len(read_examples(lines)) == 10
+    with pytest.raises(InvalidChatFile) as e:
+        read_examples(lines[:9])
+    assert e.value.code == "invalid_n_examples"
