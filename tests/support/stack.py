@@ -1,0 +1,57 @@
+"""Run ``python -m service.launcher`` (what ``make run`` runs) as a test fixture.
+
+Stopped by PID: SIGTERM to the launcher's group (it stops its children in reverse order),
+then SIGKILL to every process group it recorded in ``<data_dir>/pids.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.processes import http_ok, start, wait_until
+
+
+@dataclass
+class Stack:
+    base_url: str
+    api_key: str
+    data_dir: Path
+    env: dict[str, str]
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@contextmanager
+def running_stack(data_dir: Path, env_overrides: dict[str, str],
+                  timeout: float = 900) -> Iterator[Stack]:
+    env = dict(os.environ, OPENFT_DATA_DIR=str(data_dir), RAY_AUTH_MODE="disabled",
+               **env_overrides)
+    port = int(env["OPENFT_PORT"])
+    proc = start("launcher", [sys.executable, "-m", "service.launcher"], data_dir / "test-logs",
+                 env)
+    try:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), "openft API", proc,
+                   timeout)
+        key = env.get("OPENFT_API_KEYS", "").split("=")[0] or \
+            (data_dir / "api_key").read_text().strip()
+        yield Stack(f"http://127.0.0.1:{port}/v1", key, data_dir, env)
+    finally:
+        proc.stop(timeout=60)
+        pids = data_dir / "pids.json"
+        if pids.exists():
+            for pgid in json.loads(pids.read_text()).values():
+                _kill_group(int(pgid))
+        time.sleep(0.5)
