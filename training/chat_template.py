@@ -46,8 +46,9 @@ class TokenizedExample:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
-def render(tokenizer: ChatTokenizer, messages: Sequence[Message], *, generation_prompt: bool
-           = False) -> str:
+def render(
+    tokenizer: ChatTokenizer, messages: Sequence[Message], *, generation_prompt: bool = False
+) -> str:
     """The template's text for ``messages``; our own ``weight`` key is not shown to it."""
     clean = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
     text = tokenizer.apply_chat_template(
@@ -58,8 +59,9 @@ def render(tokenizer: ChatTokenizer, messages: Sequence[Message], *, generation_
     return text
 
 
-def trained_spans(tokenizer: ChatTokenizer, messages: Sequence[Message]) -> tuple[str, list[
-        tuple[int, int]]]:
+def trained_spans(
+    tokenizer: ChatTokenizer, messages: Sequence[Message]
+) -> tuple[str, list[tuple[int, int]]]:
     """The full rendering and the ``[start, end)`` character span of each trained turn.
 
     A turn's span starts after the generation prompt that precedes it and ends after the

@@ -39,22 +39,33 @@ CASES = [
     ),
     (
         "multi turn",
-        [user("Hello!"), assistant("How can I help you today?"),
-         user("Extract the name as JSON."), assistant('{"name": "Alice"}')],
+        [
+            user("Hello!"),
+            assistant("How can I help you today?"),
+            user("Extract the name as JSON."),
+            assistant('{"name": "Alice"}'),
+        ],
         0,
         ["How can I help you today?" + END, '{"name": "Alice"}' + END],
     ),
     (
         "system message",
-        [system("Extract the name, age and city as JSON."), user("Alice, 30, Berlin"),
-         assistant('{"name": "Alice", "age": 30, "city": "Berlin"}')],
+        [
+            system("Extract the name, age and city as JSON."),
+            user("Alice, 30, Berlin"),
+            assistant('{"name": "Alice", "age": 30, "city": "Berlin"}'),
+        ],
         0,
         ['{"name": "Alice", "age": 30, "city": "Berlin"}' + END],
     ),
     (
         "weight 0 stays untrained",
-        [user("Hello!"), assistant("The quick brown fox.", weight=0),
-         user("What is the capital?"), assistant("Paris.", weight=1)],
+        [
+            user("Hello!"),
+            assistant("The quick brown fox.", weight=0),
+            user("What is the capital?"),
+            assistant("Paris.", weight=1),
+        ],
         0,
         ["Paris." + END],
     ),
@@ -97,14 +108,18 @@ def test_only_assistant_turns_carry_loss(tokenizer, messages, cut, expected):
     )
 
 
-@pytest.mark.parametrize(("messages", "cut", "expected"), [c[1:] for c in CASES[:4]],
-                         ids=[c[0] for c in CASES[:4]])
+@pytest.mark.parametrize(
+    ("messages", "cut", "expected"), [c[1:] for c in CASES[:4]], ids=[c[0] for c in CASES[:4]]
+)
 def test_prompt_text_is_all_untrained(tokenizer, messages, cut, expected):
     """Decoding the untrained tokens gives back every system and user message."""
     example = tokenize_chat(tokenizer, messages, max_seq_length=4096)
     untrained = tokenizer.decode(
-        [t for t, label in zip(example.input_ids, example.labels, strict=True)
-         if label == IGNORE_INDEX]
+        [
+            t
+            for t, label in zip(example.input_ids, example.labels, strict=True)
+            if label == IGNORE_INDEX
+        ]
     )
     for message in messages:
         if message["role"] != "assistant" or message.get("weight") == 0:
@@ -115,7 +130,8 @@ def test_docstring_example(tokenizer):
     example = tokenize_chat(tokenizer, [user("Hi"), assistant("Hello!")], 64)
 
     assert (example.input_ids[-5:], example.labels[-5:]) == (
-        [201, 441, 3, 2, 201], [-100, 441, 3, 2, -100]
+        [201, 441, 3, 2, 201],
+        [-100, 441, 3, 2, -100],
     )
     assert tokenizer.decode([t for t in example.labels if t != -100]) == "Hello!<|im_end|>"
     assert example.num_trained_tokens == 3

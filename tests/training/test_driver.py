@@ -1,0 +1,192 @@
+"""The training driver, submitted through Ray's Jobs API exactly as the service submits it.
+
+Real SeaweedFS, a real local Ray head, Ray Train with two gloo workers, DeepSpeed ZeRO-2 and
+PEFT LoRA on the tiny Llama of ``tests/support/tiny_model.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from training.spec import S3Location, TrainingSpec, events_prefix, spec_key
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+PAIRS = [
+    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
+    ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Peru", "Lima"), ("Kenya", "Nairobi"),
+    ("Chile", "Santiago"), ("Cuba", "Havana"), ("Greece", "Athens"), ("Norway", "Oslo"),
+]  # fmt: skip
+
+
+def chat_line(country: str, city: str) -> str:
+    return json.dumps(
+        {
+            "messages": [
+                {"role": "user", "content": f"What is the capital of {country}?"},
+                {"role": "assistant", "content": f"The capital of {country} is {city}."},
+            ]
+        }
+    )
+
+
+def submit(ray_head, s3_server, spec: TrainingSpec) -> tuple[str, str, str]:
+    """Upload the spec and start the driver as the service does; wait for the end.
+
+    Returns ``(status, logs, submission_id)``.
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    s3 = s3_server.client()
+    s3.put_object(Bucket=s3_server.bucket, Key=spec_key(spec.job_id), Body=spec.model_dump_json())
+    client = JobSubmissionClient(ray_head.dashboard_url)
+    submission_id = submit_when_agent_ready(
+        client,
+        entrypoint=f"{sys.executable} -m training.driver "
+        f"s3://{s3_server.bucket}/{spec_key(spec.job_id)}",
+        submission_id=f"openft-{spec.job_id}",
+        runtime_env={
+            "env_vars": {
+                **s3_server.env,
+                "PYTHONPATH": str(REPO_ROOT),
+                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+                "PYTHONUNBUFFERED": "1",
+            }
+        },
+    )
+    deadline = time.monotonic() + 600
+    status = client.get_job_status(submission_id)
+    while str(status.value) not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(1)
+        status = client.get_job_status(submission_id)
+    if str(status.value) not in TERMINAL:
+        client.stop_job(submission_id)
+    return str(status.value), client.get_job_logs(submission_id), submission_id
+
+
+def submit_when_agent_ready(client, **job) -> str:
+    """A fresh head answers "No available agent to submit job" for its first seconds."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def make_spec(s3_server, model_dir: Path, training_file_key: str, **overrides) -> TrainingSpec:
+    job_id = f"ftjob-{uuid.uuid4().hex[:12]}"
+    fields = dict(
+        job_id=job_id,
+        base_model_id="tiny-llama",
+        base_model_path=str(model_dir),
+        training_file_key=training_file_key,
+        model_key=f"tiny-llama-{job_id}",
+        n_epochs=5,
+        batch_size=4,
+        learning_rate=1e-2,
+        seed=0,
+        max_seq_length=128,
+        num_workers=2,
+        cpus_per_worker=1.0,
+        zero_stage=2,
+        s3=S3Location(endpoint_url=s3_server.endpoint_url, bucket=s3_server.bucket),
+    )
+    fields.update(overrides)
+    return TrainingSpec(**fields)
+
+
+def upload_file(s3_server, lines: list[str]) -> str:
+    key = f"files/file-{uuid.uuid4().hex[:12]}"
+    s3_server.client().put_object(
+        Bucket=s3_server.bucket, Key=key, Body=("\n".join(lines) + "\n").encode()
+    )
+    return key
+
+
+def read_events(s3_server, job_id: str) -> tuple[list[str], list[dict]]:
+    s3 = s3_server.client()
+    listing = s3.list_objects_v2(Bucket=s3_server.bucket, Prefix=events_prefix(job_id))
+    keys = sorted(item["Key"] for item in listing.get("Contents", []))
+    events = []
+    for key in keys:
+        body = s3.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read().decode()
+        events.extend(json.loads(line) for line in body.splitlines() if line.strip())
+    return keys, events
+
+
+def test_driver_trains_and_uploads_the_adapter(s3_server, ray_head, tiny_model_dir):
+    key = upload_file(s3_server, [chat_line(c, city) for c, city in PAIRS])
+    spec = make_spec(s3_server, tiny_model_dir, key)
+
+    started = time.monotonic()
+    status, logs, _ = submit(ray_head, s3_server, spec)
+    print(f"training job {status} in {time.monotonic() - started:.1f}s")
+
+    assert status == "SUCCEEDED", logs[-5000:]
+    keys, events = read_events(s3_server, spec.job_id)
+    assert [int(Path(k).stem) for k in keys] == list(range(len(keys)))
+
+    metrics = [e["data"] for e in events if e["type"] == "metrics"]
+    total_steps = 5 * (12 // 4)
+    assert [m["step"] for m in metrics] == list(range(1, total_steps + 1))
+    assert all(m["total_steps"] == total_steps for m in metrics)
+    assert all(0.0 <= m["train_mean_token_accuracy"] <= 1.0 for m in metrics)
+    losses = [round(m["train_loss"], 3) for m in metrics]
+    print("losses", losses)
+    # Steps see different examples: compare the first and last epochs, not single steps.
+    assert sum(losses[-3:]) < sum(losses[:3]) - 1.0, losses
+
+    assert events[0]["type"] == "message"
+    result = events[-1]
+    assert result["type"] == "result"
+    assert result["data"]["model_key"] == spec.model_key
+    assert result["data"]["trained_tokens"] > 0
+    assert result["data"]["trained_tokens"] % spec.n_epochs == 0
+
+    s3 = s3_server.client()
+    prefix = spec.adapter_prefix
+    config = json.loads(
+        s3.get_object(Bucket=s3_server.bucket, Key=prefix + "adapter_config.json")["Body"].read()
+    )
+    assert config["r"] == spec.lora.r
+    weights = s3.get_object(Bucket=s3_server.bucket, Key=prefix + "adapter_model.safetensors")
+    tensors = load_safetensors(weights["Body"].read())
+    lora_b = {name: t for name, t in tensors.items() if "lora_B" in name}
+    assert lora_b, sorted(tensors)
+    assert all(t.abs().sum() > 0 for t in lora_b.values())
+
+
+def test_bad_line_fails_the_job_with_an_error_event(s3_server, ray_head, tiny_model_dir):
+    lines = [chat_line(c, city) for c, city in PAIRS]
+    lines[2] = "{this is not json"
+    spec = make_spec(s3_server, tiny_model_dir, upload_file(s3_server, lines))
+
+    status, logs, _ = submit(ray_head, s3_server, spec)
+
+    assert status == "FAILED", logs[-3000:]
+    _, events = read_events(s3_server, spec.job_id)
+    errors = [e for e in events if e["type"] == "error"]
+    assert len(errors) == 1, events
+    assert errors[0]["data"]["code"] == "invalid_training_file"
+    assert errors[0]["data"]["param"] == "training_file"
+    assert "line 3" in errors[0]["data"]["message"].lower()
+    assert not any(e["type"] == "result" for e in events)
+
+
+def load_safetensors(blob: bytes) -> dict:
+    from safetensors.torch import load
+
+    return load(io.BytesIO(blob).getvalue())

@@ -1,0 +1,63 @@
+"""The few S3 calls a run makes: read the spec and training file, write events and the adapter.
+
+Credentials come from the AWS_* environment variables the job's runtime_env carries; the
+endpoint comes from the spec (or ``AWS_ENDPOINT_URL`` before the spec is read).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from training.spec import S3Location
+
+
+def client(location: S3Location | None = None) -> Any:
+    """A boto3 S3 client; without ``location`` boto3 reads ``AWS_ENDPOINT_URL`` itself."""
+    import boto3
+
+    if location is None:
+        return boto3.client("s3")
+    return boto3.client("s3", endpoint_url=location.endpoint_url, region_name=location.region)
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/a/b.json`` -> ``("bucket", "a/b.json")``."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.strip("/"):
+        raise ValueError(f"expected s3://<bucket>/<key>, got {url!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def read_bytes(s3: Any, bucket: str, key: str) -> bytes:
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
+    keys: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend(item["Key"] for item in page.get("Contents", []))
+    return keys
+
+
+def upload_files(s3: Any, bucket: str, prefix: str, paths: list[Path]) -> list[str]:
+    """One ``put_object`` per file, in the given order (put the file readers check last)."""
+    keys = []
+    for path in paths:
+        key = f"{prefix}{path.name}"
+        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+        keys.append(key)
+    return keys
+
+
+def exists(s3: Any, bucket: str, key: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
