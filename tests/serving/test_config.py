@@ -1,0 +1,71 @@
+"""ServingConfig and what build_app derives from it; no services needed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from serving.app import engine_kwargs, llm_config
+from serving.config import ServingConfig
+from serving.deploy import load_config
+
+MINIMAL = {"base_models": [{"id": "tiny", "path": "/models/tiny"}], "s3_bucket": "b"}
+
+
+def test_defaults_fit_beside_training() -> None:
+    config = ServingConfig.model_validate(MINIMAL)
+
+    assert 0 < config.replica_cpus < 1
+    assert config.num_replicas == 1
+    assert config.max_lora_rank >= 8
+    assert config.adapters_uri == "s3://b/models"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"aws_secret_access_key": "s"}, "aws_secret_access_key"),  # secrets come from the env
+        ({"base_models": [{"id": "a:b", "path": "/m"}]}, "id"),  # ':' starts an adapter name
+        ({"base_models": [{"id": "a", "path": "/m"}, {"id": "a", "path": "/n"}]}, "unique"),
+        ({"block_size": 16}, "block_size"),  # vLLM's CPU backend wants multiples of 32
+        ({"max_loras": 8, "max_cpu_loras": 4}, "max_cpu_loras"),
+        ({"adapters_prefix": "/"}, "adapters_prefix"),
+    ],
+)
+def test_rejects(change: dict, field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        ServingConfig.model_validate({**MINIMAL, **change})
+
+
+def test_adapters_prefix_is_normalised() -> None:
+    config = ServingConfig.model_validate({**MINIMAL, "adapters_prefix": "/ft/models/"})
+    assert config.adapters_uri == "s3://b/ft/models"
+
+
+def test_load_config_takes_inline_json_or_a_path(tmp_path) -> None:
+    path = tmp_path / "serving.json"
+    path.write_text(json.dumps(MINIMAL))
+
+    assert load_config(json.dumps(MINIMAL)) == load_config(str(path))
+
+
+def test_engine_settings_follow_the_config() -> None:
+    config = ServingConfig.model_validate({**MINIMAL, "kv_cache_gib": 0.5, "max_lora_rank": 32})
+    kwargs = engine_kwargs(config)
+
+    assert kwargs["enable_lora"] is True
+    assert kwargs["max_lora_rank"] == 32
+    assert kwargs["kv_cache_memory_bytes"] == 2**29
+    assert kwargs["block_size"] % 32 == 0
+
+
+def test_llm_config_reserves_only_replica_cpus_and_loads_adapters_from_s3() -> None:
+    config = ServingConfig.model_validate({**MINIMAL, "replica_cpus": 0.25})
+    llm = llm_config(config, config.base_models[0])
+
+    assert llm.model_id == "tiny"
+    assert llm.lora_config.dynamic_lora_loading_path == "s3://b/models"
+    assert llm.placement_group_config == {"bundles": [{"CPU": 0.25}]}
+    assert llm.deployment_config["ray_actor_options"]["num_cpus"] == 0
