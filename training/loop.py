@@ -9,6 +9,7 @@ DeepSpeed reuses it.
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -270,8 +271,19 @@ def save_adapter(engine: Any, spec: TrainingSpec, out: Path, rank: int) -> None:
         gather = deepspeed.zero.GatheredParameters(lora_params, modifier_rank=None)
     with gather:
         if rank == 0:
-            model.peft_config["default"].base_model_name_or_path = spec.base_model_id
             model.save_pretrained(out, safe_serialization=True)
+    if rank == 0:
+        name_base_model(out / "adapter_config.json", spec.base_model_id)
+
+
+def name_base_model(config_path: Path, base_model_id: str) -> None:
+    """Record the public base model id rather than this node's local path.
+
+    Done after saving: PEFT looks the name up while saving, and an id is no folder.
+    """
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = base_model_id
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def upload_adapter(spec: TrainingSpec, out: Path) -> list[str]:

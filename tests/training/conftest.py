@@ -10,6 +10,7 @@ these ports itself, this override does, for the tests in this folder.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,3 +50,4 @@ def ray_head(s3_server: S3Server) -> Iterator[RayHead]:
         yield RayHead(f"http://127.0.0.1:{dash_port}", f"127.0.0.1:{gcs_port}", proc)
     finally:
         proc.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -19,7 +19,6 @@ from training.spec import S3Location, TrainingSpec, events_prefix, spec_key
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 PAIRS = [
@@ -43,6 +42,8 @@ def chat_line(country: str, city: str) -> str:
 def submit(ray_head, s3_server, spec: TrainingSpec) -> tuple[str, str, str]:
     """Upload the spec and start the driver as the service does; wait for the end.
 
+    No ``working_dir`` or ``PYTHONPATH``: ``make`` installs openft into the venv
+    (``pip install -e .``), whose interpreter runs the entrypoint and the Ray workers.
     Returns ``(status, logs, submission_id)``.
     """
     from ray.job_submission import JobSubmissionClient
@@ -58,7 +59,9 @@ def submit(ray_head, s3_server, spec: TrainingSpec) -> tuple[str, str, str]:
         runtime_env={
             "env_vars": {
                 **s3_server.env,
-                "PYTHONPATH": str(REPO_ROOT),
+                # Ray Train's placement-group cleaner finds its cluster by this, not by
+                # guessing, which fails when another Ray runs on the same host.
+                "RAY_API_SERVER_ADDRESS": ray_head.dashboard_url,
                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
                 "PYTHONUNBUFFERED": "1",
             }
@@ -127,15 +130,17 @@ def read_events(s3_server, job_id: str) -> tuple[list[str], list[dict]]:
     return keys, events
 
 
-def test_driver_trains_and_uploads_the_adapter(s3_server, ray_head, tiny_model_dir):
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_driver_trains_and_uploads_the_adapter(s3_server, ray_head, tiny_model_dir, zero_stage):
     key = upload_file(s3_server, [chat_line(c, city) for c, city in PAIRS])
-    spec = make_spec(s3_server, tiny_model_dir, key)
+    spec = make_spec(s3_server, tiny_model_dir, key, zero_stage=zero_stage)
 
     started = time.monotonic()
     status, logs, _ = submit(ray_head, s3_server, spec)
-    print(f"training job {status} in {time.monotonic() - started:.1f}s")
+    print(f"ZeRO-{zero_stage} training job {status} in {time.monotonic() - started:.1f}s")
 
     assert status == "SUCCEEDED", logs[-5000:]
+    assert "Traceback" not in logs, logs
     keys, events = read_events(s3_server, spec.job_id)
     assert [int(Path(k).stem) for k in keys] == list(range(len(keys)))
 
@@ -162,11 +167,16 @@ def test_driver_trains_and_uploads_the_adapter(s3_server, ray_head, tiny_model_d
         s3.get_object(Bucket=s3_server.bucket, Key=prefix + "adapter_config.json")["Body"].read()
     )
     assert config["r"] == spec.lora.r
+    assert config["base_model_name_or_path"] == spec.base_model_id
     weights = s3.get_object(Bucket=s3_server.bucket, Key=prefix + "adapter_model.safetensors")
     tensors = load_safetensors(weights["Body"].read())
     lora_b = {name: t for name, t in tensors.items() if "lora_B" in name}
     assert lora_b, sorted(tensors)
-    assert all(t.abs().sum() > 0 for t in lora_b.values())
+    assert all(t.shape[-1] == spec.lora.r and t.abs().sum() > 0 for t in lora_b.values())
+
+    listing = s3.list_objects_v2(Bucket=s3_server.bucket, Prefix=spec.checkpoints_prefix + "/")
+    checkpoint_keys = [item["Key"] for item in listing.get("Contents", [])]
+    assert any(k.endswith("/adapter_model.safetensors") for k in checkpoint_keys), checkpoint_keys
 
 
 def test_bad_line_fails_the_job_with_an_error_event(s3_server, ray_head, tiny_model_dir):
