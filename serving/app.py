@@ -12,12 +12,17 @@ would duplicate download locking, LRU, routing, streaming and error mapping.
 What this module adds on top:
 
 * resources that fit beside training: the engine's placement-group bundle asks for
-  ``replica_cpus`` (fractional) and the replica actor itself for none, the ingress for none;
+  ``replica_cpus`` (fractional), the replica actor itself and the ingress for none;
 * vLLM CPU settings: explicit KV cache size, block size 32, eager mode, LoRA limits;
-* ``POST /v1/unload_lora_adapter`` (vLLM's own route name and body, ``{"lora_name": ...}``)
-  to drop an adapter from every replica, for model deletion;
-* a 404 with an OpenAI error body, sent before any engine work, for an adapter whose
-  ``adapter_config.json`` is not in S3.
+* one lock per adapter name around its registration with vLLM (``serving.server``): without
+  it, simultaneous first requests for an adapter fail with a 500;
+* OpenAI-shaped 404s for unknown models and adapters (``serving.ingress``). An adapter whose
+  ``adapter_config.json`` is missing in S3 is refused before any engine work; Ray remembers
+  that miss for 30 s, so an adapter uploaded just after a failed request answers 404 that long.
+
+Unloading: an adapter stays registered until the replica's LRUs drop it (Serve keeps
+``max_adapters_per_replica`` per replica, vLLM keeps ``max_cpu_loras`` adapters' weights) or
+the app is redeployed. Deleting a model therefore only needs the API to stop routing its name.
 
 Names: ``<base_id>`` is a base model; ``<base_id>:<model_key>`` its adapter (Ray Serve LLM
 splits on the first ``:``). Public ``ft:...`` names never reach this process.
@@ -61,8 +66,11 @@ def llm_config(config: ServingConfig, base: BaseModelSpec) -> LLMConfig:
     """The Ray Serve LLM config of one base model and its adapters."""
     from ray.serve.llm import LLMConfig
 
+    from serving.server import OpenFTServer
+
     return LLMConfig(
         model_loading_config={"model_id": base.id, "model_source": base.path},
+        server_cls=OpenFTServer,
         accelerator_config={"kind": "cpu"},
         # The replica actor and the engine process share this one bundle: the actor asks
         # for no CPU of its own, so the whole replica costs exactly ``replica_cpus``.
@@ -87,11 +95,13 @@ def build_app(config: ServingConfig) -> Application:
     from ray.serve.llm import build_openai_app
 
     import serving.ingress
+    import serving.server
     from serving.ingress import OpenFTIngress
 
     # Replicas are created by the detached Serve controller with the import path of whichever
     # driver started Serve first, which need not see this package: ship our classes by value.
-    ray.cloudpickle.register_pickle_by_value(serving.ingress)
+    for module in (serving.ingress, serving.server):
+        ray.cloudpickle.register_pickle_by_value(module)
 
     return build_openai_app(
         {

@@ -46,13 +46,22 @@ def listed_models(base_url: str) -> set[str]:
 
 
 def app_status(app_name: str) -> tuple[str, str]:
-    """(status, message) of the Serve application, ``("MISSING", "")`` before it exists."""
+    """(status, message) of the Serve application, ``("MISSING", "")`` before it exists.
+
+    The message ends with the last line of each unhealthy deployment's error, which is
+    where the cause (a bad model path, too little memory) shows up.
+    """
     from ray import serve
 
     app = serve.status().applications.get(app_name)
     if app is None:
         return "MISSING", ""
-    return str(app.status), app.message
+    causes = [
+        f"{name}: {deployment.message.strip().splitlines()[-1]}"
+        for name, deployment in app.deployments.items()
+        if deployment.message.strip() and not str(deployment.status).endswith("HEALTHY")
+    ]
+    return str(app.status), " ".join([app.message, *causes]).strip()
 
 
 def deploy(config: ServingConfig, address: str) -> None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -38,6 +39,15 @@ def _ray_env(s3_server) -> dict[str, str]:
 def adapter_key(tmp_path_factory, s3_server, tiny_model_dir) -> str:
     key = f"ftkey-{uuid.uuid4().hex[:8]}"
     adapter_dir = build_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter"))
+    upload_adapter(s3_server.client(), s3_server.bucket, adapter_dir, f"models/{key}")
+    return key
+
+
+@pytest.fixture(scope="module")
+def second_adapter_key(tmp_path_factory, s3_server, tiny_model_dir) -> str:
+    key = f"ftkey-{uuid.uuid4().hex[:8]}"
+    out = tmp_path_factory.mktemp("adapter2")
+    adapter_dir = build_lora_adapter(tiny_model_dir, out, seed=2)
     upload_adapter(s3_server.client(), s3_server.bucket, adapter_dir, f"models/{key}")
     return key
 
@@ -116,6 +126,18 @@ def test_adapter_is_loaded_from_s3_on_first_use_and_changes_the_answer(
     assert _chat(client, adapter_model) == adapter_text  # greedy and stable once loaded
 
 
+def test_concurrent_first_requests_for_an_adapter_all_succeed(
+    client: OpenAI, second_adapter_key: str
+) -> None:
+    model = f"{BASE_ID}:{second_adapter_key}"
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda _: _chat(client, model), range(4)))
+
+    assert len(set(answers)) == 1
+    assert answers[0].strip()
+    assert answers[0] != _chat(client, BASE_ID)
+
+
 def test_chat_streams_several_chunks(client: OpenAI, adapter_key: str) -> None:
     stream = client.chat.completions.create(
         model=f"{BASE_ID}:{adapter_key}",
@@ -143,6 +165,29 @@ def test_completions_endpoint_answers(client: OpenAI, adapter_key: str) -> None:
         model=f"{BASE_ID}:{adapter_key}", prompt="Hello", max_tokens=8, temperature=0
     )
     assert response.choices[0].text.strip()
+
+
+def test_training_sized_placement_group_fits_beside_serving(
+    serving_url: str, s3_server, ray_head
+) -> None:
+    """Serving must leave whole CPUs for a 2-worker training run (plus one spare) on 4."""
+    script = (
+        "import ray\n"
+        "from ray.util.placement_group import placement_group, remove_placement_group\n"
+        f"ray.init(address={ray_head.gcs_address!r}, logging_level='ERROR')\n"
+        "pg = placement_group([{'CPU': 1}] * 3)\n"
+        "ready = pg.wait(timeout_seconds=30)\n"
+        "remove_placement_group(pg)\n"
+        "raise SystemExit(0 if ready else 3)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_ray_env(s3_server),
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("model", [f"{BASE_ID}:no-such-adapter", "no-such-base"])
