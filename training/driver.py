@@ -50,29 +50,32 @@ def run(spec: TrainingSpec, s3: Any) -> int:
         trained_tokens = fit(spec)
         confirm_adapter(spec, s3)
     except InvalidChatFile as e:
-        data = {"code": e.code, "param": "training_file", "message": str(e)}
-        announce(spec, s3, str(e), type="error", level="error", data=data)
-        return 1
+        return failed(spec, s3, {"code": e.code, "param": "training_file", "message": str(e)})
     except Exception as e:  # noqa: BLE001 - any other failure is the service's, not the user's
         log.exception("training failed")
-        message = f"{type(e).__name__}: {e}"
-        announce(
-            spec,
-            s3,
-            "Training failed",
-            type="error",
-            level="error",
-            data={"code": "server_error", "param": None, "message": message},
-        )
-        return 1
-    announce(
-        spec,
-        s3,
-        "New fine-tuned model created",
-        type="result",
-        data={"trained_tokens": trained_tokens, "model_key": spec.model_key},
-    )
+        return failed(spec, s3, {"code": "server_error", "param": None, "message": summary(e)})
+    result = {"trained_tokens": trained_tokens, "model_key": spec.model_key}
+    announce(spec, s3, "New fine-tuned model created", type="result", data=result)
     return 0
+
+
+def failed(spec: TrainingSpec, s3: Any, error: dict[str, Any]) -> int:
+    announce(spec, s3, error["message"], type="error", level="error", data=error)
+    return 1
+
+
+def summary(error: BaseException) -> str:
+    """One line for the user; the full traceback stays in the Ray job's logs.
+
+    Ray Train wraps a worker's exception twice (``WorkerGroupError`` per rank, then the
+    remote task error); the lowest rank's original exception says what went wrong.
+    """
+    failures = getattr(error, "worker_failures", None)
+    if failures:
+        error = failures[min(failures)]
+    error = getattr(error, "cause", None) or error
+    lines = str(error).strip().splitlines()
+    return f"Training failed: {type(error).__name__}: {lines[0] if lines else ''}"[:500]
 
 
 def announce(spec: TrainingSpec, s3: Any, message: str, **event: Any) -> None:

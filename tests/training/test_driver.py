@@ -196,6 +196,20 @@ def test_bad_line_fails_the_job_with_an_error_event(s3_server, ray_head, tiny_mo
     assert not any(e["type"] == "result" for e in events)
 
 
+def test_a_worker_failure_fails_the_job_with_server_error(s3_server, ray_head, tmp_path):
+    key = upload_file(s3_server, [chat_line(c, city) for c, city in PAIRS])
+    spec = make_spec(s3_server, tmp_path / "no-such-model", key)
+
+    status, logs, _ = submit(ray_head, s3_server, spec)
+
+    assert status == "FAILED", logs[-3000:]
+    keys, events = read_events(s3_server, spec.job_id)
+    assert [int(Path(k).stem) for k in keys] == list(range(len(keys)))
+    assert [e["type"] for e in events] == ["message", "error"]
+    assert events[-1]["data"]["code"] == "server_error"
+    assert events[-1]["data"]["message"].startswith("Training failed: ")
+
+
 def load_safetensors(blob: bytes) -> dict:
     from safetensors.torch import load
 
