@@ -32,7 +32,7 @@ class WorkerGroupError(Exception):
             "Training failed: OSError: gone",
         ),
         (RuntimeError(""), "Training failed: RuntimeError: "),
-        (RuntimeError("x" * 1000), "Training failed: RuntimeError: " + "x" * 468),
+        (RuntimeError("x" * 1000), "Training failed: RuntimeError: " + "x" * 469),
     ],
 )
 def test_summary_names_the_root_cause_in_one_line(error, expected):
