@@ -190,10 +190,13 @@ def test_training_sized_placement_group_fits_beside_serving(
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("model", [f"{BASE_ID}:no-such-adapter", "no-such-base"])
-def test_unknown_model_is_a_404_with_an_openai_error(client: OpenAI, model: str) -> None:
+def test_unknown_model_is_a_404_with_an_openai_error(
+    client: OpenAI, model: str, stream: bool
+) -> None:
     with pytest.raises(openai.NotFoundError) as info:
-        client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=4)
+        client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=4, stream=stream)
 
     error = info.value.response.json()["error"]
     assert error["code"] == "model_not_found"
