@@ -163,6 +163,15 @@ def start_ray_head(
         "--include-dashboard=true", "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
+        # Every other listener on a free port too: Ray's defaults (agent 52365, metrics, ...)
+        # collide with any other Ray on the host, and the Jobs API then has no agent.
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
     ]
     full_env = dict(env if env is not None else os.environ)
     full_env.setdefault("RAY_AUTH_MODE", "disabled")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> I
         yield RayHead(f"http://127.0.0.1:{dash_port}", f"127.0.0.1:{gcs_port}", proc)
     finally:
         proc.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

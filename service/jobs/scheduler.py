@@ -52,10 +52,19 @@ class Scheduler:
 
     def tick(self) -> None:
         for job_id in self._ids("validating_files"):
-            self.validate(job_id)
+            self._guarded(self.validate, job_id)
         self.launch_queued()
         for job_id in self._ids("queued", "running", submitted=True):
-            self.follow(job_id)
+            self._guarded(self.follow, job_id)
+
+    @staticmethod
+    def _guarded(step, job_id: str) -> None:
+        """One job's trouble (S3 or Ray briefly away) must not hold up the others."""
+        try:
+            step(job_id)
+        except Exception:
+            log.exception("scheduler step %s failed for %s; retrying next tick",
+                          step.__name__, job_id)
 
     def _ids(self, *states: str, submitted: bool = False) -> list[str]:
         with self.ctx.db.session() as s:
@@ -131,13 +140,17 @@ class Scheduler:
             ).all()
             for job in waiting:
                 submission_id = f"openft-{job.id}"
-                ctx.ray.submit(
-                    submission_id,
-                    entrypoint=(f"{sys.executable} -m training.driver "
-                                f"s3://{ctx.settings.s3_bucket}/{spec_key(job.id)}"),
-                    env_vars=_training_env(ctx),
-                    metadata={"openft_job_id": job.id},
-                )
+                try:
+                    ctx.ray.submit(
+                        submission_id,
+                        entrypoint=(f"{sys.executable} -m training.driver "
+                                    f"s3://{ctx.settings.s3_bucket}/{spec_key(job.id)}"),
+                        env_vars=_training_env(ctx),
+                        metadata={"openft_job_id": job.id},
+                    )
+                except Exception as e:  # a fresh head refuses for a few seconds: next tick
+                    log.warning("could not submit %s to Ray yet: %s", job.id, e)
+                    continue
                 job.ray_submission_id = submission_id
                 add_event(s, job.id, "Submitted the training run to Ray")
 
@@ -265,6 +278,8 @@ def _training_env(ctx: AppContext) -> dict[str, str]:
         "AWS_DEFAULT_REGION": st.s3_region,
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
         "PYTHONUNBUFFERED": "1",
+        # With several Ray clusters on one host, Ray Train's helpers must know which is ours.
+        "RAY_API_SERVER_ADDRESS": st.resolved_ray_address,
     }
 
 
