@@ -63,8 +63,8 @@ def stack_env(tiny_model_dir: Path) -> dict[str, str]:
 
 def test_upload_train_serve_and_restart(tmp_path: Path, stack_env: dict[str, str]):
     data_dir = tmp_path / "openft-data"
-    with running_stack(data_dir, stack_env) as stack:
-        client = OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
+    with running_stack(data_dir, stack_env) as first:
+        client = OpenAI(base_url=first.base_url, api_key=first.api_key, max_retries=0)
         assert "tiny-llama" in [m.id for m in client.models.list()]
         base_answer = greedy(client, "tiny-llama")
 
@@ -107,6 +107,7 @@ def test_upload_train_serve_and_restart(tmp_path: Path, stack_env: dict[str, str
         with pytest.raises(NotFoundError):
             greedy(client, job.fine_tuned_model.replace(":geo:", ":other:"))
         model_name, file_id, job_id = job.fine_tuned_model, uploaded.id, job.id
+    assert first.leftovers == []  # SIGTERM to the launcher stopped every process it started
 
     # A second run on the same data dir finds what the first one made.
     with running_stack(data_dir, stack_env) as stack:

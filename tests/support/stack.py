@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.processes import http_ok, start, wait_until
@@ -25,13 +25,17 @@ class Stack:
     api_key: str
     data_dir: Path
     env: dict[str, str]
+    leftovers: list[str] = field(default_factory=list)
+    """Process groups still alive after the launcher exited: should stay empty."""
 
 
-def _kill_group(pgid: int) -> None:
+def _kill_group(pgid: int) -> bool:
+    """SIGKILL a process group; True if it was still there."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
+        return False
+    return True
 
 
 @contextmanager
@@ -42,16 +46,19 @@ def running_stack(data_dir: Path, env_overrides: dict[str, str],
     port = int(env["OPENFT_PORT"])
     proc = start("launcher", [sys.executable, "-m", "service.launcher"], data_dir / "test-logs",
                  env)
+    stack: Stack | None = None
     try:
         wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), "openft API", proc,
                    timeout)
         key = env.get("OPENFT_API_KEYS", "").split("=")[0] or \
             (data_dir / "api_key").read_text().strip()
-        yield Stack(f"http://127.0.0.1:{port}/v1", key, data_dir, env)
+        stack = Stack(f"http://127.0.0.1:{port}/v1", key, data_dir, env)
+        yield stack
     finally:
-        proc.stop(timeout=60)
+        proc.stop(timeout=90)
         pids = data_dir / "pids.json"
         if pids.exists():
-            for pgid in json.loads(pids.read_text()).values():
-                _kill_group(int(pgid))
+            for name, pgid in json.loads(pids.read_text()).items():
+                if _kill_group(int(pgid)) and stack is not None:
+                    stack.leftovers.append(name)
         time.sleep(0.5)
