@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,10 +30,34 @@ def chat_jsonl(n: int = 12) -> bytes:
     return ("\n".join(chat_line(i) for i in range(n)) + "\n").encode()
 
 
+PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every API test runs on both databases; PostgreSQL gets a fresh database per test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'openft.db'}"
+        return
+    from sqlalchemy import create_engine, text
+
+    name = f"openft_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture
-def settings(tmp_path: Path, s3_server, tiny_model_dir: Path) -> Settings:
+def settings(tmp_path: Path, s3_server, tiny_model_dir: Path, database_url: str) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
+        database_url=database_url,
         s3_endpoint_url=s3_server.endpoint_url,
         s3_bucket=s3_server.bucket,
         s3_access_key=s3_server.access_key,
