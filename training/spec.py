@@ -63,6 +63,13 @@ class TrainingSpec(BaseModel):
     use_gpu: bool = False
     zero_stage: Literal[2, 3] = 2
     s3: S3Location
+    checkpoint_every_steps: int | None = Field(default=None, ge=1)
+    """Besides one checkpoint at the end of every epoch, also one every N optimizer steps."""
+    resume_from: str | None = None
+    """Key prefix (in the bucket) of a checkpoint of an earlier run of this job, such as
+    ``jobs/<id>/checkpoints/step-00000012/``: the run continues from that step with the same
+    weights, optimizer and LR-schedule state and data order, and its metrics events continue
+    numbering after it."""
 
     @property
     def events_prefix(self) -> str:
@@ -77,15 +84,19 @@ class TrainingSpec(BaseModel):
         return adapter_prefix(self.model_key)
 
 
-EventType = Literal["message", "metrics", "result", "error"]
+EventType = Literal["message", "metrics", "checkpoint", "paused", "result", "error"]
 
 
 class TrainingEvent(BaseModel):
     """One progress line written by rank 0 of a run.
 
     ``type`` is ``message`` (human text), ``metrics`` (``data`` = step, train_loss, ...),
-    ``result`` (``data`` = trained_tokens, model_key: the adapter is fully in S3), or
-    ``error`` (``data`` = code, param, message: the run failed for a reason the user can fix).
+    ``checkpoint`` (``data`` = step, checkpoint_key: the resumable state, adapter_key: a
+    servable adapter, model_key: its name under ``models/``, metrics: those of that step;
+    everything is in S3 before the event), ``paused`` (``data`` = step, checkpoint_key: the
+    run stopped after that checkpoint, as the control object asked), ``result`` (``data`` =
+    trained_tokens, model_key: the adapter is fully in S3), or ``error`` (``data`` = code,
+    param, message: the run failed for a reason the user can fix).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -112,3 +123,32 @@ def event_batch_key(job_id: str, seq: int) -> str:
 
 def adapter_prefix(model_key: str) -> str:
     return f"models/{model_key}/"
+
+
+def control_key(job_id: str) -> str:
+    """The API writes ``{"action": "pause"}`` here; rank 0 checkpoints and stops the run."""
+    return f"jobs/{job_id}/control.json"
+
+
+def checkpoint_key(job_id: str, step: int) -> str:
+    """Prefix of the resumable state after optimizer step ``step``.
+
+    >>> checkpoint_key("ftjob-1", 12)
+    'jobs/ftjob-1/checkpoints/step-00000012/'
+    """
+    return f"jobs/{job_id}/checkpoints/{checkpoint_dir_name(step)}/"
+
+
+def checkpoint_dir_name(step: int) -> str:
+    """The checkpoint's folder under ``jobs/{job_id}/checkpoints/``, as Ray Train names it."""
+    return f"step-{step:08d}"
+
+
+def checkpoint_model_key(model_key: str, step: int) -> str:
+    """Name of the servable adapter of a checkpoint: ``models/{this}/``, served as
+    ``<base>:{this}``.
+
+    >>> checkpoint_model_key("tiny-llama-ftjob-1", 12)
+    'tiny-llama-ftjob-1-step-00000012'
+    """
+    return f"{model_key}-{checkpoint_dir_name(step)}"
