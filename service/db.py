@@ -58,6 +58,16 @@ class JobRow(Base):
     ray_submission_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     events_cursor: Mapped[int] = mapped_column(Integer, default=0)
     """Number of event batches already ingested from S3: ingest resumes after them."""
+    integrations: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """When Ray first reported the run running; the base of ``estimated_finish``."""
+    estimated_finish: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    run_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Ray submissions so far: each resume is a new run ``openft-{id}-r{n}``."""
+    resume_from: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    """S3 prefix of the checkpoint the next run starts from (set by a pause)."""
+    model_deleted_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """Set by ``DELETE /v1/models/{ft model}``: the model is no longer listed or served."""
 
     __table_args__ = (Index("ix_jobs_org_created", "organization", "created_at"),)
 
@@ -83,8 +93,12 @@ class CheckpointRow(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
     step_number: Mapped[int] = mapped_column(Integer)
-    fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(512))
+    fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(512), index=True)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    adapter_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    """Servable adapter at ``models/{adapter_key}/``."""
+    state_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    """Resumable training state (S3 prefix), for pause/resume."""
 
 
 def make_engine(url: str) -> Engine:

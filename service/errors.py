@@ -59,6 +59,16 @@ class AuthenticationFailed(APIError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(APIError):
+    status_code = 403
+    code = "permission_denied"
+
+
+class PayloadTooLarge(APIError):
+    status_code = 413
+    code = "file_too_large"
+
+
 class Conflict(APIError):
     """A request that the object's current state forbids.
 

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     serving_max_lora_rank: int = 16
     serving_start_timeout_s: float = 600.0
 
+    max_upload_bytes: int = 512 * 1024 * 1024
+    """Largest file ``POST /v1/files`` accepts (OpenAI's limit for fine-tuning files)."""
+
     api_keys: str | None = None
     """Comma-separated ``key=organization`` pairs; unset: ``make run`` creates one key."""
 

@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import CallerDep, ContextDep, SessionDep
+from service.errors import PayloadTooLarge
 from service.files import service
 from service.files.protocol import FileDeleted, FileObject
 from service.pagination import ListPage, page
@@ -23,6 +24,10 @@ async def upload_file(
 ) -> FileObject:
     # UploadFile spools to disk past 1 MB; boto3 then streams it to S3 in parts.
     size = file.size if file.size is not None else 0
+    limit = ctx.settings.max_upload_bytes
+    if size > limit:
+        raise PayloadTooLarge(f"File is {size} bytes; the limit is {limit} bytes.",
+                              param="file")
     return await run_in_threadpool(
         service.create, session, ctx.blobs, caller, file.file,
         file.filename or "upload.jsonl", purpose, size,

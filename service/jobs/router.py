@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from service.deps import CallerDep, ContextDep, SessionDep
 from service.jobs import service
@@ -22,9 +22,12 @@ def create_job(ctx: ContextDep, session: SessionDep, caller: CallerDep,
 
 
 @router.get("", response_model=ListPage[FineTuningJob])
-def list_jobs(session: SessionDep, caller: CallerDep, limit: Limit = 20,
+def list_jobs(request: Request, session: SessionDep, caller: CallerDep, limit: Limit = 20,
               after: str | None = None) -> ListPage[FineTuningJob]:
-    rows = service.list_rows(session, caller, limit, after)
+    # OpenAI's filter syntax: ?metadata[key]=value (several allowed, all must match)
+    metadata = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
+                if k.startswith("metadata[") and k.endswith("]")}
+    rows = service.list_rows(session, caller, limit, after, metadata)
     return page([service.to_object(r) for r in rows], limit)
 
 
@@ -37,6 +40,18 @@ def retrieve_job(session: SessionDep, caller: CallerDep, job_id: str) -> FineTun
 def cancel_job(ctx: ContextDep, session: SessionDep, caller: CallerDep,
                job_id: str) -> FineTuningJob:
     return service.cancel(session, caller, job_id, ctx.ray.stop)
+
+
+@router.post("/{job_id}/pause", response_model=FineTuningJob)
+def pause_job(ctx: ContextDep, session: SessionDep, caller: CallerDep,
+              job_id: str) -> FineTuningJob:
+    return service.pause(session, ctx.blobs, caller, job_id)
+
+
+@router.post("/{job_id}/resume", response_model=FineTuningJob)
+def resume_job(ctx: ContextDep, session: SessionDep, caller: CallerDep,
+               job_id: str) -> FineTuningJob:
+    return service.resume(session, ctx.blobs, caller, job_id)
 
 
 @router.get("/{job_id}/events", response_model=ListPage[JobEvent])

@@ -34,6 +34,8 @@ from training.spec import (
 )
 
 log = logging.getLogger("openft.scheduler")
+FOLLOWED = ("queued", "running", "paused")
+"""States in which a job may have a Ray run to watch."""
 RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss",
                   "valid_mean_token_accuracy"]
 
@@ -54,7 +56,7 @@ class Scheduler:
         for job_id in self._ids("validating_files"):
             self._guarded(self.validate, job_id)
         self.launch_queued()
-        for job_id in self._ids("queued", "running", submitted=True):
+        for job_id in self._ids(*FOLLOWED, submitted=True):
             self._guarded(self.follow, job_id)
 
     @staticmethod
@@ -129,7 +131,7 @@ class Scheduler:
         ctx = self.ctx
         with ctx.db.session() as s:
             busy = s.scalar(select(func.count()).select_from(JobRow).where(
-                JobRow.ray_submission_id.is_not(None), JobRow.status.in_(("queued", "running"))))
+                JobRow.ray_submission_id.is_not(None), JobRow.status.in_(FOLLOWED)))
             free = ctx.settings.max_concurrent_jobs - (busy or 0)
             if free <= 0:
                 return
@@ -139,7 +141,10 @@ class Scheduler:
                 .order_by(JobRow.created_at).limit(free).with_for_update(skip_locked=True)
             ).all()
             for job in waiting:
-                submission_id = f"openft-{job.id}"
+                submission_id = f"openft-{job.id}" + (f"-r{job.run_count}" if job.run_count
+                                                      else "")
+                if job.resume_from:
+                    self._point_spec_at_checkpoint(job)
                 try:
                     ctx.ray.submit(
                         submission_id,
@@ -152,36 +157,71 @@ class Scheduler:
                     log.warning("could not submit %s to Ray yet: %s", job.id, e)
                     continue
                 job.ray_submission_id = submission_id
-                add_event(s, job.id, "Submitted the training run to Ray")
+                job.run_count += 1
+                add_event(s, job.id, "Submitted the training run to Ray" + (
+                    f", resuming from {job.resume_from}" if job.resume_from else ""))
 
-    # -- queued/running -> running | succeeded | failed ----------------------------------
+    def _point_spec_at_checkpoint(self, job: JobRow) -> None:
+        blobs = self.ctx.blobs
+        spec = TrainingSpec.model_validate_json(blobs.get(spec_key(job.id)))
+        spec = spec.model_copy(update={"resume_from": job.resume_from})
+        blobs.put(spec_key(job.id), spec.model_dump_json(indent=2).encode(), "application/json")
+
+    # -- queued/running/paused with a run -> running | paused | succeeded | failed ---------
     def follow(self, job_id: str) -> None:
         ctx = self.ctx
         with ctx.db.session() as s:
             job = s.get(JobRow, job_id)
-            if job is None or job.status not in ("queued", "running"):
+            if job is None or job.status not in FOLLOWED or not job.ray_submission_id:
                 return
             self._ingest(s, job)
             state = ctx.ray.status(job.ray_submission_id)
             if state is None:
-                self._fail(s, job, "The training run was lost (Ray no longer knows it).")
+                self._recover_lost_run(s, job)
                 return
             status, ray_message = state
             if status == "RUNNING" and job.status == "queued":
-                transition(s, job.id, ("queued",), "running", "Fine-tuning job started")
+                transition(s, job.id, ("queued",), "running", "Fine-tuning job started",
+                           started_at=job.started_at or now())
             elif status == "SUCCEEDED":
                 self._ingest(s, job)
-                self._succeed(s, job)
+                if job.trained_tokens is not None:
+                    self._succeed(s, job)
+                elif job.resume_from and job.status in ("paused", "queued"):
+                    self._release_paused(s, job)
+                else:
+                    self._fail(s, job, "The training run ended without producing a model.")
             elif status == "FAILED":
                 self._ingest(s, job)
                 if job.error:
-                    transition(s, job.id, ("queued", "running"), "failed",
+                    transition(s, job.id, FOLLOWED, "failed",
                                job.error.get("message", "Training failed"), level="error",
                                finished_at=now())
                 else:
                     self._fail(s, job, "Training failed. " + ray_message[-300:])
             elif status == "STOPPED":
                 self._fail(s, job, "The training run was stopped outside openft.")
+
+    def _recover_lost_run(self, s: Session, job: JobRow) -> None:
+        """Ray forgot the run (the cluster restarted): go on from its last checkpoint if any."""
+        latest = s.scalar(select(CheckpointRow.state_key).where(
+            CheckpointRow.job_id == job.id, CheckpointRow.state_key.is_not(None)
+        ).order_by(CheckpointRow.step_number.desc()).limit(1))
+        if not latest:
+            self._fail(s, job, "The training run was lost (Ray no longer knows it).")
+            return
+        job.resume_from, job.ray_submission_id = latest, None
+        if job.status == "running":
+            transition(s, job.id, ("running",), "queued",
+                       f"The training run was lost; resuming from checkpoint {latest}",
+                       level="warn")
+
+    def _release_paused(self, s: Session, job: JobRow) -> None:
+        """The run checkpointed and ended: its Ray workers are gone; resume starts anew."""
+        job.ray_submission_id = None
+        job.estimated_finish = None
+        add_event(s, job.id, f"Training stopped at checkpoint {job.resume_from}; "
+                  "resume continues from there")
 
     def _ingest(self, s: Session, job: JobRow) -> None:
         """Copy new event batches from the bucket into the database, each batch once."""
@@ -196,6 +236,13 @@ class Scheduler:
         s.flush()
 
     def _apply(self, s: Session, job: JobRow, ev: TrainingEvent) -> None:
+        data = ev.data or {}
+        if ev.type == "metrics":
+            self._estimate_finish(job, data)
+        elif ev.type == "checkpoint":
+            self._record_checkpoint(s, job, data, ev.created_at)
+        elif ev.type == "paused":
+            job.resume_from = data.get("checkpoint_key")
         if ev.type == "result":
             job.trained_tokens = int((ev.data or {}).get("trained_tokens", 0))
         elif ev.type == "error":
@@ -207,6 +254,24 @@ class Scheduler:
                   type_="metrics" if ev.type == "metrics" else "message",
                   data=ev.data if ev.type == "metrics" else None, created_at=ev.created_at)
 
+    @staticmethod
+    def _estimate_finish(job: JobRow, data: dict) -> None:
+        step, total = data.get("step"), data.get("total_steps")
+        if job.started_at and step and total:
+            elapsed = max(now() - job.started_at, 1)
+            job.estimated_finish = now() + int(elapsed / step * max(total - step, 0))
+
+    def _record_checkpoint(self, s: Session, job: JobRow, data: dict, created_at: int) -> None:
+        step = int(data.get("step", 0))
+        name = fine_tuned_model_name(job.model, job.organization, job.suffix, job.model_key)
+        adapter = data.get("adapter_key", "").removeprefix("models/").strip("/") or None
+        s.add(CheckpointRow(
+            id=new_id("ftckpt"), job_id=job.id, created_at=created_at, step_number=step,
+            fine_tuned_model_checkpoint=checkpoint_name(name, step),
+            metrics=data.get("metrics") or {"step": step}, adapter_key=adapter,
+            state_key=data.get("checkpoint_key"),
+        ))
+
     def _succeed(self, s: Session, job: JobRow) -> None:
         if job.trained_tokens is None:
             self._fail(s, job, "The training run ended without producing a model.")
@@ -215,13 +280,17 @@ class Scheduler:
         metrics = self._metric_rows(s, job.id)
         result_file = self._write_results(s, job, metrics)
         last = metrics[-1] if metrics else {"step": 0}
-        s.add(CheckpointRow(
-            id=new_id("ftckpt"), job_id=job.id, created_at=now(),
-            step_number=int(last.get("step", 0)),
-            fine_tuned_model_checkpoint=checkpoint_name(name, int(last.get("step", 0))),
-            metrics={k: v for k, v in last.items() if k != "total_steps"},
-        ))
-        transition(s, job.id, ("queued", "running"), "succeeded",
+        final_step = int(last.get("step", 0))
+        has_final = s.scalar(select(CheckpointRow.id).where(
+            CheckpointRow.job_id == job.id, CheckpointRow.step_number == final_step))
+        if not has_final:  # the final adapter is always a servable checkpoint
+            s.add(CheckpointRow(
+                id=new_id("ftckpt"), job_id=job.id, created_at=now(), step_number=final_step,
+                fine_tuned_model_checkpoint=checkpoint_name(name, final_step),
+                metrics={k: v for k, v in last.items() if k != "total_steps"},
+                adapter_key=job.model_key,
+            ))
+        transition(s, job.id, FOLLOWED, "succeeded",
                    "The job has successfully completed", finished_at=now(),
                    fine_tuned_model=name, result_files=[result_file])
         add_event(s, job.id, f"New fine-tuned model created: {name}")
@@ -248,7 +317,7 @@ class Scheduler:
         return row.id
 
     def _fail(self, s: Session, job: JobRow, message: str) -> None:
-        transition(s, job.id, ("queued", "running"), "failed", message, level="error",
+        transition(s, job.id, FOLLOWED, "failed", message, level="error",
                    finished_at=now(),
                    error={"code": "server_error", "message": message, "param": None})
 

@@ -14,9 +14,12 @@ from service.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
 from service.files.service import get_row as get_file_row
 from service.ids import new_id, now, random_tail
 from service.jobs.protocol import CreateJobRequest, FineTuningJob, JobCheckpoint, JobEvent
+from service.storage import BlobStore
+from training.spec import control_key
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
-ACTIVE = ("validating_files", "queued", "running")
+ACTIVE = ("validating_files", "queued", "running", "paused")
+METADATA_MAX_KEYS, METADATA_KEY_MAX, METADATA_VALUE_MAX = 16, 64, 512
 
 
 def to_object(row: JobRow) -> FineTuningJob:
@@ -31,7 +34,8 @@ def to_object(row: JobRow) -> FineTuningJob:
         trained_tokens=row.trained_tokens if row.status == "succeeded" else None,
         training_file=row.training_file, validation_file=row.validation_file,
         seed=row.seed, method={"type": "supervised", "supervised": {"hyperparameters": hyper}},
-        metadata=row.job_metadata,
+        metadata=row.job_metadata, integrations=row.integrations,
+        estimated_finish=row.estimated_finish if row.status == "running" else None,
     )
 
 
@@ -65,6 +69,7 @@ def create(session: Session, caller: Caller, req: CreateJobRequest,
             f"Fine-tuning method {method_type!r} is not supported yet; use 'supervised'.",
             param="method.type", code="invalid_value",
         )
+    _check_metadata(req.metadata)
     for param, file_id in (("training_file", req.training_file),
                            ("validation_file", req.validation_file)):
         if file_id is None:
@@ -90,7 +95,8 @@ def create(session: Session, caller: Caller, req: CreateJobRequest,
         status="validating_files", created_at=now(), hyperparameters=hyperparameters,
         method={"type": "supervised"}, suffix=req.suffix,
         seed=req.seed if req.seed is not None else secrets.randbelow(2147483647),
-        job_metadata=req.metadata, model_key=random_tail(12).lower(),
+        job_metadata=req.metadata, integrations=req.integrations,
+        model_key=random_tail(12).lower(),
         result_files=[], events_cursor=0,
     )
     session.add(row)
@@ -107,8 +113,25 @@ def get_row(session: Session, caller: Caller, job_id: str) -> JobRow:
     return row
 
 
-def list_rows(session: Session, caller: Caller, limit: int, after: str | None) -> list[JobRow]:
+def _check_metadata(metadata: dict[str, str] | None) -> None:
+    if not metadata:
+        return
+    if len(metadata) > METADATA_MAX_KEYS:
+        raise InvalidRequest(f"metadata may hold at most {METADATA_MAX_KEYS} keys.",
+                             param="metadata", code="invalid_value")
+    for key, value in metadata.items():
+        if len(key) > METADATA_KEY_MAX or len(value) > METADATA_VALUE_MAX:
+            raise InvalidRequest(
+                f"metadata keys are at most {METADATA_KEY_MAX} characters and values at most "
+                f"{METADATA_VALUE_MAX}; {key[:70]!r} is too long.",
+                param=f"metadata.{key[:64]}", code="invalid_value")
+
+
+def list_rows(session: Session, caller: Caller, limit: int, after: str | None,
+              metadata: dict[str, str] | None = None) -> list[JobRow]:
     q = select(JobRow).where(JobRow.organization == caller.organization)
+    for key, value in (metadata or {}).items():
+        q = q.where(JobRow.job_metadata[key].as_string() == value)
     if after:
         anchor = get_row(session, caller, after)
         q = q.where((JobRow.created_at < anchor.created_at)
@@ -126,6 +149,36 @@ def cancel(session: Session, caller: Caller, job_id: str, stop_ray) -> FineTunin
         stop_ray(row.ray_submission_id)
     if not transition(session, job_id, ACTIVE, "cancelled", "Fine-tuning job cancelled",
                       finished_at=now()):
+        raise Conflict(f"Job {job_id} changed state; try again.", param="fine_tuning_job_id",
+                       code="invalid_state")
+    session.refresh(row)
+    return to_object(row)
+
+
+def pause(session: Session, blobs: BlobStore, caller: Caller, job_id: str) -> FineTuningJob:
+    """Ask the run to checkpoint and stop; the scheduler releases it once it has."""
+    row = get_row(session, caller, job_id)
+    if row.status not in ("queued", "running"):
+        raise Conflict(f"Job {job_id} is {row.status}; only a queued or running job can be "
+                       "paused.", param="fine_tuning_job_id", code="invalid_state")
+    if row.ray_submission_id:
+        blobs.put(control_key(job_id), b'{"action": "pause"}', "application/json")
+    if not transition(session, job_id, ("queued", "running"), "paused",
+                      "Fine-tuning job paused"):
+        raise Conflict(f"Job {job_id} changed state; try again.", param="fine_tuning_job_id",
+                       code="invalid_state")
+    session.refresh(row)
+    return to_object(row)
+
+
+def resume(session: Session, blobs: BlobStore, caller: Caller, job_id: str) -> FineTuningJob:
+    """Queue the job again; its next run starts from the checkpoint the pause wrote."""
+    row = get_row(session, caller, job_id)
+    if row.status != "paused":
+        raise Conflict(f"Job {job_id} is {row.status}; only a paused job can be resumed.",
+                       param="fine_tuning_job_id", code="invalid_state")
+    blobs.delete(control_key(job_id))
+    if not transition(session, job_id, ("paused",), "queued", "Fine-tuning job resumed"):
         raise Conflict(f"Job {job_id} changed state; try again.", param="fine_tuning_job_id",
                        code="invalid_state")
     session.refresh(row)

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from service.deps import CallerDep, ContextDep, SessionDep
 from service.models import service
-from service.models.protocol import ModelObject
+from service.models.protocol import ModelDeleted, ModelObject
 from service.pagination import ListPage
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -23,3 +23,10 @@ def list_models(ctx: ContextDep, session: SessionDep, caller: CallerDep) -> List
 def retrieve_model(ctx: ContextDep, session: SessionDep, caller: CallerDep,
                    model_id: str) -> ModelObject:
     return service.resolve(session, ctx.settings, caller, model_id, ctx.started_at).public
+
+
+@router.delete("/{model_id:path}", response_model=ModelDeleted)
+def delete_model(ctx: ContextDep, session: SessionDep, caller: CallerDep,
+                 model_id: str) -> ModelDeleted:
+    service.delete(session, ctx.settings, caller, model_id)
+    return ModelDeleted(id=model_id)

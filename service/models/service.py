@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 
 from service.auth import Caller
 from service.db import CheckpointRow, JobRow
-from service.errors import ModelNotFound
+from service.errors import ModelNotFound, PermissionDenied
+from service.ids import now
 from service.jobs.naming import internal_name
 from service.models.protocol import ModelObject
 from service.settings import Settings
@@ -33,7 +34,8 @@ def list_models(session: Session, settings: Settings, caller: Caller,
                 started_at: int) -> list[ModelObject]:
     jobs = session.scalars(select(JobRow).where(
         JobRow.organization == caller.organization, JobRow.status == "succeeded",
-        JobRow.fine_tuned_model.is_not(None)).order_by(JobRow.finished_at))
+        JobRow.fine_tuned_model.is_not(None), JobRow.model_deleted_at.is_(None),
+    ).order_by(JobRow.finished_at))
     tuned = [ModelObject(id=j.fine_tuned_model, created=j.finished_at or j.created_at,
                          owned_by=j.organization) for j in jobs]
     return [m.public for m in _base_models(settings, started_at)] + tuned
@@ -45,16 +47,36 @@ def resolve(session: Session, settings: Settings, caller: Caller, model_id: str,
     for base in _base_models(settings, started_at):
         if base.public.id == model_id:
             return base
-    job = session.scalar(select(JobRow).where(
-        JobRow.fine_tuned_model == model_id, JobRow.status == "succeeded"))
-    if job is None:
-        ckpt = session.scalar(select(CheckpointRow).where(
-            CheckpointRow.fine_tuned_model_checkpoint == model_id))
-        job = session.get(JobRow, ckpt.job_id) if ckpt else None
-    if job is None or job.organization != caller.organization or job.status != "succeeded":
+    job, adapter_key = _owning_job(session, model_id)
+    if job is None or job.organization != caller.organization or job.model_deleted_at:
         raise ModelNotFound(model_id)
     return ServedModel(
         ModelObject(id=model_id, created=job.finished_at or job.created_at,
                     owned_by=job.organization),
-        internal_name(job.model, job.model_key),
+        internal_name(job.model, adapter_key),
     )
+
+
+def _owning_job(session: Session, model_id: str) -> tuple[JobRow | None, str]:
+    """The job behind a fine-tuned model or checkpoint name, and the adapter to serve."""
+    job = session.scalar(select(JobRow).where(
+        JobRow.fine_tuned_model == model_id, JobRow.status == "succeeded"))
+    if job is not None:
+        return job, job.model_key
+    ckpt = session.scalar(select(CheckpointRow).where(
+        CheckpointRow.fine_tuned_model_checkpoint == model_id,
+        CheckpointRow.adapter_key.is_not(None)))
+    if ckpt is None:
+        return None, ""
+    return session.get(JobRow, ckpt.job_id), ckpt.adapter_key or ""
+
+
+def delete(session: Session, settings: Settings, caller: Caller, model_id: str) -> None:
+    """Stop listing and serving a fine-tuned model; its job and adapter objects stay."""
+    if model_id in settings.base_model_dirs():
+        raise PermissionDenied(f"You cannot delete the base model {model_id}.", param="model")
+    job = session.scalar(select(JobRow).where(
+        JobRow.fine_tuned_model == model_id, JobRow.status == "succeeded"))
+    if job is None or job.organization != caller.organization or job.model_deleted_at:
+        raise ModelNotFound(model_id)
+    job.model_deleted_at = now()
