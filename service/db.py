@@ -11,7 +11,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, create_engine
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -66,6 +76,8 @@ class JobRow(Base):
     """Ray submissions so far: each resume is a new run ``openft-{id}-r{n}``."""
     resume_from: Mapped[str | None] = mapped_column(String(512), nullable=True)
     """S3 prefix of the checkpoint the next run starts from (set by a pause)."""
+    notified_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """Terminal status already turned into webhook deliveries (each status notifies once)."""
     model_deleted_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     """Set by ``DELETE /v1/models/{ft model}``: the model is no longer listed or served."""
 
@@ -99,6 +111,23 @@ class CheckpointRow(Base):
     """Servable adapter at ``models/{adapter_key}/``."""
     state_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
     """Resumable training state (S3 prefix), for pause/resume."""
+
+
+class WebhookDeliveryRow(Base):
+    """Outbox of webhook POSTs: written with the job's settlement, sent by a separate loop."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """Also the Standard Webhooks ``webhook-id``: receivers dedupe retries on it."""
+    organization: Mapped[str] = mapped_column(String(128))
+    url: Mapped[str] = mapped_column(String(2048))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, index=True)
+    delivered_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    gave_up_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 def make_engine(url: str) -> Engine:

@@ -24,6 +24,7 @@ from service.jobs.scheduler import Scheduler
 from service.models.router import router as models_router
 from service.settings import Settings
 from service.storage import BlobStore
+from service.webhooks import WebhookSender
 
 log = logging.getLogger("openft")
 
@@ -53,14 +54,17 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = await asyncio.to_thread(build_context, settings)
         app.state.ctx = ctx
-        task = asyncio.create_task(Scheduler(ctx).run_forever()) if run_scheduler else None
+        sender = WebhookSender(ctx.db, settings)
+        tasks = [asyncio.create_task(Scheduler(ctx).run_forever()),
+                 asyncio.create_task(sender.run_forever())] if run_scheduler else []
         try:
             yield
         finally:
-            if task:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await sender.aclose()
             await ctx.serving.aclose()
             ctx.ray.close()
             ctx.db.dispose()

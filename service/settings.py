@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     serving_max_lora_rank: int = 16
     serving_start_timeout_s: float = 600.0
 
+    webhooks: dict[str, list[str]] = Field(default_factory=dict)
+    """Per organization, URLs that receive ``fine_tuning.job.*`` events:
+    JSON ``{"org": ["https://..."]}``."""
+    webhook_secret: SecretStr | None = None
+    """Standard Webhooks signing secret (``whsec_<base64>``); unset: deliveries are unsigned."""
+    webhook_max_attempts: int = 8
+    webhook_retry_base_s: float = 5.0
+    """First retry after this long, doubling each time (5 s, 10 s, 20 s, ...)."""
+
     max_upload_bytes: int = 512 * 1024 * 1024
     """Largest file ``POST /v1/files`` accepts (OpenAI's limit for fine-tuning files)."""
 

@@ -14,8 +14,9 @@ class FileObject(BaseModel):
     created_at: int
     filename: str
     purpose: str
+    # Deprecated by OpenAI and never set here; the spec types `status_details` as a string,
+    # so it is left out rather than sent as null.
     status: str = "processed"
-    status_details: str | None = None
 
 
 class FileDeleted(BaseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,9 +12,10 @@ Auto = Literal["auto"]
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    batch_size: Auto | int | None = Field(default="auto")
-    learning_rate_multiplier: Auto | float = Field(default="auto")
-    n_epochs: Auto | int = Field(default="auto")
+    # OpenAI's bounds: a job that could never train is refused at creation, naming the field.
+    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] | None = Field(default="auto")
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0)] = Field(default="auto")
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = Field(default="auto")
 
 
 class SupervisedMethod(BaseModel):

@@ -22,6 +22,7 @@ from service.ids import new_id, now
 from service.jobs import hyperparameters
 from service.jobs.naming import checkpoint_name, fine_tuned_model_name
 from service.jobs.service import add_event, transition
+from service.webhooks import enqueue_settled
 from training.chat_format import InvalidChatFile, read_examples
 from training.spec import (
     LoraSpec,
@@ -58,6 +59,8 @@ class Scheduler:
         self.launch_queued()
         for job_id in self._ids(*FOLLOWED, submitted=True):
             self._guarded(self.follow, job_id)
+        with self.ctx.db.session() as s:
+            enqueue_settled(s, self.ctx.settings)
 
     @staticmethod
     def _guarded(step, job_id: str) -> None:

@@ -16,6 +16,7 @@ from service.ids import new_id, now, random_tail
 from service.jobs.protocol import CreateJobRequest, FineTuningJob, JobCheckpoint, JobEvent
 from service.storage import BlobStore
 from training.spec import control_key
+
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
 ACTIVE = ("validating_files", "queued", "running", "paused")
