@@ -42,8 +42,8 @@ def enqueue_settled(session: Session, settings: Settings) -> int:
                    "created_at": now(), "data": {"id": job.id}}
         for url in settings.webhooks.get(job.organization, []):
             session.add(WebhookDeliveryRow(
-                id=f"msg_{random_tail(24)}", organization=job.organization, url=url, payload=payload,
-                attempts=0, next_attempt_at=time.time()))
+                id=f"msg_{random_tail(24)}", organization=job.organization, url=url,
+                payload=payload, attempts=0, next_attempt_at=time.time()))
             created += 1
         job.notified_status = job.status
     return created
