@@ -10,8 +10,16 @@ from typing import Any
 
 MIN_EXAMPLES = 10
 ROLES = {"system", "developer", "user", "assistant", "tool"}
-MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id",
-                "function_call", "refusal"}
+MESSAGE_KEYS = {
+    "role",
+    "content",
+    "name",
+    "weight",
+    "tool_calls",
+    "tool_call_id",
+    "function_call",
+    "refusal",
+}
 EXAMPLE_KEYS = {"messages", "tools", "parallel_tool_calls", "functions"}
 
 
@@ -77,7 +85,8 @@ def read_examples(lines: Iterable[bytes | str]) -> list[dict[str, Any]]:
         examples.append(parse_example(raw, n))
     if len(examples) < MIN_EXAMPLES:
         raise InvalidChatFile(
-            None, f"Training file has {len(examples)} example(s), but must have at least "
+            None,
+            f"Training file has {len(examples)} example(s), but must have at least "
             f"{MIN_EXAMPLES} examples.",
             code="invalid_n_examples",
         )

@@ -92,6 +92,22 @@ def epoch_indices(
     return padded[rank::world_size]
 
 
+def resume_point(step: int, plan: StepPlan) -> tuple[int, int]:
+    """Where a run that already took ``step`` optimizer steps goes on: ``(epoch, micro)``, the
+    epoch and the position in this rank's :func:`epoch_indices` of the next example.
+
+    Checkpoints fall between optimizer steps, so ``micro`` is a multiple of ``grad_accum``.
+
+    >>> plan = StepPlan(grad_accum=2, micro_steps_per_epoch=6, n_epochs=5)
+    >>> [resume_point(step, plan) for step in (0, 2, 3, 14, 15)]
+    [(0, 0), (0, 4), (1, 0), (4, 4), (5, 0)]
+    """
+    if not 0 <= step <= plan.total_steps:
+        raise ValueError(f"step {step} is outside this run's 0..{plan.total_steps} steps")
+    epoch, steps_into_epoch = divmod(step, plan.steps_per_epoch)
+    return epoch, steps_into_epoch * plan.grad_accum
+
+
 def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example; padding is masked out and carries no loss.
 

@@ -2,9 +2,11 @@
 
     python -m training.driver s3://<bucket>/jobs/<job_id>/spec.json
 
-Setup (read the spec, check the training file), train (Ray Train ``TorchTrainer``; rank 0
-writes metrics events and uploads the adapter), settle (the ``result`` event once the adapter
-is in S3, or an ``error`` event), exit 0 on success and 1 on failure.
+Setup (read the spec, check the training file and the checkpoint to resume from), train (Ray
+Train ``TorchTrainer``; rank 0 writes metrics and checkpoint events and uploads the adapter),
+settle (the ``result`` event once the adapter is in S3, the ``paused`` event when the run
+stopped at a checkpoint because the API asked, or an ``error`` event), exit 0 on success or
+pause and 1 on failure.
 
 The driver and rank 0 take turns writing event batches (never at the same time), each
 continuing the numbering it finds in S3.
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from training import storage
@@ -22,6 +26,9 @@ from training.events import s3_event_writer
 from training.spec import TrainingSpec
 
 log = logging.getLogger("training.driver")
+
+RAY_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
+"""Where Ray Train (2.60, Train V2) remembers a run's checkpoints inside the run folder."""
 
 
 def main(argv: list[str]) -> int:
@@ -46,17 +53,28 @@ def read_spec(url: str) -> TrainingSpec:
 def run(spec: TrainingSpec, s3: Any) -> int:
     try:
         num_examples = check_training_file(spec, s3)
-        announce(spec, s3, f"Training started: {num_examples} examples, {spec.n_epochs} epochs")
-        trained_tokens = fit(spec)
-        confirm_adapter(spec, s3)
+        announce(spec, s3, started_message(spec, num_examples, resumed_step(spec, s3)))
+        outcome = fit(spec, s3)
+        if not outcome.paused:
+            confirm_adapter(spec, s3)
     except InvalidChatFile as e:
         return failed(spec, s3, {"code": e.code, "param": "training_file", "message": str(e)})
     except Exception as e:  # noqa: BLE001 - any other failure is the service's, not the user's
         log.exception("training failed")
         return failed(spec, s3, {"code": "server_error", "param": None, "message": summary(e)})
-    result = {"trained_tokens": trained_tokens, "model_key": spec.model_key}
+    if outcome.paused:
+        paused = {"step": outcome.step, "checkpoint_key": outcome.checkpoint_key}
+        announce(spec, s3, f"Training paused at step {outcome.step}", type="paused", data=paused)
+        return 0
+    result = {"trained_tokens": outcome.trained_tokens, "model_key": spec.model_key}
     announce(spec, s3, "New fine-tuned model created", type="result", data=result)
     return 0
+
+
+def started_message(spec: TrainingSpec, num_examples: int, step: int | None) -> str:
+    if step is None:
+        return f"Training started: {num_examples} examples, {spec.n_epochs} epochs"
+    return f"Training resumed after step {step}: {num_examples} examples, {spec.n_epochs} epochs"
 
 
 def failed(spec: TrainingSpec, s3: Any, error: dict[str, Any]) -> int:
@@ -91,12 +109,39 @@ def check_training_file(spec: TrainingSpec, s3: Any) -> int:
     return len(read_training_file(spec, s3))
 
 
-def fit(spec: TrainingSpec) -> int:
-    """Run the workers to completion; returns the trained tokens rank 0 reported."""
+def resumed_step(spec: TrainingSpec, s3: Any) -> int | None:
+    """The step ``resume_from`` continues after; fails fast when it is no checkpoint."""
+    if spec.resume_from is None:
+        return None
+    from training.checkpoints import STATE_FILE, TrainerState
+
+    key = spec.resume_from.rstrip("/") + "/" + STATE_FILE
+    try:
+        state = storage.read_bytes(s3, spec.s3.bucket, key)
+    except Exception as e:
+        raise RuntimeError(f"resume_from {spec.resume_from!r} is no checkpoint: {e}") from e
+    return TrainerState.from_json(state).step
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the workers ended, from the last checkpoint they reported to Ray Train."""
+
+    paused: bool
+    step: int
+    checkpoint_key: str
+    trained_tokens: int
+
+
+def fit(spec: TrainingSpec, s3: Any) -> Outcome:
+    """Run the workers until the end or a pause, Ray Train checkpoints in the job's prefix."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from training.loop import train_loop_per_worker
+
+    run_dir = Path(spec.checkpoints_prefix)
+    forget_earlier_runs(spec, s3)
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -107,33 +152,36 @@ def fit(spec: TrainingSpec) -> int:
             resources_per_worker={"CPU": spec.cpus_per_worker},
         ),
         torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
+        # Checkpoints land in jobs/{job_id}/checkpoints/step-{step:08d}/.
         run_config=RunConfig(
-            name="ray-train",
-            storage_path=f"{spec.s3.bucket}/{spec.checkpoints_prefix}",
-            storage_filesystem=checkpoint_filesystem(spec),
+            name=run_dir.name,
+            storage_path=f"{spec.s3.bucket}/{run_dir.parent}",
+            storage_filesystem=storage.pyarrow_filesystem(spec.s3),
         ),
     )
-    result = trainer.fit()
-    return int(result.metrics["trained_tokens"])
-
-
-def checkpoint_filesystem(spec: TrainingSpec) -> Any:
-    """Ray Train keeps its checkpoints (the adapter at the end) in the job's S3 prefix."""
-    from urllib.parse import urlparse
-
-    import pyarrow.fs
-
-    endpoint = urlparse(spec.s3.endpoint_url)
-    return pyarrow.fs.S3FileSystem(
-        endpoint_override=endpoint.netloc,
-        scheme=endpoint.scheme or "https",
-        region=spec.s3.region,
+    metrics = trainer.fit().metrics
+    return Outcome(
+        paused=bool(metrics["paused"]),
+        step=int(metrics["step"]),
+        checkpoint_key=str(metrics["checkpoint_key"]),
+        trained_tokens=int(metrics["trained_tokens"]),
     )
+
+
+def forget_earlier_runs(spec: TrainingSpec, s3: Any) -> None:
+    """Start Ray Train afresh, so that only ``resume_from`` says where this run starts.
+
+    Ray Train keeps a snapshot of its checkpoints in the run folder and hands the latest to a
+    new run with the same folder; an earlier run of this job (paused, or lost) left one there.
+    The checkpoints themselves stay.
+    """
+    key = f"{spec.checkpoints_prefix}/{RAY_TRAIN_SNAPSHOT}"
+    s3.delete_object(Bucket=spec.s3.bucket, Key=key)
 
 
 def confirm_adapter(spec: TrainingSpec, s3: Any) -> None:
     """The ``result`` event promises the adapter is servable: check before writing it."""
-    from training.loop import ADAPTER_FILES
+    from training.adapter import ADAPTER_FILES
 
     missing = [
         name

@@ -1,7 +1,9 @@
 """What every Ray Train worker runs: LoRA fine-tuning of the base model under DeepSpeed ZeRO.
 
-Reads top to bottom: setup (data, model, engine), train (one metrics event per optimizer
-step, from rank 0), save (the PEFT adapter to ``models/{model_key}/``), report.
+Reads top to bottom: setup (data, model, engine, the checkpoint to start from), train (one
+metrics event per optimizer step from rank 0, a checkpoint at every epoch end and every
+``checkpoint_every_steps``, a stop at a requested pause), save (the PEFT adapter to
+``models/{model_key}/`` unless paused).
 Ray Train has already joined the workers into a process group (gloo on CPU, nccl on GPU);
 DeepSpeed reuses it.
 """
@@ -9,25 +11,32 @@ DeepSpeed reuses it.
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from training.adapter import save_adapter, upload_adapter
 from training.chat_template import IGNORE_INDEX, TokenizedExample
-from training.data import StepPlan, collate, count_tokens, epoch_indices, plan_steps
+from training.checkpoints import Checkpointer, TrainerState, checkpoint_due
+from training.data import (
+    StepPlan,
+    collate,
+    count_tokens,
+    epoch_indices,
+    plan_steps,
+    resume_point,
+)
 from training.spec import TrainingSpec
-
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
-"""Uploaded in this order: a reader that sees the config can rely on the weights."""
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
+
+    from training.checkpoints import restore, starting_checkpoint
 
     spec = TrainingSpec.model_validate(config["spec"])
     context = ray.train.get_context()
@@ -37,18 +46,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     examples, pad_id = load_data(spec)
     plan = plan_steps(len(examples), world_size, spec.batch_size, spec.n_epochs)
     engine = build_engine(spec, plan, world_size)
-    trained_tokens = count_tokens(examples) * spec.n_epochs
+    checkpoint = starting_checkpoint(spec)
+    start = (
+        restore(engine, checkpoint, plan, rank, world_size)
+        if checkpoint is not None
+        else TrainerState.fresh(plan, world_size)
+    )
+    # Every checkpoint report carries these: the driver reads the last one from fit().
+    run_metrics = {
+        "trained_tokens": count_tokens(examples) * spec.n_epochs,
+        "total_steps": plan.total_steps,
+    }
 
     with rank0_events(spec, rank) as events:
-        train(engine, examples, pad_id, plan, spec.seed, rank, world_size, events)
+        run = Run(spec, plan, rank, world_size, events)
+        checkpoints = Checkpointer(engine, run, run_metrics)
+        paused = train(engine, examples, pad_id, run, start, checkpoints, pause_check(spec, rank))
+    if paused:
+        return
 
     with tempfile.TemporaryDirectory(prefix="adapter-") as out:
         save_adapter(engine, spec, Path(out), rank)
         if rank == 0:
-            upload_adapter(spec, Path(out))
-        metrics = {"trained_tokens": trained_tokens, "total_steps": plan.total_steps}
-        checkpoint = ray.train.Checkpoint.from_directory(out) if rank == 0 else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+            upload_adapter(spec, Path(out), spec.adapter_prefix)
 
 
 # --- setup -------------------------------------------------------------------------------
@@ -149,6 +169,17 @@ def rank0_events(spec: TrainingSpec, rank: int) -> Iterator[Any]:
         yield events
 
 
+def pause_check(spec: TrainingSpec, rank: int) -> Callable[[], bool]:
+    """Whether the API asked for a pause: rank 0 reads the control object, others say no."""
+    if rank != 0:
+        return lambda: False
+    from training import storage
+    from training.control import PauseWatch, s3_control_reader
+
+    read = s3_control_reader(storage.client(spec.s3), spec.s3.bucket, spec.job_id)
+    return PauseWatch(read).requested
+
+
 # --- train -------------------------------------------------------------------------------
 
 
@@ -208,20 +239,42 @@ def token_loss(
     return loss_sum / count.clamp(min=1), loss_sum.detach(), correct, count
 
 
+@dataclass
+class Run:
+    """One worker's place in the run."""
+
+    spec: TrainingSpec
+    plan: StepPlan
+    rank: int
+    world_size: int
+    events: Any
+    """Rank 0's event writer; ``None`` on the other ranks."""
+
+
 def train(
     engine: Any,
     examples: list[TokenizedExample],
     pad_id: int,
-    plan: StepPlan,
-    seed: int,
-    rank: int,
-    world_size: int,
-    events: Any,
-) -> None:
+    run: Run,
+    start: TrainerState,
+    checkpoints: Checkpointer,
+    pause_requested: Callable[[], bool],
+) -> bool:
+    """Train from ``start`` to the last step, or until a pause; returns whether paused.
+
+    Checks for a pause after every optimizer step but the last, all ranks agreeing. The run
+    always ends on a checkpoint of the step it stopped at.
+    """
+    from training.control import any_rank
+
     engine.train()
-    step, stats = 0, TokenStats()
-    for epoch in range(plan.n_epochs):
-        indices = epoch_indices(len(examples), plan, seed, epoch, rank, world_size)
+    plan, spec = run.plan, run.spec
+    step, metrics, stats = start.step, start.metrics, TokenStats()
+    first_epoch, first_micro = resume_point(step, plan)
+    for epoch in range(first_epoch, plan.n_epochs):
+        indices = epoch_indices(len(examples), plan, spec.seed, epoch, run.rank, run.world_size)
+        if epoch == first_epoch:
+            indices = indices[first_micro:]  # a multiple of grad_accum: steps stay aligned
         for micro, index in enumerate(indices, start=1):
             batch = collate([examples[index]], pad_id)
             logits = engine(
@@ -234,60 +287,34 @@ def train(
             stats.add(*sums)
             if micro % plan.grad_accum == 0:
                 step += 1
-                emit_metrics(events, step, plan.total_steps, stats.all_reduced())
+                metrics = step_metrics(step, plan.total_steps, stats.all_reduced())
+                emit_metrics(run.events, metrics)
                 stats = TokenStats()
+                paused = step < plan.total_steps and any_rank(pause_requested())
+                if paused or checkpoint_due(step, plan, spec.checkpoint_every_steps):
+                    checkpoints.save(step, metrics, paused=paused)
+                if paused:
+                    return True
+    if checkpoints.last_step != step:  # resumed from the last step: nothing left to train
+        checkpoints.save(step, metrics or {"step": step})
+    return False
 
 
-def emit_metrics(events: Any, step: int, total_steps: int, stats: TokenStats) -> None:
+def step_metrics(step: int, total_steps: int, stats: TokenStats) -> dict[str, Any]:
+    return {
+        "step": step,
+        "total_steps": total_steps,
+        "train_loss": stats.mean_loss,
+        "train_mean_token_accuracy": stats.accuracy,
+    }
+
+
+def emit_metrics(events: Any, metrics: dict[str, Any]) -> None:
     if events is None:
         return
     events.emit(
-        f"Step {step}/{total_steps}: training loss={stats.mean_loss:.4f}",
+        f"Step {metrics['step']}/{metrics['total_steps']}: "
+        f"training loss={metrics['train_loss']:.4f}",
         type="metrics",
-        data={
-            "step": step,
-            "total_steps": total_steps,
-            "train_loss": stats.mean_loss,
-            "train_mean_token_accuracy": stats.accuracy,
-        },
+        data=metrics,
     )
-
-
-# --- save --------------------------------------------------------------------------------
-
-
-def save_adapter(engine: Any, spec: TrainingSpec, out: Path, rank: int) -> None:
-    """Rank 0 writes adapter_config.json + adapter_model.safetensors into ``out``.
-
-    Under ZeRO-3 each rank holds a shard of every LoRA weight; all ranks must enter the
-    gather, or rank 0 saves empty tensors.
-    """
-    import deepspeed
-
-    model = engine.module
-    gather: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if spec.zero_stage == 3:
-        lora_params = [p for p in model.parameters() if p.requires_grad]
-        gather = deepspeed.zero.GatheredParameters(lora_params, modifier_rank=None)
-    with gather:
-        if rank == 0:
-            model.save_pretrained(out, safe_serialization=True)
-    if rank == 0:
-        name_base_model(out / "adapter_config.json", spec.base_model_id)
-
-
-def name_base_model(config_path: Path, base_model_id: str) -> None:
-    """Record the public base model id rather than this node's local path.
-
-    Done after saving: PEFT looks the name up while saving, and an id is no folder.
-    """
-    config = json.loads(config_path.read_text())
-    config["base_model_name_or_path"] = base_model_id
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
-
-
-def upload_adapter(spec: TrainingSpec, out: Path) -> list[str]:
-    from training import storage
-
-    paths = [out / name for name in ADAPTER_FILES]
-    return storage.upload_files(storage.client(spec.s3), spec.s3.bucket, spec.adapter_prefix, paths)

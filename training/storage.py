@@ -1,4 +1,4 @@
-"""The few S3 calls a run makes: read the spec and training file, write events and the adapter.
+"""The few S3 calls a run makes: read the spec and training file, write events and adapters.
 
 Credentials come from the AWS_* environment variables the job's runtime_env carries; the
 endpoint comes from the spec (or ``AWS_ENDPOINT_URL`` before the spec is read).
@@ -61,3 +61,15 @@ def exists(s3: Any, bucket: str, key: str) -> bool:
             return False
         raise
     return True
+
+
+def pyarrow_filesystem(location: S3Location) -> Any:
+    """The bucket as Ray Train reads and writes checkpoints: ``<bucket>/<key>`` paths."""
+    import pyarrow.fs
+
+    endpoint = urlparse(location.endpoint_url)
+    return pyarrow.fs.S3FileSystem(
+        endpoint_override=endpoint.netloc,
+        scheme=endpoint.scheme or "https",
+        region=location.region,
+    )

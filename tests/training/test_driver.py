@@ -8,126 +8,14 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from training.spec import S3Location, TrainingSpec, events_prefix, spec_key
+from tests.training.runs import PAIRS, chat_line, make_spec, read_events, submit, upload_file
 
 pytestmark = pytest.mark.slow
-
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-
-PAIRS = [
-    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
-    ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Peru", "Lima"), ("Kenya", "Nairobi"),
-    ("Chile", "Santiago"), ("Cuba", "Havana"), ("Greece", "Athens"), ("Norway", "Oslo"),
-]  # fmt: skip
-
-
-def chat_line(country: str, city: str) -> str:
-    return json.dumps(
-        {
-            "messages": [
-                {"role": "user", "content": f"What is the capital of {country}?"},
-                {"role": "assistant", "content": f"The capital of {country} is {city}."},
-            ]
-        }
-    )
-
-
-def submit(ray_head, s3_server, spec: TrainingSpec) -> tuple[str, str, str]:
-    """Upload the spec and start the driver as the service does; wait for the end.
-
-    No ``working_dir`` or ``PYTHONPATH``: ``make`` installs openft into the venv
-    (``pip install -e .``), whose interpreter runs the entrypoint and the Ray workers.
-    Returns ``(status, logs, submission_id)``.
-    """
-    from ray.job_submission import JobSubmissionClient
-
-    s3 = s3_server.client()
-    s3.put_object(Bucket=s3_server.bucket, Key=spec_key(spec.job_id), Body=spec.model_dump_json())
-    client = JobSubmissionClient(ray_head.dashboard_url)
-    submission_id = submit_when_agent_ready(
-        client,
-        entrypoint=f"{sys.executable} -m training.driver "
-        f"s3://{s3_server.bucket}/{spec_key(spec.job_id)}",
-        submission_id=f"openft-{spec.job_id}",
-        runtime_env={
-            "env_vars": {
-                **s3_server.env,
-                # Ray Train's placement-group cleaner finds its cluster by this, not by
-                # guessing, which fails when another Ray runs on the same host.
-                "RAY_API_SERVER_ADDRESS": ray_head.dashboard_url,
-                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-                "PYTHONUNBUFFERED": "1",
-            }
-        },
-    )
-    deadline = time.monotonic() + 600
-    status = client.get_job_status(submission_id)
-    while str(status.value) not in TERMINAL and time.monotonic() < deadline:
-        time.sleep(1)
-        status = client.get_job_status(submission_id)
-    if str(status.value) not in TERMINAL:
-        client.stop_job(submission_id)
-    return str(status.value), client.get_job_logs(submission_id), submission_id
-
-
-def submit_when_agent_ready(client, **job) -> str:
-    """A fresh head answers "No available agent to submit job" for its first seconds."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            return client.submit_job(**job)
-        except RuntimeError as e:
-            if "No available agent" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-
-
-def make_spec(s3_server, model_dir: Path, training_file_key: str, **overrides) -> TrainingSpec:
-    job_id = f"ftjob-{uuid.uuid4().hex[:12]}"
-    fields = dict(
-        job_id=job_id,
-        base_model_id="tiny-llama",
-        base_model_path=str(model_dir),
-        training_file_key=training_file_key,
-        model_key=f"tiny-llama-{job_id}",
-        n_epochs=5,
-        batch_size=4,
-        learning_rate=1e-2,
-        seed=0,
-        max_seq_length=128,
-        num_workers=2,
-        cpus_per_worker=1.0,
-        zero_stage=2,
-        s3=S3Location(endpoint_url=s3_server.endpoint_url, bucket=s3_server.bucket),
-    )
-    fields.update(overrides)
-    return TrainingSpec(**fields)
-
-
-def upload_file(s3_server, lines: list[str]) -> str:
-    key = f"files/file-{uuid.uuid4().hex[:12]}"
-    s3_server.client().put_object(
-        Bucket=s3_server.bucket, Key=key, Body=("\n".join(lines) + "\n").encode()
-    )
-    return key
-
-
-def read_events(s3_server, job_id: str) -> tuple[list[str], list[dict]]:
-    s3 = s3_server.client()
-    listing = s3.list_objects_v2(Bucket=s3_server.bucket, Prefix=events_prefix(job_id))
-    keys = sorted(item["Key"] for item in listing.get("Contents", []))
-    events = []
-    for key in keys:
-        body = s3.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read().decode()
-        events.extend(json.loads(line) for line in body.splitlines() if line.strip())
-    return keys, events
 
 
 @pytest.mark.parametrize("zero_stage", [2, 3])

@@ -1,0 +1,235 @@
+"""Checkpoints of a run: resumable state, a servable adapter, and the ``checkpoint`` event.
+
+Every rank writes its part into a local folder and hands it to ``ray.train.report``, which
+uploads all of them into one folder, ``jobs/{job_id}/checkpoints/step-{step:08d}/``::
+
+    trainer_state.json    the step and the step plan it belongs to (rank 0)
+    deepspeed/            engine.save_checkpoint: LoRA weights, optimizer (one ZeRO shard per
+                          rank), LR scheduler; frozen base weights are left out
+    rng/rank-{r}.pt       each rank's torch RNG state (LoRA dropout draws from it)
+    adapter/              adapter_config.json + adapter_model.safetensors (rank 0)
+
+Once every rank's upload is done, rank 0 copies the adapter to
+``models/{model_key}-step-{step:08d}/`` and only then emits the ``checkpoint`` event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from training.data import StepPlan
+from training.spec import (
+    TrainingSpec,
+    adapter_prefix,
+    checkpoint_dir_name,
+    checkpoint_key,
+    checkpoint_model_key,
+)
+
+if TYPE_CHECKING:
+    from training.loop import Run
+
+log = logging.getLogger("training.checkpoints")
+
+STATE_FILE = "trainer_state.json"
+DEEPSPEED_TAG = "deepspeed"
+
+
+def checkpoint_due(step: int, plan: StepPlan, every_steps: int | None) -> bool:
+    """At the end of every epoch, and every ``every_steps`` optimizer steps when set.
+
+    >>> plan = StepPlan(grad_accum=2, micro_steps_per_epoch=6, n_epochs=2)  # 3 steps/epoch
+    >>> [s for s in range(1, 7) if checkpoint_due(s, plan, every_steps=None)]
+    [3, 6]
+    >>> [s for s in range(1, 7) if checkpoint_due(s, plan, every_steps=2)]
+    [2, 3, 4, 6]
+    """
+    return step % plan.steps_per_epoch == 0 or bool(every_steps and step % every_steps == 0)
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    """What a checkpoint holds besides DeepSpeed's state, to go on exactly where it stopped."""
+
+    step: int
+    """Optimizer steps taken; the next metrics event is ``step + 1``."""
+    metrics: dict[str, Any] | None
+    """The metrics event data of ``step`` (``None`` before the first step)."""
+    shape: dict[str, int]
+    """World size and step plan: data order, LR schedule and ZeRO shards depend on them."""
+
+    @classmethod
+    def fresh(cls, plan: StepPlan, world_size: int) -> TrainerState:
+        return cls(0, None, run_shape(plan, world_size))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TrainerState:
+        return cls(**json.loads(text))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def check_fits(self, plan: StepPlan, world_size: int) -> None:
+        if self.shape != run_shape(plan, world_size):
+            raise ValueError(
+                f"the checkpoint was written by a run shaped {self.shape}; "
+                f"this run is shaped {run_shape(plan, world_size)}"
+            )
+
+
+def run_shape(plan: StepPlan, world_size: int) -> dict[str, int]:
+    """
+    >>> run_shape(StepPlan(grad_accum=2, micro_steps_per_epoch=6, n_epochs=5), world_size=2)
+    {'world_size': 2, 'grad_accum': 2, 'micro_steps_per_epoch': 6, 'n_epochs': 5}
+    """
+    return {"world_size": world_size, **asdict(plan)}
+
+
+def read_trainer_state(folder: Path) -> TrainerState:
+    return TrainerState.from_json((folder / STATE_FILE).read_text())
+
+
+# --- save --------------------------------------------------------------------------------
+
+
+class Checkpointer:
+    """Writes checkpoints of one worker's engine; every rank calls :meth:`save` together."""
+
+    def __init__(self, engine: Any, run: Run, run_metrics: dict[str, Any]) -> None:
+        self._engine = engine
+        self._run = run
+        self._run_metrics = run_metrics
+        self.last_step: int | None = None
+        """Step of the last checkpoint this run wrote."""
+
+    def save(self, step: int, metrics: dict[str, Any], paused: bool = False) -> None:
+        """Write the checkpoint of ``step``; ``metrics`` are that step's metrics event data.
+
+        ``paused`` marks the run's last report: the driver reads it from ``trainer.fit()``.
+        """
+        import ray.train
+
+        from training.adapter import save_adapter, upload_adapter
+
+        spec, rank = self._run.spec, self._run.rank
+        with tempfile.TemporaryDirectory(prefix="checkpoint-") as tmp:
+            out = Path(tmp)
+            state = TrainerState(step, metrics, run_shape(self._run.plan, self._run.world_size))
+            save_state(self._engine, out, state, rank)
+            save_adapter(self._engine, spec, out / "adapter", rank)
+            report = {
+                **self._run_metrics,
+                "step": step,
+                "checkpoint_key": checkpoint_key(spec.job_id, step),
+                "paused": paused,
+            }
+            ray.train.report(
+                report,
+                checkpoint=ray.train.Checkpoint.from_directory(out),
+                checkpoint_dir_name=checkpoint_dir_name(step),
+            )
+            barrier()  # report returns once this rank's files are up; the event needs all
+            if rank == 0:
+                name = checkpoint_model_key(spec.model_key, step)
+                upload_adapter(spec, out / "adapter", adapter_prefix(name))
+                self._announce(step, name, metrics)
+        self.last_step = step
+
+    def _announce(self, step: int, name: str, metrics: dict[str, Any]) -> None:
+        key = checkpoint_key(self._run.spec.job_id, step)
+        self._run.events.emit(
+            f"Checkpoint at step {step} saved",
+            type="checkpoint",
+            data={
+                "step": step,
+                "checkpoint_key": key,
+                "adapter_key": adapter_prefix(name),
+                "model_key": name,
+                "metrics": metrics,
+            },
+        )
+
+
+def save_state(engine: Any, out: Path, state: TrainerState, rank: int) -> None:
+    import torch
+
+    engine.save_checkpoint(
+        str(out), tag=DEEPSPEED_TAG, save_latest=False, exclude_frozen_parameters=True
+    )
+    rng = out / "rng"
+    rng.mkdir()
+    torch.save(rng_state(), rng / f"rank-{rank}.pt")
+    if rank == 0:
+        (out / STATE_FILE).write_text(state.to_json())
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+# --- restore -----------------------------------------------------------------------------
+
+
+def starting_checkpoint(spec: TrainingSpec) -> Any:
+    """The checkpoint this worker starts from, or ``None`` for a fresh start.
+
+    Ray Train's own checkpoint comes first: it is set when Ray Train restarted the workers of
+    this run after a failure, and is newer than anything the spec names. The driver clears
+    what Ray Train remembers of earlier runs of the job, so only ``resume_from`` decides
+    where a new run starts.
+    """
+    import ray.train
+
+    from training.storage import pyarrow_filesystem
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and spec.resume_from:
+        path = f"{spec.s3.bucket}/{spec.resume_from.strip('/')}"
+        checkpoint = ray.train.Checkpoint(path, filesystem=pyarrow_filesystem(spec.s3))
+    return checkpoint
+
+
+def restore(
+    engine: Any, checkpoint: Any, plan: StepPlan, rank: int, world_size: int
+) -> TrainerState:
+    """Load weights, optimizer, LR schedule and RNG of ``checkpoint`` into this rank."""
+    import torch
+
+    with checkpoint.as_directory() as folder:
+        state = read_trainer_state(Path(folder))
+        state.check_fits(plan, world_size)
+        load_path, _ = engine.load_checkpoint(
+            folder,
+            tag=DEEPSPEED_TAG,
+            load_module_strict=False,  # frozen weights are not saved
+        )
+        if load_path is None:
+            raise FileNotFoundError(f"no DeepSpeed state in checkpoint {checkpoint.path}")
+        set_rng_state(torch.load(Path(folder) / "rng" / f"rank-{rank}.pt", weights_only=False))
+    log.info("rank %d resumed from %s at step %d", rank, checkpoint.path, state.step)
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    import torch
+
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
