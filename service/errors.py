@@ -6,6 +6,9 @@ Every error leaves the API as OpenAI's envelope:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -91,6 +94,29 @@ def _envelope(status: int, message: str, param: str | None, code: str | None, ty
     )
 
 
+def _param(error: Mapping[str, Any], body: Any) -> str | None:
+    """The request field a validation error is about, named as OpenAI does (``a.b.0``).
+
+    pydantic also puts union members' tags (``literal['auto']``, ``constrained-int``) in the
+    location; walking the request body along it tells field names from those tags.
+    """
+    source, *rest = error.get("loc") or (None,)
+    if source != "body":
+        return ".".join(map(str, rest)) or None
+    names: list[str] = []
+    value = body
+    for i, part in enumerate(rest):
+        missing = i == len(rest) - 1 and error.get("type") == "missing"
+        if isinstance(value, Mapping) and (part in value or missing):
+            value = value.get(part)
+        elif isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+            value = value[part]
+        else:
+            break
+        names.append(str(part))
+    return ".".join(names) or None
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -99,10 +125,12 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        param = ".".join(loc) or None
-        msg = first.get("msg", "Invalid request")
+        errors = exc.errors()
+        params = [_param(e, exc.body) for e in errors]
+        param = params[0] if errors else None
+        # A union field (`"auto" | int`) fails once per member: say what each would take.
+        same = (e["msg"] for e, p in zip(errors, params, strict=True) if p == param)
+        msg = " or ".join(dict.fromkeys(same)) or "Invalid request"
         message = f"Invalid value for '{param}': {msg}" if param else msg
         return _envelope(400, message, param, "invalid_value", "invalid_request_error")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -75,7 +76,8 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
         app.include_router(router)
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def healthz() -> dict[str, str | int]:
+        # The pid lets a supervisor check that the process it started is the one answering.
+        return {"status": "ok", "pid": os.getpid()}
 
     return app

@@ -6,6 +6,7 @@ the same way as one started for a user: by the PID of the group it was started i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -109,6 +110,18 @@ def http_ok(url: str) -> bool:
     except urllib.error.HTTPError as e:
         return e.code < 500
     except (urllib.error.URLError, OSError):
+        return False
+
+
+def served_by(url: str, pid: int) -> bool:
+    """True once ``url`` (a ``/healthz``) answers and names ``pid`` as the process answering.
+
+    Guards against a port that another process took between choosing and binding it.
+    """
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - loopback only
+            return json.loads(r.read()).get("pid") == pid
+    except (urllib.error.URLError, OSError, ValueError):
         return False
 
 

@@ -82,7 +82,7 @@ class Scheduler:
     def validate(self, job_id: str) -> None:
         ctx = self.ctx
         with ctx.db.session() as s:
-            job = s.get(JobRow, job_id)
+            job = _claim(s, job_id)
             if job is None or job.status != "validating_files":
                 return
             try:
@@ -174,7 +174,7 @@ class Scheduler:
     def follow(self, job_id: str) -> None:
         ctx = self.ctx
         with ctx.db.session() as s:
-            job = s.get(JobRow, job_id)
+            job = _claim(s, job_id)
             if job is None or job.status not in FOLLOWED or not job.ray_submission_id:
                 return
             self._ingest(s, job)
@@ -323,6 +323,16 @@ class Scheduler:
         transition(s, job.id, FOLLOWED, "failed", message, level="error",
                    finished_at=now(),
                    error={"code": "server_error", "message": message, "param": None})
+
+
+def _claim(s: Session, job_id: str) -> JobRow | None:
+    """The job row, locked for this transaction; None if another API replica holds it.
+
+    With several API processes on PostgreSQL, only the one holding the row lock validates,
+    ingests or settles the job in a tick, so events are never ingested twice.
+    """
+    return s.scalar(select(JobRow).where(JobRow.id == job_id)
+                    .with_for_update(skip_locked=True))
 
 
 class _InvalidValidationFile(Exception):

@@ -89,3 +89,11 @@ def as_a() -> dict[str, str]:
 @pytest.fixture
 def as_b() -> dict[str, str]:
     return {"Authorization": f"Bearer {KEY_B}"}
+
+
+@pytest.fixture
+def api_env(tmp_path: Path, s3_server, ray_head, tiny_model_dir: Path) -> dict[str, str]:
+    """Environment of a standalone API process on the session's S3 server and Ray head."""
+    from tests.support.api_process import api_env_for
+
+    return api_env_for(tmp_path, s3_server, ray_head, tiny_model_dir)

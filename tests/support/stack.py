@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.processes import http_ok, start, wait_until
+from service.processes import served_by, start, wait_until
 
 
 @dataclass
@@ -48,8 +48,8 @@ def running_stack(data_dir: Path, env_overrides: dict[str, str],
                  env)
     stack: Stack | None = None
     try:
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), "openft API", proc,
-                   timeout)
+        health = f"http://127.0.0.1:{port}/healthz"
+        wait_until(lambda: served_by(health, proc.pid), "openft API", proc, timeout)
         key = env.get("OPENFT_API_KEYS", "").split("=")[0] or \
             (data_dir / "api_key").read_text().strip()
         stack = Stack(f"http://127.0.0.1:{port}/v1", key, data_dir, env)
