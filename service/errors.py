@@ -11,8 +11,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.base import RequestResponseEndpoint
 
 
 class APIError(Exception):
@@ -138,3 +139,13 @@ def install_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = "not_found" if exc.status_code == 404 else None
         return _envelope(exc.status_code, str(exc.detail), None, code, "invalid_request_error")
+
+    @app.middleware("http")
+    async def _refuse_nul(request: Request, call_next: RequestResponseEndpoint) -> Response:
+        # No id, cursor or filter holds NUL, and PostgreSQL fails on any text that does (a 500).
+        bad = [k for k, v in request.query_params.multi_items() if "\x00" in k + v]
+        if bad or "\x00" in request.url.path:
+            where = f"'{bad[0]}'" if bad else "the path"
+            return _envelope(400, f"Invalid value in {where}: NUL (%00) is not allowed.",
+                             bad[0] if bad else None, "invalid_value", "invalid_request_error")
+        return await call_next(request)

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     training_cpus_per_worker: float = 1.0
     training_use_gpu: bool = False
     training_zero_stage: int = 2
+    training_tokens_per_s: float = 200.0
+    """Rough throughput of one run, for the duration estimate in the validation summary."""
+    training_startup_s: float = 30.0
+    """Rough fixed cost of a run (Ray workers, model load), for the same estimate."""
     max_concurrent_jobs: int = 1
     """Jobs running on Ray at once; more stay ``queued``."""
     scheduler_interval_s: float = 1.0

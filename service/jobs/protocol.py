@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Auto = Literal["auto"]
+# Looked up in the database; PostgreSQL fails on text holding NUL, and no id does.
+FileId = Annotated[str, Field(pattern=r"^[^\x00]*$")]
 
 
 class Hyperparameters(BaseModel):
@@ -35,8 +37,8 @@ class CreateJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    training_file: str
-    validation_file: str | None = None
+    training_file: FileId
+    validation_file: FileId | None = None
     hyperparameters: Hyperparameters | None = None
     suffix: str | None = Field(default=None, min_length=1, max_length=64,
                                pattern=r"^[A-Za-z0-9_-]+$")

@@ -22,8 +22,9 @@ from service.ids import new_id, now
 from service.jobs import hyperparameters
 from service.jobs.naming import checkpoint_name, fine_tuned_model_name
 from service.jobs.service import add_event, transition
+from service.jobs.token_count import ChatTokenCounter
 from service.webhooks import enqueue_settled
-from training.chat_format import InvalidChatFile, read_examples
+from training.chat_format import InvalidChatFile, read_examples, read_numbered_examples
 from training.spec import (
     LoraSpec,
     S3Location,
@@ -86,7 +87,8 @@ class Scheduler:
             if job is None or job.status != "validating_files":
                 return
             try:
-                examples = read_examples(ctx.blobs.iter_lines(file_key(job.training_file)))
+                examples = read_numbered_examples(
+                    ctx.blobs.iter_lines(file_key(job.training_file)))
                 if job.validation_file:
                     _validate_file(ctx, job.validation_file, "validation_file")
             except InvalidChatFile as e:
@@ -116,11 +118,45 @@ class Scheduler:
             # The spec is in S3 before the row says queued (results before pointers).
             ctx.blobs.put(spec_key(job.id), spec.model_dump_json(indent=2).encode(),
                           "application/json")
+            summary = self._token_summary(job, examples, resolved.n_epochs)
             if transition(s, job.id, ("validating_files",), "queued",
                           "Files validated, moving job to queued state",
                           hyperparameters=resolved.as_dict()):
-                add_event(s, job.id, f"Training file has {len(examples)} examples",
-                          data={"n_examples": len(examples), **resolved.as_dict()})
+                self._announce_summary(s, job.id, summary, resolved)
+
+    def _token_summary(self, job: JobRow, examples: list[tuple[int, dict]],
+                       n_epochs: int) -> dict:
+        settings = self.ctx.settings
+        counter = ChatTokenCounter(settings.base_model_dirs()[job.model])
+        limit = settings.serving_max_model_len
+        counts = [(line, counter.count(ex)) for line, ex in examples]
+        n_tokens = sum(min(c, limit) for _, c in counts)
+        trained = n_tokens * n_epochs
+        return {
+            "n_examples": len(examples), "n_tokens": n_tokens,
+            "estimated_trained_tokens": trained,
+            "estimated_duration_s": int(settings.training_startup_s
+                                        + trained / settings.training_tokens_per_s),
+            "max_seq_length": limit,
+            "truncated_lines": [line for line, c in counts if c > limit],
+        }
+
+    @staticmethod
+    def _announce_summary(s: Session, job_id: str, summary: dict,
+                          resolved: hyperparameters.Resolved) -> None:
+        truncated = summary.pop("truncated_lines")
+        if truncated:
+            shown = ", ".join(map(str, truncated[:10])) + (", ..." if len(truncated) > 10
+                                                            else "")
+            add_event(s, job_id, f"{len(truncated)} example(s) exceed {summary['max_seq_length']}"
+                      f" tokens and will be truncated (lines {shown})", level="warn",
+                      data={"truncated_lines": truncated[:100]})
+        add_event(s, job_id,
+                  f"Training file has {summary['n_examples']} examples and "
+                  f"{summary['n_tokens']} tokens; about {summary['estimated_trained_tokens']} "
+                  f"tokens will be trained over {resolved.n_epochs} epochs, estimated "
+                  f"{summary['estimated_duration_s']} s",
+                  data={**summary, **resolved.as_dict()})
 
     def _fail_validation(self, s: Session, job: JobRow, e: InvalidChatFile, param: str) -> None:
         name = "Training" if param == "training_file" else "Validation"

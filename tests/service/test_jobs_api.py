@@ -127,3 +127,21 @@ def test_fine_tuned_model_is_private_to_its_organization(client, app, as_a, as_b
     chat = client.post("/v1/chat/completions", headers=as_b,
                        json={"model": name, "messages": [{"role": "user", "content": "hi"}]})
     assert_envelope(chat, 404, param="model", code="model_not_found")
+
+
+def test_validation_counts_tokens_and_warns_about_truncation(client, app, as_a):
+    lines = chat_jsonl(12).decode().splitlines()
+    lines[4] = json.dumps({"messages": [{"role": "user", "content": "word " * 3000},
+                                        {"role": "assistant", "content": "ok"}]})
+    file_id = upload(client, as_a, ("\n".join(lines) + "\n").encode()).json()["id"]
+    job_id = create_job(client, as_a, file_id, hyperparameters={"n_epochs": 2}).json()["id"]
+    Scheduler(app.state.ctx).validate(job_id)
+    events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=50", headers=as_a).json()
+    warn = [e for e in events["data"] if e["level"] == "warn"]
+    assert len(warn) == 1 and "(lines 5)" in warn[0]["message"]
+    summary = next(e for e in events["data"] if (e["data"] or {}).get("n_tokens"))
+    data = summary["data"]
+    assert data["n_examples"] == 12 and data["estimated_trained_tokens"] == 2 * data["n_tokens"]
+    # the long example counts at most max_seq_length tokens: it is truncated, not rejected
+    assert data["n_tokens"] <= 11 * 100 + data["max_seq_length"]
+    assert data["estimated_duration_s"] > 0

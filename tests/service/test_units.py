@@ -67,3 +67,20 @@ def test_read_examples_counts_and_skips_blank_lines():
     with pytest.raises(InvalidChatFile) as e:
         read_examples(lines[:9])
     assert e.value.code == "invalid_n_examples"
+
+
+def test_token_counter_matches_the_chat_template(tiny_model_dir):
+    """The service's torch-free count equals transformers' own apply_chat_template."""
+    from transformers import AutoTokenizer
+
+    from service.jobs.token_count import ChatTokenCounter
+
+    example = {"messages": [{"role": "system", "content": "Be brief."},
+                            {"role": "user", "content": "What is the capital of France?"},
+                            {"role": "assistant", "content": "Paris.", "weight": 1}]}
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rendered = tokenizer.apply_chat_template(
+        [{k: v for k, v in m.items() if k != "weight"} for m in example["messages"]],
+        tokenize=False)
+    expected = len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    assert ChatTokenCounter(tiny_model_dir).count(example) == expected
