@@ -78,11 +78,16 @@ def _check_message(msg: Any, line: int, i: int) -> None:
 
 def read_examples(lines: Iterable[bytes | str]) -> list[dict[str, Any]]:
     """Every example of a file, blank lines skipped; at least :data:`MIN_EXAMPLES`."""
+    return [example for _, example in read_numbered_examples(lines)]
+
+
+def read_numbered_examples(lines: Iterable[bytes | str]) -> list[tuple[int, dict[str, Any]]]:
+    """Like :func:`read_examples`, with each example's 1-based line number (for messages)."""
     examples = []
     for n, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
-        examples.append(parse_example(raw, n))
+        examples.append((n, parse_example(raw, n)))
     if len(examples) < MIN_EXAMPLES:
         raise InvalidChatFile(
             None,
