@@ -116,11 +116,9 @@ def resumed_step(spec: TrainingSpec, s3: Any) -> int | None:
     from training.checkpoints import STATE_FILE, TrainerState
 
     key = spec.resume_from.rstrip("/") + "/" + STATE_FILE
-    try:
-        state = storage.read_bytes(s3, spec.s3.bucket, key)
-    except Exception as e:
-        raise RuntimeError(f"resume_from {spec.resume_from!r} is no checkpoint: {e}") from e
-    return TrainerState.from_json(state).step
+    if not storage.exists(s3, spec.s3.bucket, key):
+        raise FileNotFoundError(f"resume_from {spec.resume_from!r} is no checkpoint: no {key}")
+    return TrainerState.from_json(storage.read_bytes(s3, spec.s3.bucket, key)).step
 
 
 @dataclass(frozen=True)

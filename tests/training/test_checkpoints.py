@@ -78,8 +78,7 @@ def test_checkpoints_every_epoch_and_every_n_steps_and_resume_under_zero3(
     _, events = read_events(s3_server, spec.job_id)
     after = of_type(events, "metrics")[len(metrics) :]
     assert [m["step"] for m in after] == [4, 5, 6]
-    for m in after:
-        assert m["train_loss"] == pytest.approx(metrics[m["step"]]["train_loss"], abs=1e-4)
+    assert_same_losses(after, [metrics[step] for step in (4, 5, 6)])
     assert events[-1]["type"] == "result"
 
 
@@ -92,14 +91,14 @@ def test_pause_then_resume_continues_like_an_uninterrupted_run(s3_server, ray_he
     paused = make_spec(s3_server, tiny_model_dir, key, **fields)
 
     client, submission_id = start(ray_head, s3_server, paused)
-    first_metrics_at = wait_for_metrics(s3_server, paused.job_id)
+    seen_step = wait_for_metrics(s3_server, paused.job_id)
     s3 = s3_server.client()
     s3.put_object(
         Bucket=s3_server.bucket, Key=control_key(paused.job_id), Body=b'{"action": "pause"}'
     )
-    asked_at = time.monotonic()
+    asked_at, asked_wall = time.monotonic(), time.time()
     status, logs = wait(client, submission_id)
-    print(f"pause: {time.monotonic() - asked_at:.1f}s from control write to Ray job end")
+    ended_in = time.monotonic() - asked_at
 
     assert status == "SUCCEEDED", logs[-5000:]
     _, events = read_events(s3_server, paused.job_id)
@@ -107,11 +106,16 @@ def test_pause_then_resume_continues_like_an_uninterrupted_run(s3_server, ray_he
     [pause] = of_type(events, "paused")
     step = pause["step"]
     total_steps = 12 * 3
-    assert 1 <= step < total_steps, (step, first_metrics_at)
+    assert 1 <= step < total_steps, step
     assert pause["checkpoint_key"] == checkpoint_key(paused.job_id, step)
     assert [m["step"] for m in of_type(events, "metrics")] == list(range(1, step + 1))
     assert of_type(events, "checkpoint")[-1]["step"] == step
     assert events[-1]["type"] == "paused"
+    print(
+        f"pause asked after step {seen_step} was reported, taken "
+        f"at step {step}; paused event {events[-1]['created_at'] - asked_wall:+.0f}s (1 s "
+        f"resolution), Ray job ended {ended_in:.1f}s after the control write"
+    )
 
     # The API deletes the control object and submits the job again from the checkpoint.
     s3.delete_object(Bucket=s3_server.bucket, Key=control_key(paused.job_id))
@@ -124,26 +128,39 @@ def test_pause_then_resume_continues_like_an_uninterrupted_run(s3_server, ray_he
 
     _, events = read_events(s3_server, paused.job_id)
     assert events[-1]["type"] == "result"
-    losses = {m["step"]: m["train_loss"] for m in of_type(events, "metrics")}
-    assert [m["step"] for m in of_type(events, "metrics")] == list(range(1, total_steps + 1))
+    assert any(e["message"].startswith(f"Training resumed after step {step}:") for e in events)
+    metrics = of_type(events, "metrics")
+    assert [m["step"] for m in metrics] == list(range(1, total_steps + 1))
     _, reference_events = read_events(s3_server, reference.job_id)
-    expected = {m["step"]: m["train_loss"] for m in of_type(reference_events, "metrics")}
-    print(
-        "pause step", step, "largest difference", max(abs(losses[s] - expected[s]) for s in losses)
-    )
-    for s in range(1, total_steps + 1):
-        assert losses[s] == pytest.approx(expected[s], abs=1e-4), s
+    assert_same_losses(metrics, of_type(reference_events, "metrics"))
 
 
 # --- helpers -------------------------------------------------------------------------------
 
 
-def wait_for_metrics(s3_server, job_id: str, timeout_s: float = 300) -> float:
+def assert_same_losses(metrics: list[dict], expected: list[dict]) -> None:
+    """Bit for bit: the checkpoint restores every bit of state (fp32 LoRA master weights, Adam
+    moments, LR-schedule step, RNG), the data order is a function of (seed, epoch, rank) only,
+    and with one thread per worker and the same world size every reduction runs in the same
+    order, so nothing is left to differ."""
+    assert [m["step"] for m in metrics] == [m["step"] for m in expected]
+    differences = {
+        m["step"]: m["train_loss"] - e["train_loss"] for m, e in zip(metrics, expected, strict=True)
+    }
+    print("largest loss difference:", max(abs(d) for d in differences.values()))
+    assert all(d == 0.0 for d in differences.values()), differences
+    assert [m["train_mean_token_accuracy"] for m in metrics] == [
+        e["train_mean_token_accuracy"] for e in expected
+    ]
+
+
+def wait_for_metrics(s3_server, job_id: str, timeout_s: float = 300) -> int:
+    """Wait for the run's first metrics event; returns the last step reported so far."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         _, events = read_events(s3_server, job_id)
-        if of_type(events, "metrics"):
-            return time.monotonic()
+        if metrics := of_type(events, "metrics"):
+            return int(metrics[-1]["step"])
         time.sleep(0.2)
     raise TimeoutError(f"no metrics from {job_id} in {timeout_s}s")
 
