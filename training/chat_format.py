@@ -21,6 +21,7 @@ MESSAGE_KEYS = {
     "refusal",
 }
 EXAMPLE_KEYS = {"messages", "tools", "parallel_tool_calls", "functions"}
+PREFERENCE_KEYS = {"input", "preferred_output", "non_preferred_output"}
 
 
 class InvalidChatFile(ValueError):
@@ -42,6 +43,9 @@ def parse_example(raw: bytes | str, line: int) -> dict[str, Any]:
         raise InvalidChatFile(line, f"is not valid JSON ({e.msg if hasattr(e, 'msg') else e}).")
     if not isinstance(example, dict):
         raise InvalidChatFile(line, "must be a JSON object with a 'messages' list.")
+    if PREFERENCE_KEYS <= set(example):
+        raise InvalidChatFile(line, "is a preference (DPO) example, but the job's method is "
+                              "'supervised': use 'messages' lines, or method type 'dpo'.")
     unknown = set(example) - EXAMPLE_KEYS
     if unknown:
         raise InvalidChatFile(line, f"has unrecognized key(s) {sorted(unknown)}.")
@@ -72,8 +76,22 @@ def _check_message(msg: Any, line: int, i: int) -> None:
         raise InvalidChatFile(line, f"{where} 'content' must be a string.")
     if "weight" in msg and (role != "assistant" or msg["weight"] not in (0, 1)):
         raise InvalidChatFile(line, f"{where} 'weight' must be 0 or 1, on assistant messages.")
-    if "tool_calls" in msg and not isinstance(msg["tool_calls"], list):
-        raise InvalidChatFile(line, f"{where} 'tool_calls' must be a list.")
+    if "tool_calls" in msg:
+        _check_tool_calls(msg["tool_calls"], line, where)
+
+
+def _check_tool_calls(calls: Any, line: int, where: str) -> None:
+    """OpenAI's shape: ``[{"id", "type": "function", "function": {"name", "arguments"}}]``."""
+    if not isinstance(calls, list) or not calls:
+        raise InvalidChatFile(line, f"{where} 'tool_calls' must be a non-empty list.")
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if (not isinstance(fn, dict) or call.get("type", "function") != "function"
+                or not isinstance(fn.get("name"), str)
+                or not isinstance(fn.get("arguments"), str)):
+            raise InvalidChatFile(
+                line, f"{where} tool_calls[{j}] must be {{\"id\", \"type\": \"function\", "
+                "\"function\": {\"name\": string, \"arguments\": JSON string}}.")
 
 
 def read_examples(lines: Iterable[bytes | str]) -> list[dict[str, Any]]:

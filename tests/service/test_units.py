@@ -54,11 +54,29 @@ GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "c
     ('{"messages": [{"role": "user", "content": "x"}]}', "no assistant message"),
     ('{"messages": [{"role": "assistant", "content": "x", "weight": 2}]}', "'weight'"),
     ('{"messages": [{"role": "assistant", "content": 5}]}', "'content' must be a string"),
+    ('{"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "c",'
+     ' "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]}]}',
+     "tool_calls[0]"),
+    ('{"messages": [{"role": "assistant", "content": null, "tool_calls": "f()"}]}',
+     "'tool_calls' must be a non-empty list"),
+    ('{"input": {"messages": []}, "preferred_output": [], "non_preferred_output": []}',
+     "preference (DPO) example"),
 ])
 def test_each_bad_line_names_line_and_problem(line, fragment):
     with pytest.raises(InvalidChatFile) as e:
         parse_example(line, 7)
     assert e.value.line == 7 and str(e.value).startswith("Line 7") and fragment in str(e.value)
+
+
+def test_tool_calls_in_openai_shape_are_accepted():
+    line = json.dumps({"messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "rain"},
+        {"role": "assistant", "content": "It rains."}]})
+    assert parse_example(line, 1)["messages"][1]["tool_calls"][0]["id"] == "call_1"
 
 
 def test_read_examples_counts_and_skips_blank_lines():
