@@ -40,7 +40,8 @@ def parse_example(raw: bytes | str, line: int) -> dict[str, Any]:
     try:
         example = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidChatFile(line, f"is not valid JSON ({e.msg if hasattr(e, 'msg') else e}).")
+        reason = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+        raise InvalidChatFile(line, f"is not valid JSON ({reason}).") from None
     if not isinstance(example, dict):
         raise InvalidChatFile(line, "must be a JSON object with a 'messages' list.")
     if PREFERENCE_KEYS <= set(example):
