@@ -1,0 +1,59 @@
+"""Pause and resume through the API on real Ray Train + DeepSpeed: the run checkpoints and
+ends (its Ray workers are released), and the resumed run continues from that step.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.service.conftest import chat_jsonl
+from tests.support.api_process import api_process, wait_status
+
+pytestmark = pytest.mark.slow
+
+
+def metric_steps(client, job_id: str) -> list[int]:
+    return [e.data["step"] for e in client.fine_tuning.jobs.list_events(job_id, limit=1000)
+            if e.type == "metrics"]
+
+
+def wait_for(predicate, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_pause_checkpoints_releases_workers_and_resume_continues(api_env, tmp_path, ray_head):
+    with api_process(api_env, tmp_path) as client:
+        f = client.files.create(file=("t.jsonl", chat_jsonl(12)), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id,
+                                             hyperparameters={"n_epochs": 8})
+        wait_status(client, job.id, {"running"})
+        wait_for(lambda: len(metric_steps(client, job.id)) >= 2, "the first steps")
+
+        assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+        wait_for(lambda: any("resume continues from there" in e.message for e in
+                             client.fine_tuning.jobs.list_events(job.id, limit=100)),
+                 "the run to checkpoint and end")
+        first_run = httpx.get(f"{ray_head.dashboard_url}/api/jobs/openft-{job.id}").json()
+        assert first_run["status"] == "SUCCEEDED"  # ended cleanly: workers released
+        paused_at = max(metric_steps(client, job.id))
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
+        checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+        assert paused_at in [c.step_number for c in checkpoints]
+
+        assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+        done = wait_status(client, job.id, {"succeeded", "failed", "cancelled"})
+        assert done.status == "succeeded", done.error
+        steps = metric_steps(client, job.id)
+        total = max(steps)
+        assert sorted(steps) == list(range(1, total + 1))  # continued, nothing repeated
+        assert paused_at < total
+        second = httpx.get(f"{ray_head.dashboard_url}/api/jobs/openft-{job.id}-r1").json()
+        assert second["status"] == "SUCCEEDED"
