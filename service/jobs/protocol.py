@@ -33,6 +33,20 @@ class Method(BaseModel):
     supervised: SupervisedMethod | None = None
 
 
+class WandbSettings(BaseModel):
+    project: str
+    name: str | None = None
+    entity: str | None = None
+    tags: list[str] | None = None
+
+
+class Integration(BaseModel):
+    """Stored and echoed as OpenAI's shape; openft itself reports to no tracker (docs/api.md)."""
+
+    type: Literal["wandb"]
+    wandb: WandbSettings
+
+
 class CreateJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -45,7 +59,7 @@ class CreateJobRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=2147483647)
     method: Method | None = None
     metadata: dict[str, str] | None = None
-    integrations: list[dict[str, Any]] | None = None
+    integrations: list[Integration] | None = Field(default=None, max_length=5)
 
 
 class JobError(BaseModel):

@@ -96,7 +96,8 @@ def create(session: Session, caller: Caller, req: CreateJobRequest,
         status="validating_files", created_at=now(), hyperparameters=hyperparameters,
         method={"type": "supervised"}, suffix=req.suffix,
         seed=req.seed if req.seed is not None else secrets.randbelow(2147483647),
-        job_metadata=req.metadata, integrations=req.integrations,
+        job_metadata=req.metadata, integrations=None if req.integrations is None else [
+            i.model_dump(exclude_none=True) for i in req.integrations],
         model_key=random_tail(12).lower(),
         result_files=[], events_cursor=0,
     )
