@@ -90,6 +90,8 @@ def test_pause_then_resume_continues_like_an_uninterrupted_run(s3_server, ray_he
     reference = make_spec(s3_server, tiny_model_dir, key, **fields)
     paused = make_spec(s3_server, tiny_model_dir, key, **fields)
 
+    # The reference runs beside the others (the test head has 4 CPUs, a run takes 2).
+    reference_run = start(ray_head, s3_server, reference)
     client, submission_id = start(ray_head, s3_server, paused)
     seen_step = wait_for_metrics(s3_server, paused.job_id)
     s3 = s3_server.client()
@@ -123,7 +125,7 @@ def test_pause_then_resume_continues_like_an_uninterrupted_run(s3_server, ray_he
     status, logs, _ = submit(ray_head, s3_server, resumed, attempt=1)
     assert status == "SUCCEEDED", logs[-5000:]
 
-    status, logs, _ = submit(ray_head, s3_server, reference)
+    status, logs = wait(*reference_run)
     assert status == "SUCCEEDED", logs[-5000:]
 
     _, events = read_events(s3_server, paused.job_id)
