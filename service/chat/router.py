@@ -41,6 +41,8 @@ async def _forward(path: str, request: Request, ctx, session, caller) -> Respons
         raise InvalidRequest("The request body is not valid JSON.") from None
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         raise InvalidRequest("you must provide a model parameter", param="model")
+    if "\x00" in body["model"]:  # PostgreSQL refuses NUL in text: say so instead of a 500
+        raise InvalidRequest("Invalid value for 'model': NUL is not allowed.", param="model")
     public = body["model"]
     served = models.resolve(session, ctx.settings, caller, public, ctx.started_at)
     body["model"] = served.internal

@@ -7,10 +7,13 @@ and Ray, so a restarted process carries on where the last one stopped (DESIGN.md
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import io
 import logging
+import math
 import sys
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -275,23 +278,22 @@ class Scheduler:
         s.flush()
 
     def _apply(self, s: Session, job: JobRow, ev: TrainingEvent) -> None:
-        data = ev.data or {}
+        data = json_safe(ev.data or {})
         if ev.type == "metrics":
             self._estimate_finish(job, data)
         elif ev.type == "checkpoint":
             self._record_checkpoint(s, job, data, ev.created_at)
         elif ev.type == "paused":
             job.resume_from = data.get("checkpoint_key")
-        if ev.type == "result":
-            job.trained_tokens = int((ev.data or {}).get("trained_tokens", 0))
+        elif ev.type == "result":
+            job.trained_tokens = int(data.get("trained_tokens", 0))
         elif ev.type == "error":
-            data = ev.data or {}
             job.error = {"code": data.get("code", "server_error"),
                          "message": data.get("message", ev.message),
                          "param": data.get("param")}
         add_event(s, job.id, ev.message, level=ev.level,
                   type_="metrics" if ev.type == "metrics" else "message",
-                  data=ev.data if ev.type == "metrics" else None, created_at=ev.created_at)
+                  data=data if ev.type == "metrics" else None, created_at=ev.created_at)
 
     @staticmethod
     def _estimate_finish(job: JobRow, data: dict) -> None:
@@ -348,7 +350,8 @@ class Scheduler:
             writer.writerow([m.get("step"), m.get("train_loss"),
                              m.get("train_mean_token_accuracy", m.get("train_accuracy")),
                              m.get("valid_loss"), m.get("valid_mean_token_accuracy")])
-        body = buf.getvalue().encode()
+        # OpenAI serves result files base64-encoded and client code decodes them: so do we.
+        body = base64.b64encode(buf.getvalue().encode())
         key = f"jobs/{job.id}/results.csv"
         self.ctx.blobs.put(key, body, "text/csv")
         row = register(s, job.organization, key, "step_metrics.csv", "fine-tune-results",
@@ -359,6 +362,17 @@ class Scheduler:
         transition(s, job.id, FOLLOWED, "failed", message, level="error",
                    finished_at=now(),
                    error={"code": "server_error", "message": message, "param": None})
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf (a diverged loss) become null: JSON columns and clients cannot hold them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _claim(s: Session, job_id: str) -> JobRow | None:

@@ -108,10 +108,11 @@ def create(session: Session, caller: Caller, req: CreateJobRequest,
     return to_object(row)
 
 
-def get_row(session: Session, caller: Caller, job_id: str) -> JobRow:
+def get_row(session: Session, caller: Caller, job_id: str,
+            param: str = "fine_tuning_job_id") -> JobRow:
     row = session.get(JobRow, job_id)
     if row is None or row.organization != caller.organization:
-        raise NotFound(f"No fine-tuning job found with id {job_id}.", param="fine_tuning_job_id")
+        raise NotFound(f"No fine-tuning job found with id {job_id}.", param=param)
     return row
 
 
@@ -135,7 +136,7 @@ def list_rows(session: Session, caller: Caller, limit: int, after: str | None,
     for key, value in (metadata or {}).items():
         q = q.where(JobRow.job_metadata[key].as_string() == value)
     if after:
-        anchor = get_row(session, caller, after)
+        anchor = get_row(session, caller, after, param="after")
         q = q.where((JobRow.created_at < anchor.created_at)
                     | ((JobRow.created_at == anchor.created_at) & (JobRow.id < anchor.id)))
     q = q.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)

@@ -8,6 +8,7 @@ of the launcher on the same data dir still has the files, the job and the model.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -86,7 +87,9 @@ def test_upload_train_serve_and_restart(tmp_path: Path, stack_env: dict[str, str
         assert metrics and all("train_loss" in m and "step" in m for m in metrics)
         checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
         assert checkpoints[0].fine_tuned_model_checkpoint.startswith(job.fine_tuned_model)
-        results = client.files.content(job.result_files[0]).text.splitlines()
+        # base64, as OpenAI serves result files (cookbook code decodes them)
+        content = client.files.content(job.result_files[0]).content
+        results = base64.b64decode(content).decode().splitlines()
         assert results[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
 
         # The adapter objects are in the bucket under the job's model key.
@@ -106,6 +109,10 @@ def test_upload_train_serve_and_restart(tmp_path: Path, stack_env: dict[str, str
         assert len(chunks) > 1 and {c.model for c in chunks} == {job.fine_tuned_model}
         with pytest.raises(NotFoundError):
             greedy(client, job.fine_tuned_model.replace(":geo:", ":other:"))
+        # Every checkpoint is servable by its own name (the earliest is an epoch-1 adapter).
+        steps = [c.step_number for c in checkpoints]
+        assert len(steps) == 4 and steps == sorted(steps, reverse=True)  # one per epoch
+        greedy(client, checkpoints[-1].fine_tuned_model_checkpoint)
         model_name, file_id, job_id = job.fine_tuned_model, uploaded.id, job.id
     assert first.leftovers == []  # SIGTERM to the launcher stopped every process it started
 

@@ -104,3 +104,14 @@ def test_upload_over_the_limit_is_refused_and_nothing_is_stored(settings, as_a):
         assert_envelope(upload(client, as_a, b"x" * 101), 413, param="file")
         assert client.get("/v1/files", headers=as_a).json()["data"] == []
         assert upload(client, as_a, b"x" * 100).json()["bytes"] == 100
+
+
+def test_unknown_after_cursor_names_after(client, as_a):
+    assert_envelope(client.get("/v1/fine_tuning/jobs?after=ftjob-nope", headers=as_a), 404,
+                    param="after")
+
+
+def test_nul_in_chat_model_is_a_400_not_a_500(client, as_a):
+    resp = client.post("/v1/chat/completions", headers=as_a,
+                       json={"model": "ft:x\u0000", "messages": [{"role": "user", "content": "x"}]})
+    assert_envelope(resp, 400, param="model")

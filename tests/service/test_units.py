@@ -102,3 +102,10 @@ def test_token_counter_matches_the_chat_template(tiny_model_dir):
         tokenize=False)
     expected = len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
     assert ChatTokenCounter(tiny_model_dir).count(example) == expected
+
+
+def test_diverged_metrics_are_stored_as_null():
+    from service.jobs.scheduler import json_safe
+
+    assert json_safe({"train_loss": float("nan"), "x": [float("inf"), 1.5], "step": 3}) == \
+        {"train_loss": None, "x": [None, 1.5], "step": 3}
