@@ -213,7 +213,7 @@ def restore(
         )
         if load_path is None:
             raise FileNotFoundError(f"no DeepSpeed state in checkpoint {checkpoint.path}")
-        set_rng_state(torch.load(Path(folder) / "rng" / f"rank-{rank}.pt", weights_only=False))
+        set_rng_state(torch.load(Path(folder) / "rng" / f"rank-{rank}.pt", weights_only=True))
     log.info("rank %d resumed from %s at step %d", rank, checkpoint.path, state.step)
     return state
 

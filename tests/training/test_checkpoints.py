@@ -81,6 +81,21 @@ def test_checkpoints_every_epoch_and_every_n_steps_and_resume_under_zero3(
     assert_same_losses(after, [metrics[step] for step in (4, 5, 6)])
     assert events[-1]["type"] == "result"
 
+    # Resume from the last step (a run lost after its final checkpoint): nothing to train,
+    # the run still ends on that checkpoint and settles with the final adapter.
+    seen = len(events)
+    last = spec.model_copy(update={"resume_from": checkpoint_key(spec.job_id, 6)})
+    status, logs, _ = submit(ray_head, s3_server, last, attempt=2)
+
+    assert status == "SUCCEEDED", logs[-5000:]
+    _, events = read_events(s3_server, spec.job_id)
+    new = events[seen:]
+    assert not of_type(new, "metrics")
+    assert [c["step"] for c in of_type(new, "checkpoint")] == [6]
+    assert of_type(new, "checkpoint")[0]["metrics"] == metrics[6]
+    assert new[-1]["type"] == "result"
+    assert_same_tensors(load_adapter(s3_server, spec.adapter_prefix, tmp_path / "again"), final)
+
 
 def test_pause_then_resume_continues_like_an_uninterrupted_run(s3_server, ray_head, tiny_model_dir):
     """Pause via the control object, resume from the pause checkpoint, compare with a run

@@ -95,6 +95,17 @@ def test_trainer_state_round_trips_and_refuses_another_run_shape():
         state.check_fits(StepPlan(2, 6, n_epochs=4), world_size=2)  # another LR schedule
 
 
+def test_rng_state_round_trips_through_a_file(tmp_path):
+    import torch
+
+    from training.checkpoints import rng_state, set_rng_state
+
+    torch.save(rng_state(), tmp_path / "rank-0.pt")
+    drawn = torch.rand(4)
+    set_rng_state(torch.load(tmp_path / "rank-0.pt", weights_only=True))
+    assert torch.equal(torch.rand(4), drawn)
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
