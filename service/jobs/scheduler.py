@@ -33,6 +33,7 @@ from training.spec import (
     S3Location,
     TrainingEvent,
     TrainingSpec,
+    control_key,
     event_batch_key,
     events_prefix,
     spec_key,
@@ -306,6 +307,13 @@ class Scheduler:
         step = int(data.get("step", 0))
         name = fine_tuned_model_name(job.model, job.organization, job.suffix, job.model_key)
         adapter = data.get("adapter_key", "").removeprefix("models/").strip("/") or None
+        existing = s.scalar(select(CheckpointRow).where(
+            CheckpointRow.job_id == job.id, CheckpointRow.step_number == step))
+        if existing is not None:  # a resumed run wrote this step again: keep the newest
+            existing.metrics = data.get("metrics") or existing.metrics
+            existing.adapter_key = adapter or existing.adapter_key
+            existing.state_key = data.get("checkpoint_key") or existing.state_key
+            return
         s.add(CheckpointRow(
             id=new_id("ftckpt"), job_id=job.id, created_at=created_at, step_number=step,
             fine_tuned_model_checkpoint=checkpoint_name(name, step),
@@ -318,6 +326,7 @@ class Scheduler:
             self._fail(s, job, "The training run ended without producing a model.")
             return
         name = fine_tuned_model_name(job.model, job.organization, job.suffix, job.model_key)
+        self.ctx.blobs.delete(control_key(job.id))  # a pause that came too late to matter
         metrics = self._metric_rows(s, job.id)
         result_file = self._write_results(s, job, metrics)
         last = metrics[-1] if metrics else {"step": 0}
@@ -340,7 +349,9 @@ class Scheduler:
         rows = s.scalars(select(JobEventRow.data).where(
             JobEventRow.job_id == job_id, JobEventRow.type == "metrics"
         ).order_by(JobEventRow.seq))
-        return [r for r in rows if r]
+        # A run resumed after a loss repeats the steps since its checkpoint: keep the last.
+        by_step = {r.get("step"): r for r in rows if r}
+        return sorted(by_step.values(), key=lambda r: r.get("step") or 0)
 
     def _write_results(self, s: Session, job: JobRow, metrics: list[dict]) -> str:
         buf = io.StringIO()
