@@ -188,17 +188,22 @@ def resume(session: Session, blobs: BlobStore, caller: Caller, job_id: str) -> F
     return to_object(row)
 
 
+def _newest_first(session: Session, table: type[JobEventRow] | type[CheckpointRow],
+                  job_id: str, limit: int, after: str | None, what: str) -> list[Any]:
+    """A job's events or checkpoints, newest first, after the cursor ``after`` (an id)."""
+    q = select(table).where(table.job_id == job_id)
+    if after:
+        anchor = session.scalar(select(table).where(table.id == after, table.job_id == job_id))
+        if anchor is None:
+            raise NotFound(f"No {what} {after} in job {job_id}.", param="after")
+        q = q.where(table.seq < anchor.seq)
+    return list(session.scalars(q.order_by(table.seq.desc()).limit(limit + 1)))
+
+
 def list_events(session: Session, caller: Caller, job_id: str, limit: int,
                 after: str | None) -> list[JobEvent]:
     get_row(session, caller, job_id)
-    q = select(JobEventRow).where(JobEventRow.job_id == job_id)
-    if after:
-        anchor = session.scalar(select(JobEventRow).where(JobEventRow.id == after,
-                                                          JobEventRow.job_id == job_id))
-        if anchor is None:
-            raise NotFound(f"No event {after} in job {job_id}.", param="after")
-        q = q.where(JobEventRow.seq < anchor.seq)
-    rows = session.scalars(q.order_by(JobEventRow.seq.desc()).limit(limit + 1))
+    rows = _newest_first(session, JobEventRow, job_id, limit, after, "event")
     return [JobEvent(id=r.id, created_at=r.created_at, level=r.level, message=r.message,
                      type=r.type, data=r.data) for r in rows]
 
@@ -206,14 +211,7 @@ def list_events(session: Session, caller: Caller, job_id: str, limit: int,
 def list_checkpoints(session: Session, caller: Caller, job_id: str, limit: int,
                      after: str | None) -> list[JobCheckpoint]:
     get_row(session, caller, job_id)
-    q = select(CheckpointRow).where(CheckpointRow.job_id == job_id)
-    if after:
-        anchor = session.scalar(select(CheckpointRow).where(CheckpointRow.id == after,
-                                                            CheckpointRow.job_id == job_id))
-        if anchor is None:
-            raise NotFound(f"No checkpoint {after} in job {job_id}.", param="after")
-        q = q.where(CheckpointRow.seq < anchor.seq)
-    rows = session.scalars(q.order_by(CheckpointRow.seq.desc()).limit(limit + 1))
+    rows = _newest_first(session, CheckpointRow, job_id, limit, after, "checkpoint")
     return [JobCheckpoint(id=r.id, created_at=r.created_at,
                           fine_tuned_model_checkpoint=r.fine_tuned_model_checkpoint,
                           fine_tuning_job_id=r.job_id, metrics=r.metrics,

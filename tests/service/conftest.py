@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from service.main import create_app
 from service.settings import Settings
+from tests.support.postgres import fresh_database
 
 KEY_A, KEY_B = "sk-test-a", "sk-test-b"
 ORG_A, ORG_B = "org-a", "org-b"
@@ -30,27 +30,14 @@ def chat_jsonl(n: int = 12) -> bytes:
     return ("\n".join(chat_line(i) for i in range(n)) + "\n").encode()
 
 
-PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Every API test runs on both databases; PostgreSQL gets a fresh database per test."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'openft.db'}"
         return
-    from sqlalchemy import create_engine, text
-
-    name = f"openft_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -5,32 +5,23 @@ Real PostgreSQL, real local Ray, real SeaweedFS, real training of the tiny model
 
 from __future__ import annotations
 
-import uuid
 from contextlib import ExitStack
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
 from service.processes import free_port
-from tests.service.conftest import PG_ADMIN_URL, chat_jsonl
+from tests.service.conftest import chat_jsonl
 from tests.support.api_process import api_process, wait_status
+from tests.support.postgres import fresh_database
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def pg_url():
-    name = f"openft_replicas_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database("openft_replicas") as url:
+        yield url
 
 
 def test_two_replicas_never_launch_or_ingest_twice(api_env, pg_url, tmp_path, ray_head):
