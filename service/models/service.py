@@ -38,7 +38,15 @@ def list_models(session: Session, settings: Settings, caller: Caller,
     ).order_by(JobRow.finished_at))
     tuned = [ModelObject(id=j.fine_tuned_model, created=j.finished_at or j.created_at,
                          owned_by=j.organization) for j in jobs]
-    return [m.public for m in _base_models(settings, started_at)] + tuned
+    checkpoints = session.execute(
+        select(CheckpointRow.fine_tuned_model_checkpoint, CheckpointRow.created_at)
+        .join(JobRow, JobRow.id == CheckpointRow.job_id)
+        .where(JobRow.organization == caller.organization, JobRow.model_deleted_at.is_(None),
+               CheckpointRow.adapter_key.is_not(None))
+        .order_by(CheckpointRow.created_at, CheckpointRow.seq))
+    servable = [ModelObject(id=name, created=created, owned_by=caller.organization)
+                for name, created in checkpoints]
+    return [m.public for m in _base_models(settings, started_at)] + tuned + servable
 
 
 def resolve(session: Session, settings: Settings, caller: Caller, model_id: str,

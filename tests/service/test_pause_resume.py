@@ -36,6 +36,8 @@ def test_pause_checkpoints_releases_workers_and_resume_continues(api_env, tmp_pa
                                              hyperparameters={"n_epochs": 8})
         wait_status(client, job.id, {"running"})
         wait_for(lambda: len(metric_steps(client, job.id)) >= 2, "the first steps")
+        wait_for(lambda: (client.fine_tuning.jobs.retrieve(job.id).estimated_finish or 0)
+                 > job.created_at, "estimated_finish while running")
 
         assert client.fine_tuning.jobs.pause(job.id).status == "paused"
         wait_for(lambda: any("resume continues from there" in e.message for e in
@@ -47,6 +49,9 @@ def test_pause_checkpoints_releases_workers_and_resume_continues(api_env, tmp_pa
         assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
         checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
         assert paused_at in [c.step_number for c in checkpoints]
+        # a paused job's checkpoints are models the organization can already name
+        models = [m.id for m in client.models.list()]
+        assert all(c.fine_tuned_model_checkpoint in models for c in checkpoints)
 
         assert client.fine_tuning.jobs.resume(job.id).status == "queued"
         done = wait_status(client, job.id, {"succeeded", "failed", "cancelled"})
