@@ -28,5 +28,8 @@ def get_caller(ctx: ContextDep, authorization: Annotated[str | None, Header()] =
     return ctx.keys.authenticate(authorization)
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit when the route returns, before the response is sent. With the
+# default ("request") the commit runs after sending, and a client that creates a job and
+# reads it back at once can be told it does not exist.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 CallerDep = Annotated[Caller, Depends(get_caller)]
