@@ -292,6 +292,8 @@ class Scheduler:
             job.error = {"code": data.get("code", "server_error"),
                          "message": data.get("message", ev.message),
                          "param": data.get("param")}
+        if ev.type == "result":
+            return  # settling announces the model, by its public name
         add_event(s, job.id, ev.message, level=ev.level,
                   type_="metrics" if ev.type == "metrics" else "message",
                   data=data if ev.type == "metrics" else None, created_at=ev.created_at)
