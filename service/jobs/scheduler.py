@@ -15,7 +15,7 @@ import math
 import sys
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from service.context import AppContext
@@ -173,6 +173,7 @@ class Scheduler:
     def launch_queued(self) -> None:
         ctx = self.ctx
         with ctx.db.session() as s:
+            _serialize_launches(s)
             busy = s.scalar(select(func.count()).select_from(JobRow).where(
                 JobRow.ray_submission_id.is_not(None), JobRow.status.in_(FOLLOWED)))
             free = ctx.settings.max_concurrent_jobs - (busy or 0)
@@ -386,6 +387,16 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [json_safe(v) for v in value]
     return value
+
+
+LAUNCH_LOCK_KEY = 0x6F70656E6674  # "openft": one PostgreSQL advisory lock for launches
+
+
+def _serialize_launches(s: Session) -> None:
+    """Replicas take turns counting running jobs and launching, so together they respect
+    ``max_concurrent_jobs``. SQLite serves one process and needs no lock."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LAUNCH_LOCK_KEY})
 
 
 def _claim(s: Session, job_id: str) -> JobRow | None:

@@ -24,9 +24,10 @@ def pg_url():
         yield url
 
 
-def test_two_replicas_never_launch_or_ingest_twice(api_env, pg_url, tmp_path, ray_head):
+def test_two_replicas_never_launch_twice_and_share_the_job_limit(api_env, pg_url, tmp_path,
+                                                                 ray_head):
     envs = [dict(api_env, OPENFT_DATABASE_URL=pg_url, OPENFT_PORT=str(free_port()),
-                 OPENFT_MAX_CONCURRENT_JOBS="2", OPENFT_SCHEDULER_INTERVAL_S="0.2")
+                 OPENFT_MAX_CONCURRENT_JOBS="1", OPENFT_SCHEDULER_INTERVAL_S="0.2")
             for _ in range(2)]
     with ExitStack() as stack:
         first = stack.enter_context(api_process(envs[0], tmp_path / "a"))
@@ -35,6 +36,7 @@ def test_two_replicas_never_launch_or_ingest_twice(api_env, pg_url, tmp_path, ra
         jobs = [first.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id,
                                               hyperparameters={"n_epochs": 1})
                 for _ in range(2)]
+        spans = []
         for job in jobs:
             done = wait_status(second, job.id, {"succeeded", "failed", "cancelled"})
             assert done.status == "succeeded", done.error
@@ -45,6 +47,12 @@ def test_two_replicas_never_launch_or_ingest_twice(api_env, pg_url, tmp_path, ra
             assert messages.count("The job has successfully completed") == 1
             steps = [e.data["step"] for e in events if e.type == "metrics"]
             assert steps and len(steps) == len(set(steps))
+            submitted = next(e.created_at for e in events
+                             if e.message == "Submitted the training run to Ray")
+            spans.append((submitted, done.finished_at))
+        # max_concurrent_jobs=1 holds across both replicas: the runs did not overlap
+        (start_a, end_a), (start_b, end_b) = sorted(spans)
+        assert start_b >= end_a
 
     ray_jobs = httpx.get(f"{ray_head.dashboard_url}/api/jobs/").json()
     for job in jobs:
