@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,6 +133,9 @@ def main() -> None:
         for proc in reversed(started):
             print(f"openft: stopping {proc.name} (pid {proc.pid})", flush=True)
             proc.stop()
+        ray_temp = _ray_temp_dir(settings)
+        if not settings.ray_address and not ray_temp.is_relative_to(settings.data_dir):
+            shutil.rmtree(ray_temp, ignore_errors=True)  # sockets and logs only, under /tmp
 
 
 def _serve_api(settings: Settings, generated_key: str | None) -> None:

@@ -115,6 +115,7 @@ def test_upload_train_serve_and_restart(tmp_path: Path, stack_env: dict[str, str
         greedy(client, checkpoints[-1].fine_tuned_model_checkpoint)
         model_name, file_id, job_id = job.fine_tuned_model, uploaded.id, job.id
     assert first.leftovers == []  # SIGTERM to the launcher stopped every process it started
+    assert not Path(f"/tmp/openft-ray-{first.launcher_pid}").exists()  # nor left temp files
 
     # A second run on the same data dir finds what the first one made.
     with running_stack(data_dir, stack_env) as stack:

@@ -25,6 +25,7 @@ class Stack:
     api_key: str
     data_dir: Path
     env: dict[str, str]
+    launcher_pid: int = 0
     leftovers: list[str] = field(default_factory=list)
     """Process groups still alive after the launcher exited: should stay empty."""
 
@@ -52,7 +53,7 @@ def running_stack(data_dir: Path, env_overrides: dict[str, str],
         wait_until(lambda: served_by(health, proc.pid), "openft API", proc, timeout)
         key = env.get("OPENFT_API_KEYS", "").split("=")[0] or \
             (data_dir / "api_key").read_text().strip()
-        stack = Stack(f"http://127.0.0.1:{port}/v1", key, data_dir, env)
+        stack = Stack(f"http://127.0.0.1:{port}/v1", key, data_dir, env, launcher_pid=proc.pid)
         yield stack
     finally:
         proc.stop(timeout=90)
