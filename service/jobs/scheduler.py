@@ -27,7 +27,7 @@ from service.jobs.naming import checkpoint_name, fine_tuned_model_name
 from service.jobs.service import add_event, transition
 from service.jobs.token_count import ChatTokenCounter
 from service.webhooks import enqueue_settled
-from training.chat_format import InvalidChatFile, read_examples, read_numbered_examples
+from training.chat_format import InvalidChatFile, read_numbered_examples
 from training.spec import (
     LoraSpec,
     S3Location,
@@ -90,17 +90,17 @@ class Scheduler:
             job = _claim(s, job_id)
             if job is None or job.status != "validating_files":
                 return
-            try:
-                examples = read_numbered_examples(
-                    ctx.blobs.iter_lines(file_key(job.training_file)))
-                if job.validation_file:
-                    _validate_file(ctx, job.validation_file, "validation_file")
-            except InvalidChatFile as e:
-                self._fail_validation(s, job, e, "training_file")
-                return
-            except _InvalidValidationFile as e:
-                self._fail_validation(s, job, e.cause, "validation_file")
-                return
+            examples: list[tuple[int, dict]] = []
+            for param in ("training_file", "validation_file"):
+                file_id = getattr(job, param)
+                if file_id is None:
+                    continue
+                try:
+                    numbered = read_numbered_examples(ctx.blobs.iter_lines(file_key(file_id)))
+                except InvalidChatFile as e:
+                    self._fail_validation(s, job, e, param)
+                    return
+                examples = examples or numbered  # the training file's, read first
             settings = ctx.settings
             resolved = hyperparameters.resolve(job.hyperparameters, len(examples),
                                                settings.training_num_workers)
@@ -131,7 +131,7 @@ class Scheduler:
     def _token_summary(self, job: JobRow, examples: list[tuple[int, dict]],
                        n_epochs: int) -> dict:
         settings = self.ctx.settings
-        counter = ChatTokenCounter(settings.base_model_dirs()[job.model])
+        counter = ChatTokenCounter.for_model(settings.base_model_dirs()[job.model])
         limit = settings.serving_max_model_len
         counts = [(line, counter.count(ex)) for line, ex in examples]
         n_tokens = sum(min(c, limit) for _, c in counts)
@@ -407,18 +407,6 @@ def _claim(s: Session, job_id: str) -> JobRow | None:
     """
     return s.scalar(select(JobRow).where(JobRow.id == job_id)
                     .with_for_update(skip_locked=True))
-
-
-class _InvalidValidationFile(Exception):
-    def __init__(self, cause: InvalidChatFile):
-        self.cause = cause
-
-
-def _validate_file(ctx: AppContext, file_id: str, param: str) -> None:
-    try:
-        read_examples(ctx.blobs.iter_lines(file_key(file_id)))
-    except InvalidChatFile as e:
-        raise _InvalidValidationFile(e) from None
 
 
 def _training_env(ctx: AppContext) -> dict[str, str]:

@@ -13,7 +13,13 @@ from service.db import CheckpointRow, JobEventRow, JobRow
 from service.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
 from service.files.service import get_row as get_file_row
 from service.ids import new_id, now, random_tail
-from service.jobs.protocol import CreateJobRequest, FineTuningJob, JobCheckpoint, JobEvent
+from service.jobs.protocol import (
+    CreateJobRequest,
+    FineTuningJob,
+    Hyperparameters,
+    JobCheckpoint,
+    JobEvent,
+)
 from service.storage import BlobStore
 from training.spec import control_key
 
@@ -86,9 +92,7 @@ def create(session: Session, caller: Caller, req: CreateJobRequest,
     hyper = (req.method.supervised.hyperparameters
              if req.method and req.method.supervised and req.method.supervised.hyperparameters
              else req.hyperparameters)
-    hyperparameters = (hyper.model_dump() if hyper else
-                       {"batch_size": "auto", "learning_rate_multiplier": "auto",
-                        "n_epochs": "auto"})
+    hyperparameters = (hyper or Hyperparameters()).model_dump()
     job_id = new_id("ftjob")
     row = JobRow(
         id=job_id, organization=caller.organization, model=req.model,
@@ -150,9 +154,15 @@ def cancel(session: Session, caller: Caller, job_id: str, stop_ray) -> FineTunin
                        param="fine_tuning_job_id", code="invalid_state")
     if row.ray_submission_id:
         stop_ray(row.ray_submission_id)
-    if not transition(session, job_id, ACTIVE, "cancelled", "Fine-tuning job cancelled",
-                      finished_at=now()):
-        raise Conflict(f"Job {job_id} changed state; try again.", param="fine_tuning_job_id",
+    return _move(session, row, ACTIVE, "cancelled", "Fine-tuning job cancelled",
+                 finished_at=now())
+
+
+def _move(session: Session, row: JobRow, from_states: tuple[str, ...], to: str,
+          message: str, **fields: Any) -> FineTuningJob:
+    """A user-asked transition; a racing scheduler that got there first makes it a 400."""
+    if not transition(session, row.id, from_states, to, message, **fields):
+        raise Conflict(f"Job {row.id} changed state; try again.", param="fine_tuning_job_id",
                        code="invalid_state")
     session.refresh(row)
     return to_object(row)
@@ -166,12 +176,7 @@ def pause(session: Session, blobs: BlobStore, caller: Caller, job_id: str) -> Fi
                        "paused.", param="fine_tuning_job_id", code="invalid_state")
     if row.ray_submission_id:
         blobs.put(control_key(job_id), b'{"action": "pause"}', "application/json")
-    if not transition(session, job_id, ("queued", "running"), "paused",
-                      "Fine-tuning job paused"):
-        raise Conflict(f"Job {job_id} changed state; try again.", param="fine_tuning_job_id",
-                       code="invalid_state")
-    session.refresh(row)
-    return to_object(row)
+    return _move(session, row, ("queued", "running"), "paused", "Fine-tuning job paused")
 
 
 def resume(session: Session, blobs: BlobStore, caller: Caller, job_id: str) -> FineTuningJob:
@@ -181,11 +186,7 @@ def resume(session: Session, blobs: BlobStore, caller: Caller, job_id: str) -> F
         raise Conflict(f"Job {job_id} is {row.status}; only a paused job can be resumed.",
                        param="fine_tuning_job_id", code="invalid_state")
     blobs.delete(control_key(job_id))
-    if not transition(session, job_id, ("paused",), "queued", "Fine-tuning job resumed"):
-        raise Conflict(f"Job {job_id} changed state; try again.", param="fine_tuning_job_id",
-                       code="invalid_state")
-    session.refresh(row)
-    return to_object(row)
+    return _move(session, row, ("paused",), "queued", "Fine-tuning job resumed")
 
 
 def _newest_first(session: Session, table: type[JobEventRow] | type[CheckpointRow],

@@ -7,6 +7,7 @@ with the model's ``tokenizer.json`` through the ``tokenizers`` library.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -45,6 +46,12 @@ class ChatTokenCounter:
         self._tokens = {name: _token_text(config.get(name))
                         for name in ("bos_token", "eos_token", "pad_token", "unk_token")}
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+
+    @staticmethod
+    @functools.lru_cache(maxsize=8)
+    def for_model(model_dir: Path) -> ChatTokenCounter:
+        """One counter per base model for the process: loading tokenizer.json is not free."""
+        return ChatTokenCounter(model_dir)
 
     def count(self, example: Mapping[str, Any]) -> int:
         """Tokens of one rendered example (the ``weight`` key is ours, not the template's)."""

@@ -145,3 +145,17 @@ def test_validation_counts_tokens_and_warns_about_truncation(client, app, as_a):
     # the long example counts at most max_seq_length tokens: it is truncated, not rejected
     assert data["n_tokens"] <= 11 * 100 + data["max_seq_length"]
     assert data["estimated_duration_s"] > 0
+
+
+def test_bad_validation_file_fails_with_invalid_validation_file(client, app, as_a):
+    train_id = upload(client, as_a).json()["id"]
+    lines = chat_jsonl(12).decode().splitlines()
+    lines[1] = '{"messages": [{"role": "user", "content": "no answer"}]}'
+    valid_id = upload(client, as_a, ("\n".join(lines) + "\n").encode()).json()["id"]
+    job_id = create_job(client, as_a, train_id, validation_file=valid_id).json()["id"]
+    Scheduler(app.state.ctx).validate(job_id)
+    job = client.get(f"/v1/fine_tuning/jobs/{job_id}", headers=as_a).json()
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "invalid_validation_file"
+    assert job["error"]["param"] == "validation_file"
+    assert "Line 2" in job["error"]["message"] and valid_id in job["error"]["message"]

@@ -64,11 +64,20 @@ def test_delete_model_stops_listing_and_serving_it(client, app, as_a, as_b):
     assert job["status"] == "succeeded" and job["fine_tuned_model"] == name
 
 
-def test_model_ids_with_encoded_slash_and_colons_route(client, app, as_a):
+def test_model_ids_with_encoded_slash_and_colons_route(settings, client, app, as_a):
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
     job_id = create_job(client, as_a, upload(client, as_a).json()["id"]).json()["id"]
     name = settle_succeeded(app, job_id)
     assert client.get(f"/v1/models/{name}", headers=as_a).json()["id"] == name
     assert_envelope(client.get("/v1/models/org%2Fmissing", headers=as_a), 404)
+    # an id holding "/" arrives percent-encoded (as the SDK sends it) and still resolves
+    slashed = settings.model_copy(update={"base_models": {
+        "acme/tiny": settings.base_models["tiny-llama"]}})
+    with TestClient(create_app(slashed, run_scheduler=False)) as other:
+        assert other.get("/v1/models/acme%2Ftiny", headers=as_a).json()["id"] == "acme/tiny"
 
 
 def test_metadata_filter_limits_and_integrations(client, as_a):

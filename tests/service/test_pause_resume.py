@@ -4,13 +4,11 @@ ends (its Ray workers are released), and the resumed run continues from that ste
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 
 from tests.service.conftest import chat_jsonl
-from tests.support.api_process import api_process, wait_status
+from tests.support.api_process import api_process, wait_for, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -18,15 +16,6 @@ pytestmark = pytest.mark.slow
 def metric_steps(client, job_id: str) -> list[int]:
     return [e.data["step"] for e in client.fine_tuning.jobs.list_events(job_id, limit=1000)
             if e.type == "metrics"]
-
-
-def wait_for(predicate, what: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_pause_checkpoints_releases_workers_and_resume_continues(api_env, tmp_path, ray_head):

@@ -8,7 +8,6 @@ SQLite in the data dir, real training of the tiny model.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from service.processes import free_port, start_ray_head
 from tests.conftest import RayHead
 from tests.service.conftest import chat_jsonl
-from tests.support.api_process import api_process, wait_status
+from tests.support.api_process import api_process, wait_for, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -41,10 +40,8 @@ def test_lost_run_resumes_from_its_last_checkpoint(api_env, tmp_path, ray_head,
         f = client.files.create(file=("t.jsonl", chat_jsonl(12)), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id,
                                              hyperparameters={"n_epochs": 6})
-        deadline = time.monotonic() + 300
-        while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(1)
+        wait_for(lambda: client.fine_tuning.jobs.checkpoints.list(job.id).data,
+                 "the first checkpoint")
         first = client.fine_tuning.jobs.checkpoints.list(job.id).data[-1].step_number
     # The cluster is replaced: the old run stops, the new head has never heard of it.
     httpx.post(f"{ray_head.dashboard_url}/api/jobs/openft-{job.id}/stop")

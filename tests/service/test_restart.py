@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.service.conftest import chat_jsonl
-from tests.support.api_process import api_process, wait_status
+from tests.support.api_process import api_process, wait_for, wait_status
 
 pytestmark = pytest.mark.slow
 def ray_status(ray_head, job_id: str) -> str:
@@ -44,10 +44,8 @@ def test_cancel_stops_the_ray_work(api_env, tmp_path, ray_head):
         wait_status(client, job.id, {"running"})
         cancelled = client.fine_tuning.jobs.cancel(job.id)
         assert cancelled.status == "cancelled"
-        deadline = time.monotonic() + 60
-        while ray_status(ray_head, job.id) not in ("STOPPED", "FAILED") and \
-                time.monotonic() < deadline:
-            time.sleep(1)
+        wait_for(lambda: ray_status(ray_head, job.id) in ("STOPPED", "FAILED"),
+                 "Ray to end the run", timeout=60)
         assert ray_status(ray_head, job.id) == "STOPPED"
         time.sleep(2)  # the scheduler keeps running: the job stays cancelled
         final = client.fine_tuning.jobs.retrieve(job.id)

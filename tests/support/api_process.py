@@ -47,6 +47,16 @@ def api_process(env: dict[str, str], log_dir: Path) -> Iterator[OpenAI]:
         proc.stop()
 
 
+def wait_for(predicate, what: str, timeout: float = 300) -> None:
+    """Poll once a second until ``predicate()`` holds; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
 def wait_status(client: OpenAI, job_id: str, wanted: set[str], timeout: float = 600):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
