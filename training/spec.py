@@ -70,6 +70,9 @@ class TrainingSpec(BaseModel):
     ``jobs/<id>/checkpoints/step-00000012/``: the run continues from that step with the same
     weights, optimizer and LR-schedule state and data order, and its metrics events continue
     numbering after it."""
+    max_failures: int = Field(default=2, ge=0)
+    """Worker-group failures (a worker process killed, a node lost) Ray Train recovers from by
+    restarting the workers from the run's last checkpoint; one more fails the run."""
 
     @property
     def events_prefix(self) -> str:
