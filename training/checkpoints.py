@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training.adapter import ADAPTER_FILES
 from training.data import StepPlan
 from training.spec import (
     TrainingSpec,
@@ -137,22 +138,24 @@ class Checkpointer:
             if rank == 0:
                 name = checkpoint_model_key(spec.model_key, step)
                 upload_adapter(spec, out / "adapter", adapter_prefix(name))
-                self._announce(step, name, metrics)
+                announce_checkpoint(self._run.events, spec, step, metrics)
         self.last_step = step
 
-    def _announce(self, step: int, name: str, metrics: dict[str, Any]) -> None:
-        key = checkpoint_key(self._run.spec.job_id, step)
-        self._run.events.emit(
-            f"Checkpoint at step {step} saved",
-            type="checkpoint",
-            data={
-                "step": step,
-                "checkpoint_key": key,
-                "adapter_key": adapter_prefix(name),
-                "model_key": name,
-                "metrics": metrics,
-            },
-        )
+
+def announce_checkpoint(events: Any, spec: TrainingSpec, step: int, metrics: Any) -> None:
+    """The ``checkpoint`` event of ``step``; its state and adapter are already in S3."""
+    name = checkpoint_model_key(spec.model_key, step)
+    events.emit(
+        f"Checkpoint at step {step} saved",
+        type="checkpoint",
+        data={
+            "step": step,
+            "checkpoint_key": checkpoint_key(spec.job_id, step),
+            "adapter_key": adapter_prefix(name),
+            "model_key": name,
+            "metrics": metrics,
+        },
+    )
 
 
 def save_state(engine: Any, out: Path, state: TrainerState, rank: int) -> None:
@@ -182,19 +185,66 @@ def starting_checkpoint(spec: TrainingSpec) -> Any:
     """The checkpoint this worker starts from, or ``None`` for a fresh start.
 
     Ray Train's own checkpoint comes first: it is set when Ray Train restarted the workers of
-    this run after a failure, and is newer than anything the spec names. The driver clears
-    what Ray Train remembers of earlier runs of the job, so only ``resume_from`` decides
-    where a new run starts.
+    this run after a failure (``spec.max_failures`` times at most), and is newer than anything
+    the spec names. The driver clears what Ray Train remembers of earlier runs of the job, so
+    on a run's first attempt only ``resume_from`` decides where it starts.
     """
     import ray.train
 
     from training.storage import pyarrow_filesystem
 
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and spec.resume_from:
+    if checkpoint is not None:
+        if ray.train.get_context().get_world_rank() == 0:
+            announce_restart(spec, checkpoint)
+        return checkpoint
+    if spec.resume_from:
         path = f"{spec.s3.bucket}/{spec.resume_from.strip('/')}"
-        checkpoint = ray.train.Checkpoint(path, filesystem=pyarrow_filesystem(spec.s3))
-    return checkpoint
+        return ray.train.Checkpoint(path, filesystem=pyarrow_filesystem(spec.s3))
+    return None
+
+
+RESTART_FILES = (STATE_FILE, *(f"adapter/{name}" for name in ADAPTER_FILES))
+"""What rank 0 reads of the checkpoint it restarts from, before restoring all of it."""
+
+
+def announce_restart(spec: TrainingSpec, checkpoint: Any) -> None:
+    """Tell the user the run restarted, and announce its checkpoint again.
+
+    The failed attempt may have died after Ray Train registered the checkpoint but before rank
+    0 copied its adapter and emitted its event; the service upserts checkpoint rows by step, so
+    a second event is harmless and a missing one is not. The metrics events of the steps after
+    the checkpoint come again from this attempt.
+    """
+    from training.adapter import upload_adapter
+    from training.events import s3_event_writer
+    from training.storage import client
+
+    with tempfile.TemporaryDirectory(prefix="restart-") as tmp:
+        out = Path(tmp)
+        for name in RESTART_FILES:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{name}") as f:
+                (out / name).write_bytes(f.read())
+        state = read_trainer_state(out)
+        upload_adapter(
+            spec, out / "adapter", adapter_prefix(checkpoint_model_key(spec.model_key, state.step))
+        )
+    # The driver waits in trainer.fit() and the failed attempt's rank 0 is gone: no other
+    # writer continues the job's event sequence now.
+    s3 = client(spec.s3)
+    with s3_event_writer(s3, spec.s3.bucket, spec.job_id, background=False) as events:
+        events.emit(restart_message(state.step), data={"step": state.step})
+        announce_checkpoint(events, spec, state.step, state.metrics)
+    log.info("restarted from %s at step %d", checkpoint.path, state.step)
+
+
+def restart_message(step: int) -> str:
+    """
+    >>> restart_message(12)
+    'Training restarted after a worker failure: continuing after step 12'
+    """
+    return f"Training restarted after a worker failure: continuing after step {step}"
 
 
 def restore(

@@ -132,8 +132,12 @@ class Outcome:
 
 
 def fit(spec: TrainingSpec, s3: Any) -> Outcome:
-    """Run the workers until the end or a pause, Ray Train checkpoints in the job's prefix."""
-    from ray.train import RunConfig, ScalingConfig
+    """Run the workers until the end or a pause, Ray Train checkpoints in the job's prefix.
+
+    Ray Train restarts the workers up to ``spec.max_failures`` times; every failure counts,
+    one the user caused as well as a lost process.
+    """
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from training.loop import train_loop_per_worker
@@ -155,6 +159,9 @@ def fit(spec: TrainingSpec, s3: Any) -> Outcome:
             name=run_dir.name,
             storage_path=f"{spec.s3.bucket}/{run_dir.parent}",
             storage_filesystem=storage.pyarrow_filesystem(spec.s3),
+            # A worker lost mid-run (killed, OOM, node gone): Ray Train restarts the workers
+            # from the last checkpoint this run reported (see starting_checkpoint).
+            failure_config=FailureConfig(max_failures=spec.max_failures),
         ),
     )
     metrics = trainer.fit().metrics
