@@ -9,6 +9,7 @@ the tokenizer's offset mapping then tells us which tokens fall inside it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ IGNORE_INDEX = -100
 """Label of tokens that carry no loss (PyTorch's ``cross_entropy`` default ``ignore_index``)."""
 
 Message = Mapping[str, Any]
+Tool = Mapping[str, Any]
 
 
 class ChatTokenizer(Protocol):
@@ -46,13 +48,55 @@ class TokenizedExample:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
+def template_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """``messages`` as chat templates take them; the service's token count uses this too.
+
+    Our ``weight`` key is dropped. Tool-call ``arguments`` go from OpenAI's JSON string to
+    the object it encodes: Hugging Face templates take arguments as a dict (Qwen2.5 and Llama
+    3.1 write ``arguments | tojson``, Mistral v0.3 ``function | tojson``), and a string there
+    would be written as one quoted JSON string. Arguments that are not a JSON object stay.
+    """
+    return [
+        {
+            key: _parsed_calls(value) if key == "tool_calls" and isinstance(value, list) else value
+            for key, value in message.items()
+            if key != "weight"
+        }
+        for message in messages
+    ]
+
+
+def _parsed_calls(calls: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {**call, "function": {**call["function"], "arguments": _json_object(arguments)}}
+        if isinstance(call.get("function"), Mapping)
+        and isinstance(arguments := call["function"].get("arguments"), str)
+        else dict(call)
+        for call in calls
+    ]
+
+
+def _json_object(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if isinstance(value, dict) else text
+
+
 def render(
-    tokenizer: ChatTokenizer, messages: Sequence[Message], *, generation_prompt: bool = False
+    tokenizer: ChatTokenizer,
+    messages: Sequence[Message],
+    *,
+    tools: Sequence[Tool] | None = None,
+    generation_prompt: bool = False,
 ) -> str:
-    """The template's text for ``messages``; our own ``weight`` key is not shown to it."""
-    clean = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+    """The template's text for ``messages`` with the tool definitions ``tools``."""
     text = tokenizer.apply_chat_template(
-        clean, tokenize=False, add_generation_prompt=generation_prompt
+        template_messages(messages),
+        tools=list(tools) if tools else None,
+        tokenize=False,
+        add_generation_prompt=generation_prompt,
     )
     if not isinstance(text, str):
         raise TypeError(f"apply_chat_template returned {type(text).__name__}, expected str")
@@ -60,7 +104,7 @@ def render(
 
 
 def trained_spans(
-    tokenizer: ChatTokenizer, messages: Sequence[Message]
+    tokenizer: ChatTokenizer, messages: Sequence[Message], tools: Sequence[Tool] | None = None
 ) -> tuple[str, list[tuple[int, int]]]:
     """The full rendering and the ``[start, end)`` character span of each trained turn.
 
@@ -69,31 +113,90 @@ def trained_spans(
     newline after ``<|im_end|>``) is left out, since the model never generates it.
     Assistant turns with ``"weight": 0`` are skipped.
     """
-    full = render(tokenizer, messages)
+    full = render(tokenizer, messages, tools=tools)
     spans: list[tuple[int, int]] = []
+    cursor = 0
     for i, message in enumerate(messages):
-        if message.get("role") != "assistant" or message.get("weight", 1) == 0:
+        if message.get("role") != "assistant":
             continue
-        prompt = render(tokenizer, messages[:i], generation_prompt=True) if i else ""
-        through = render(tokenizer, messages[: i + 1])
-        if not (through.startswith(prompt) and full.startswith(through)):
-            raise ValueError(
-                f"chat template does not render message {i} as a prefix of the conversation; "
-                "cannot locate the assistant turn"
-            )
-        start, end = len(prompt), len(through.rstrip())
-        if end > start:
+        start, end = _locate_turn(tokenizer, messages, i, tools, full, cursor)
+        cursor = end
+        if message.get("weight", 1) != 0 and end > start:
             spans.append((start, end))
     return full, spans
 
 
+def _locate_turn(
+    tokenizer: ChatTokenizer,
+    messages: Sequence[Message],
+    i: int,
+    tools: Sequence[Tool] | None,
+    full: str,
+    cursor: int,
+) -> tuple[int, int]:
+    """Where assistant turn ``i`` lies in ``full``, searching from ``cursor`` if need be.
+
+    Most templates render a conversation's beginning the same whatever follows, so the turn
+    is where the prefix renderings say. Some write earlier text by what comes last (Mistral
+    v0.3 puts the system prompt in the final user turn and the tool list before the last
+    user turn): then the turn's own text is taken from the prefix rendering and found in
+    ``full`` after the previous assistant turn.
+    """
+    prompt = render(tokenizer, messages[:i], tools=tools, generation_prompt=True) if i else ""
+    through = render(tokenizer, messages[: i + 1], tools=tools)
+    end = len(through.rstrip())
+    if through.startswith(prompt):
+        if full.startswith(through):
+            return len(prompt), end
+        start = len(prompt)
+    else:
+        start = _answer_start(tokenizer, messages, i, tools, through)
+    turn = through[start:end]
+    found = full.find(turn, cursor) if turn else -1
+    if found < 0:
+        raise ValueError(
+            f"cannot locate assistant message {i} in the chat template's rendering"
+        )
+    return found, found + len(turn)
+
+
+def _answer_start(
+    tokenizer: ChatTokenizer,
+    messages: Sequence[Message],
+    i: int,
+    tools: Sequence[Tool] | None,
+    through: str,
+) -> int:
+    """Where the text that depends on assistant message ``i`` begins in ``through``.
+
+    ``through`` is compared with the same conversation whose last turn is a one-character
+    answer no real answer starts with; both end on an assistant turn, so a template that
+    looks at the last message renders everything before the turn alike.
+    """
+    content = messages[i].get("content") or ""
+    stand_in = "\x01" if content.startswith("\x00") else "\x00"
+    other = render(
+        tokenizer, [*messages[:i], {"role": "assistant", "content": stand_in}], tools=tools
+    )
+    return next(
+        (k for k, (a, b) in enumerate(zip(through, other, strict=False)) if a != b),
+        min(len(through), len(other)),
+    )
+
+
 def tokenize_chat(
-    tokenizer: ChatTokenizer, messages: Sequence[Message], max_seq_length: int
+    tokenizer: ChatTokenizer,
+    messages: Sequence[Message],
+    max_seq_length: int,
+    tools: Sequence[Tool] | None = None,
 ) -> TokenizedExample:
     """Token ids of the rendered conversation, with loss only on trained assistant turns.
 
-    A token is trained when its first character lies inside a trained span. The result is
-    cut to ``max_seq_length`` tokens (the end of long conversations is lost).
+    ``tools`` is the example's OpenAI tool list (``{"type": "function", "function": {...}}``
+    items), rendered where the template puts tool definitions; it is never trained. A token
+    is trained when its text overlaps a trained span (SentencePiece's ``▁Hello`` starts at
+    the space before the answer). The result is cut to ``max_seq_length`` tokens (the end of
+    long conversations is lost).
 
     With the ChatML tiny tokenizer of the tests (``tests/support/tiny_model.py``)::
 
@@ -109,16 +212,16 @@ def tokenize_chat(
     """
     if max_seq_length < 1:
         raise ValueError("max_seq_length must be at least 1")
-    text, spans = trained_spans(tokenizer, messages)
+    text, spans = trained_spans(tokenizer, messages, tools)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = list(encoding["input_ids"])[:max_seq_length]
     offsets = list(encoding["offset_mapping"])[:max_seq_length]
     labels = [
-        token if _in_any(start, spans) else IGNORE_INDEX
-        for token, (start, _end) in zip(input_ids, offsets, strict=True)
+        token if _overlaps_any(start, end, spans) else IGNORE_INDEX
+        for token, (start, end) in zip(input_ids, offsets, strict=True)
     ]
     return TokenizedExample(input_ids=input_ids, labels=labels)
 
 
-def _in_any(position: int, spans: Sequence[tuple[int, int]]) -> bool:
-    return any(start <= position < end for start, end in spans)
+def _overlaps_any(start: int, end: int, spans: Sequence[tuple[int, int]]) -> bool:
+    return any(start < span_end and span_start < end for span_start, span_end in spans)

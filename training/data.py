@@ -20,21 +20,25 @@ if TYPE_CHECKING:
     import torch
 
 
-def read_training_file(spec: TrainingSpec, s3: Any) -> list[list[dict[str, Any]]]:
-    """The ``messages`` of every example, checked by the same validator the API runs.
+def read_training_file(spec: TrainingSpec, s3: Any) -> list[dict[str, Any]]:
+    """Every example (``messages`` and its ``tools``), checked by the validator the API runs.
 
     Raises :class:`~training.chat_format.InvalidChatFile` naming the first bad line.
     """
     from training.storage import read_bytes
 
     body = read_bytes(s3, spec.s3.bucket, spec.training_file_key)
-    return [example["messages"] for example in read_examples(body.splitlines())]
+    return read_examples(body.splitlines())
 
 
 def tokenize_all(
-    conversations: Sequence[Sequence[dict[str, Any]]], tokenizer: Any, max_seq_length: int
+    examples: Sequence[dict[str, Any]], tokenizer: Any, max_seq_length: int
 ) -> list[TokenizedExample]:
-    return [tokenize_chat(tokenizer, messages, max_seq_length) for messages in conversations]
+    """Each example rendered with its own tool definitions, if it has any."""
+    return [
+        tokenize_chat(tokenizer, example["messages"], max_seq_length, tools=example.get("tools"))
+        for example in examples
+    ]
 
 
 def count_tokens(examples: Sequence[TokenizedExample]) -> int:
