@@ -81,7 +81,18 @@ class JobRow(Base):
     model_deleted_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     """Set by ``DELETE /v1/models/{ft model}``: the model is no longer listed or served."""
 
+    base_model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    """The base model trained on when ``model`` names a fine-tuned model (continued
+    training); ``None`` when ``model`` is itself the base."""
+    init_adapter_key: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    """Adapter (``models/{key}/``) that continued training starts from."""
+
     __table_args__ = (Index("ix_jobs_org_created", "organization", "created_at"),)
+
+    @property
+    def base(self) -> str:
+        """The base model id behind this job, whatever ``model`` named."""
+        return self.base_model or self.model
 
 
 class JobEventRow(Base):

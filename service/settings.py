@@ -82,6 +82,9 @@ class Settings(BaseSettings):
 
     training_num_workers: int = 2
     """Ray Train workers per job (CPU workers on this kind of machine)."""
+    training_max_workers: int = 8
+    """The most workers a job may ask for (``num_workers``); Ray would wait forever for a
+    worker group the cluster cannot hold."""
     training_cpus_per_worker: float = 1.0
     training_use_gpu: bool = False
     training_zero_stage: int = 2

@@ -35,7 +35,11 @@ class InvalidChatFile(ValueError):
         super().__init__(f"{where}{reason}")
 
 
-def parse_example(raw: bytes | str, line: int) -> dict[str, Any]:
+Method = str
+"""``supervised`` (``messages`` lines) or ``dpo`` (OpenAI's preference lines)."""
+
+
+def parse_example(raw: bytes | str, line: int, method: Method = "supervised") -> dict[str, Any]:
     """Parse and check one JSONL line; return the example or raise :class:`InvalidChatFile`."""
     try:
         example = json.loads(raw)
@@ -43,21 +47,68 @@ def parse_example(raw: bytes | str, line: int) -> dict[str, Any]:
         reason = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
         raise InvalidChatFile(line, f"is not valid JSON ({reason}).") from None
     if not isinstance(example, dict):
-        raise InvalidChatFile(line, "must be a JSON object with a 'messages' list.")
+        expected = "'messages' list" if method != "dpo" else "'input' and outputs"
+        raise InvalidChatFile(line, f"must be a JSON object with a {expected}.")
+    if method == "dpo":
+        return _check_preference(example, line)
     if PREFERENCE_KEYS <= set(example):
         raise InvalidChatFile(line, "is a preference (DPO) example, but the job's method is "
                               "'supervised': use 'messages' lines, or method type 'dpo'.")
-    unknown = set(example) - EXAMPLE_KEYS
+    return _check_conversation(example, line, EXAMPLE_KEYS, where="")
+
+
+def _check_conversation(example: dict[str, Any], line: int, keys: set[str],
+                        where: str) -> dict[str, Any]:
+    unknown = set(example) - keys
     if unknown:
-        raise InvalidChatFile(line, f"has unrecognized key(s) {sorted(unknown)}.")
+        raise InvalidChatFile(line, f"has unrecognized key(s) {sorted(unknown)}{where}.")
     messages = example.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise InvalidChatFile(line, "is missing a non-empty 'messages' list.")
+        raise InvalidChatFile(line, f"is missing a non-empty 'messages' list{where}.")
     for i, msg in enumerate(messages):
         _check_message(msg, line, i)
-    if not any(m["role"] == "assistant" for m in messages):
+    if not where and not any(m["role"] == "assistant" for m in messages):
         raise InvalidChatFile(line, "has no assistant message to train on.")
     return example
+
+
+def _check_preference(example: dict[str, Any], line: int) -> dict[str, Any]:
+    """OpenAI's DPO line: ``{"input": {"messages", "tools"?}, "preferred_output": [assistant
+    message], "non_preferred_output": [assistant message]}``."""
+    if "messages" in example and not PREFERENCE_KEYS & set(example):
+        raise InvalidChatFile(line, "is a supervised example ('messages'), but the job's method "
+                              "is 'dpo': use 'input', 'preferred_output' and "
+                              "'non_preferred_output'.")
+    unknown = set(example) - PREFERENCE_KEYS
+    if unknown:
+        raise InvalidChatFile(line, f"has unrecognized key(s) {sorted(unknown)}.")
+    missing = PREFERENCE_KEYS - set(example)
+    if missing:
+        raise InvalidChatFile(line, f"is missing {sorted(missing)} of a preference example.")
+    if not isinstance(example["input"], dict):
+        raise InvalidChatFile(line, "has an 'input' that is not an object with 'messages'.")
+    _check_conversation(example["input"], line, EXAMPLE_KEYS - {"functions"}, where=" in 'input'")
+    for key in ("preferred_output", "non_preferred_output"):
+        output = example[key]
+        if (not isinstance(output, list) or len(output) != 1 or not isinstance(output[0], dict)
+                or output[0].get("role") != "assistant"):
+            raise InvalidChatFile(line, f"has an invalid '{key}': it must be a list of one "
+                                  "assistant message.")
+        _check_message(output[0], line, 0)
+    return example
+
+
+def preference_conversations(example: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The preferred and the rejected conversation of a DPO line, as supervised examples.
+
+    Assistant turns inside ``input`` get ``weight: 0``: only the output is compared.
+    """
+    prompt = [{**m, "weight": 0} if m.get("role") == "assistant" else m
+              for m in example["input"]["messages"]]
+    extras = {k: v for k, v in example["input"].items() if k != "messages"}
+    return tuple(  # type: ignore[return-value]
+        {"messages": prompt + list(example[key]), **extras}
+        for key in ("preferred_output", "non_preferred_output"))
 
 
 def _check_message(msg: Any, line: int, i: int) -> None:
@@ -95,18 +146,25 @@ def _check_tool_calls(calls: Any, line: int, where: str) -> None:
                 "\"function\": {\"name\": string, \"arguments\": JSON string}}.")
 
 
-def read_examples(lines: Iterable[bytes | str]) -> list[dict[str, Any]]:
+def as_conversations(example: dict[str, Any], method: Method) -> list[dict[str, Any]]:
+    """The conversations a line trains on: itself, or a DPO line's preferred and rejected."""
+    return list(preference_conversations(example)) if method == "dpo" else [example]
+
+
+def read_examples(lines: Iterable[bytes | str],
+                  method: Method = "supervised") -> list[dict[str, Any]]:
     """Every example of a file, blank lines skipped; at least :data:`MIN_EXAMPLES`."""
-    return [example for _, example in read_numbered_examples(lines)]
+    return [example for _, example in read_numbered_examples(lines, method)]
 
 
-def read_numbered_examples(lines: Iterable[bytes | str]) -> list[tuple[int, dict[str, Any]]]:
+def read_numbered_examples(lines: Iterable[bytes | str],
+                           method: Method = "supervised") -> list[tuple[int, dict[str, Any]]]:
     """Like :func:`read_examples`, with each example's 1-based line number (for messages)."""
     examples = []
     for n, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
-        examples.append((n, parse_example(raw, n)))
+        examples.append((n, parse_example(raw, n, method)))
     if len(examples) < MIN_EXAMPLES:
         raise InvalidChatFile(
             None,

@@ -62,6 +62,27 @@ class TrainingSpec(BaseModel):
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
     zero_stage: Literal[2, 3] = 2
+    method: Literal["supervised", "dpo"] = "supervised"
+    """``dpo`` trains on OpenAI's preference lines against the base with the adapter off."""
+    dpo_beta: float = Field(default=0.1, gt=0)
+    """Strength of DPO's pull towards the reference model (higher: stay closer)."""
+    lr_scheduler: Literal["linear", "cosine"] = "linear"
+    """Decay after warmup, to 0 at the end of the run."""
+    warmup_ratio: float = Field(default=0.1, ge=0, le=1)
+    """Share of the optimizer steps with a linearly rising learning rate (at least one)."""
+    packing: bool = True
+    """Pack each step's examples into rows of ``max_seq_length`` tokens (attention and
+    positions kept per example); the loss is the same as without, only faster."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory for long sequences, about 30% slower."""
+    full_finetune: bool = False
+    """Train every weight instead of a LoRA adapter; the result is a whole model."""
+    init_adapter_key: str | None = None
+    """Key prefix of a PEFT adapter (``models/<key>/``) to start from: continued training of
+    a fine-tuned model or checkpoint. Its LoRA settings win over ``lora``."""
+    eval_every_steps: int | None = Field(default=None, ge=1)
+    """Validation loss every N optimizer steps when a validation file is given; ``None``:
+    about ten times per run. A full pass over the validation file runs at the end."""
     s3: S3Location
     checkpoint_every_steps: int | None = Field(default=None, ge=1)
     """Besides one checkpoint at the end of every epoch, also one every N optimizer steps."""

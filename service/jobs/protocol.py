@@ -20,17 +20,55 @@ class Hyperparameters(BaseModel):
     n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = Field(default="auto")
 
 
+class SupervisedHyperparameters(Hyperparameters):
+    """OpenAI's three, plus the knobs a practitioner expects; ``auto`` follows the rule in
+    :mod:`service.jobs.hyperparameters` (README). Unknown keys: 400 naming the key."""
+
+    lora_r: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
+    lora_alpha: Auto | Annotated[int, Field(ge=1, le=4096)] = "auto"
+    lora_dropout: Auto | Annotated[float, Field(ge=0, lt=1)] = "auto"
+    lora_target_modules: Auto | Annotated[list[Annotated[str, Field(
+        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.*-]+$")]],
+        Field(min_length=1, max_length=64)] = "auto"
+    full_finetune: bool = False
+    lr_scheduler: Auto | Literal["linear", "cosine"] = "auto"
+    warmup_ratio: Auto | Annotated[float, Field(ge=0, le=0.5)] = "auto"
+    max_seq_length: Auto | Annotated[int, Field(ge=16, le=131072)] = "auto"
+    packing: Auto | bool = "auto"
+    zero_stage: Auto | Literal[2, 3] = "auto"
+    gradient_checkpointing: Auto | bool = "auto"
+    num_workers: Auto | Annotated[int, Field(ge=1, le=64)] = "auto"
+
+
+class DpoHyperparameters(SupervisedHyperparameters):
+    beta: Auto | Annotated[float, Field(gt=0, le=2)] = "auto"
+
+
 class SupervisedMethod(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    hyperparameters: Hyperparameters | None = None
+    hyperparameters: SupervisedHyperparameters | None = None
+
+
+class DpoMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: DpoHyperparameters | None = None
 
 
 class Method(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+    reinforcement: dict[str, Any] | None = None
+    """Accepted in shape only: the service answers 400 (no reinforcement fine-tuning)."""
+
+    def requested_hyperparameters(self) -> Hyperparameters | None:
+        """The hyperparameters given under the method's own key, if any."""
+        section = self.dpo if self.type == "dpo" else self.supervised
+        return section.hyperparameters if section is not None else None
 
 
 class WandbSettings(BaseModel):

@@ -24,15 +24,16 @@ from service.files.service import file_key, register
 from service.ids import new_id, now
 from service.jobs import hyperparameters
 from service.jobs.naming import checkpoint_name, fine_tuned_model_name
-from service.jobs.service import add_event, transition
+from service.jobs.service import add_event, method_hyperparameters, method_type, transition
 from service.jobs.token_count import ChatTokenCounter
 from service.webhooks import enqueue_settled
-from training.chat_format import InvalidChatFile, read_numbered_examples
+from training.chat_format import InvalidChatFile, as_conversations, read_numbered_examples
 from training.spec import (
     LoraSpec,
     S3Location,
     TrainingEvent,
     TrainingSpec,
+    adapter_prefix,
     control_key,
     event_batch_key,
     events_prefix,
@@ -96,53 +97,70 @@ class Scheduler:
                 if file_id is None:
                     continue
                 try:
-                    numbered = read_numbered_examples(ctx.blobs.iter_lines(file_key(file_id)))
+                    numbered = read_numbered_examples(ctx.blobs.iter_lines(file_key(file_id)),
+                                                      method_type(job))
                 except InvalidChatFile as e:
                     self._fail_validation(s, job, e, param)
                     return
                 examples = examples or numbered  # the training file's, read first
-            settings = ctx.settings
-            resolved = hyperparameters.resolve(job.hyperparameters, len(examples),
-                                               settings.training_num_workers)
-            spec = TrainingSpec(
-                job_id=job.id, base_model_id=job.model,
-                base_model_path=str(settings.base_model_dirs()[job.model]),
-                training_file_key=file_key(job.training_file),
-                validation_file_key=file_key(job.validation_file) if job.validation_file
-                else None,
-                model_key=job.model_key, n_epochs=resolved.n_epochs,
-                batch_size=resolved.batch_size, learning_rate=resolved.learning_rate,
-                seed=job.seed, max_seq_length=settings.serving_max_model_len,
-                lora=LoraSpec(), num_workers=settings.training_num_workers,
-                cpus_per_worker=settings.training_cpus_per_worker,
-                use_gpu=settings.training_use_gpu, zero_stage=settings.training_zero_stage,
-                s3=S3Location(endpoint_url=settings.resolved_s3_endpoint_url,
-                              bucket=settings.s3_bucket, region=settings.s3_region),
-            )
+            resolved = hyperparameters.resolve(method_hyperparameters(job), len(examples),
+                                               hyperparameters.Limits.of(ctx.settings),
+                                               method_type(job))
+            spec = self._spec(job, resolved)
             # The spec is in S3 before the row says queued (results before pointers).
             ctx.blobs.put(spec_key(job.id), spec.model_dump_json(indent=2).encode(),
                           "application/json")
-            summary = self._token_summary(job, examples, resolved.n_epochs)
+            summary = self._token_summary(job, examples, resolved)
+            method = {"type": method_type(job),
+                      method_type(job): {"hyperparameters": resolved.method_dict()}}
             if transition(s, job.id, ("validating_files",), "queued",
                           "Files validated, moving job to queued state",
-                          hyperparameters=resolved.as_dict()):
+                          hyperparameters=resolved.as_dict(), method=method):
                 self._announce_summary(s, job.id, summary, resolved)
 
-    def _token_summary(self, job: JobRow, examples: list[tuple[int, dict]],
-                       n_epochs: int) -> dict:
+    def _spec(self, job: JobRow, resolved: hyperparameters.Resolved) -> TrainingSpec:
         settings = self.ctx.settings
-        counter = ChatTokenCounter.for_model(settings.base_model_dirs()[job.model])
-        limit = settings.serving_max_model_len
-        counts = [(line, counter.count(ex)) for line, ex in examples]
+        return TrainingSpec(
+            job_id=job.id, base_model_id=job.base,
+            base_model_path=str(settings.base_model_dirs()[job.base]),
+            training_file_key=file_key(job.training_file),
+            validation_file_key=file_key(job.validation_file) if job.validation_file else None,
+            model_key=job.model_key, n_epochs=resolved.n_epochs,
+            batch_size=resolved.batch_size, learning_rate=resolved.learning_rate,
+            seed=job.seed, max_seq_length=resolved.max_seq_length,
+            lora=LoraSpec(r=resolved.lora_r, alpha=resolved.lora_alpha,
+                          dropout=resolved.lora_dropout,
+                          target_modules=resolved.lora_target_modules),
+            num_workers=resolved.num_workers,
+            cpus_per_worker=settings.training_cpus_per_worker,
+            use_gpu=settings.training_use_gpu, zero_stage=resolved.zero_stage,
+            method=method_type(job), dpo_beta=resolved.beta or 0.1,
+            lr_scheduler=resolved.lr_scheduler, warmup_ratio=resolved.warmup_ratio,
+            packing=resolved.packing, gradient_checkpointing=resolved.gradient_checkpointing,
+            full_finetune=resolved.full_finetune,
+            init_adapter_key=adapter_prefix(job.init_adapter_key)
+            if job.init_adapter_key else None,
+            s3=S3Location(endpoint_url=settings.resolved_s3_endpoint_url,
+                          bucket=settings.s3_bucket, region=settings.s3_region),
+        )
+
+    def _token_summary(self, job: JobRow, examples: list[tuple[int, dict]],
+                       resolved: hyperparameters.Resolved) -> dict:
+        settings = self.ctx.settings
+        counter = ChatTokenCounter.for_model(settings.base_model_dirs()[job.base])
+        limit = resolved.max_seq_length
+        conversations = [(line, conversation) for line, ex in examples
+                         for conversation in as_conversations(ex, method_type(job))]
+        counts = [(line, counter.count(ex)) for line, ex in conversations]
         n_tokens = sum(min(c, limit) for _, c in counts)
-        trained = n_tokens * n_epochs
+        trained = n_tokens * resolved.n_epochs
         return {
             "n_examples": len(examples), "n_tokens": n_tokens,
             "estimated_trained_tokens": trained,
             "estimated_duration_s": int(settings.training_startup_s
                                         + trained / settings.training_tokens_per_s),
             "max_seq_length": limit,
-            "truncated_lines": [line for line, c in counts if c > limit],
+            "truncated_lines": sorted({line for line, c in counts if c > limit}),
         }
 
     @staticmethod
@@ -308,7 +326,7 @@ class Scheduler:
 
     def _record_checkpoint(self, s: Session, job: JobRow, data: dict, created_at: int) -> None:
         step = int(data.get("step", 0))
-        name = fine_tuned_model_name(job.model, job.organization, job.suffix, job.model_key)
+        name = fine_tuned_model_name(job.base, job.organization, job.suffix, job.model_key)
         adapter = data.get("adapter_key", "").removeprefix("models/").strip("/") or None
         existing = s.scalar(select(CheckpointRow).where(
             CheckpointRow.job_id == job.id, CheckpointRow.step_number == step))
@@ -328,7 +346,7 @@ class Scheduler:
         if job.trained_tokens is None:
             self._fail(s, job, "The training run ended without producing a model.")
             return
-        name = fine_tuned_model_name(job.model, job.organization, job.suffix, job.model_key)
+        name = fine_tuned_model_name(job.base, job.organization, job.suffix, job.model_key)
         self.ctx.blobs.delete(control_key(job.id))  # a pause that came too late to matter
         metrics = self._metric_rows(s, job.id)
         result_file = self._write_results(s, job, metrics)

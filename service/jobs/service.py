@@ -13,13 +13,16 @@ from service.db import CheckpointRow, JobEventRow, JobRow
 from service.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
 from service.files.service import get_row as get_file_row
 from service.ids import new_id, now, random_tail
+from service.jobs import hyperparameters
 from service.jobs.protocol import (
     CreateJobRequest,
+    DpoHyperparameters,
     FineTuningJob,
-    Hyperparameters,
     JobCheckpoint,
     JobEvent,
+    SupervisedHyperparameters,
 )
+from service.models.service import owning_job
 from service.storage import BlobStore
 from training.spec import control_key
 
@@ -40,10 +43,22 @@ def to_object(row: JobRow) -> FineTuningJob:
         status=row.status,
         trained_tokens=row.trained_tokens if row.status == "succeeded" else None,
         training_file=row.training_file, validation_file=row.validation_file,
-        seed=row.seed, method={"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        seed=row.seed,
+        method={"type": method_type(row),
+                method_type(row): {"hyperparameters": method_hyperparameters(row) or hyper}},
         metadata=row.job_metadata, integrations=row.integrations,
         estimated_finish=row.estimated_finish if row.status == "running" else None,
     )
+
+
+def method_type(row: JobRow) -> str:
+    return str((row.method or {}).get("type", "supervised"))
+
+
+def method_hyperparameters(row: JobRow) -> dict[str, Any]:
+    """Every hyperparameter of the job's method: as requested, then as resolved."""
+    section = (row.method or {}).get(method_type(row)) or {}
+    return dict(section.get("hyperparameters") or {})
 
 
 def add_event(session: Session, job_id: str, message: str, *, level: str = "info",
@@ -67,13 +82,12 @@ def transition(session: Session, job_id: str, from_states: tuple[str, ...], to: 
 
 
 def create(session: Session, caller: Caller, req: CreateJobRequest,
-           base_models: set[str]) -> FineTuningJob:
-    if req.model not in base_models:
-        raise ModelNotFound(req.model)
+           base_models: set[str], limits: hyperparameters.Limits) -> FineTuningJob:
+    base_model, init_adapter_key = _starting_model(session, caller, req.model, base_models)
     method_type = req.method.type if req.method else "supervised"
-    if method_type != "supervised":
+    if method_type == "reinforcement":
         raise InvalidRequest(
-            f"Fine-tuning method {method_type!r} is not supported yet; use 'supervised'.",
+            "Fine-tuning method 'reinforcement' is not supported; use 'supervised' or 'dpo'.",
             param="method.type", code="invalid_value",
         )
     _check_metadata(req.metadata)
@@ -89,16 +103,21 @@ def create(session: Session, caller: Caller, req: CreateJobRequest,
         if f.purpose != "fine-tune":
             raise InvalidRequest(f"File {file_id} has purpose {f.purpose!r}, not 'fine-tune'.",
                                  param=param, code="invalid_file")
-    hyper = (req.method.supervised.hyperparameters
-             if req.method and req.method.supervised and req.method.supervised.hyperparameters
-             else req.hyperparameters)
-    hyperparameters = (hyper or Hyperparameters()).model_dump()
+    requested, where = _requested_hyperparameters(req, method_type)
+    try:
+        hyperparameters.check_limits(requested, limits)
+    except hyperparameters.OutOfLimits as e:
+        raise InvalidRequest(str(e), param=f"{where}.{e.param}", code="invalid_value") from None
     job_id = new_id("ftjob")
     row = JobRow(
         id=job_id, organization=caller.organization, model=req.model,
+        base_model=base_model if base_model != req.model else None,
+        init_adapter_key=init_adapter_key,
         training_file=req.training_file, validation_file=req.validation_file,
-        status="validating_files", created_at=now(), hyperparameters=hyperparameters,
-        method={"type": "supervised"}, suffix=req.suffix,
+        status="validating_files", created_at=now(),
+        hyperparameters={k: requested.get(k, "auto") for k in hyperparameters.OPENAI_KEYS},
+        method={"type": method_type, method_type: {"hyperparameters": requested}},
+        suffix=req.suffix,
         seed=req.seed if req.seed is not None else secrets.randbelow(2147483647),
         job_metadata=req.metadata, integrations=None if req.integrations is None else [
             i.model_dump(exclude_none=True) for i in req.integrations],
@@ -110,6 +129,35 @@ def create(session: Session, caller: Caller, req: CreateJobRequest,
     add_event(session, job_id, f"Created fine-tuning job: {job_id}")
     add_event(session, job_id, f"Validating training file: {req.training_file}")
     return to_object(row)
+
+
+def _starting_model(session: Session, caller: Caller, model: str,
+                    base_models: set[str]) -> tuple[str, str | None]:
+    """``(base model, adapter to start from)``: a base model starts fresh; a fine-tuned
+    model or checkpoint of the caller's organization continues from its adapter."""
+    if model in base_models:
+        return model, None
+    job, adapter_key = owning_job(session, model)
+    if job is None or job.organization != caller.organization or job.model_deleted_at:
+        raise ModelNotFound(model)
+    if method_hyperparameters(job).get("full_finetune"):
+        raise InvalidRequest(f"Model {model} was fully fine-tuned; continued training starts "
+                             "from LoRA adapters only.", param="model", code="invalid_value")
+    return job.base, adapter_key
+
+
+def _requested_hyperparameters(req: CreateJobRequest,
+                               method_type: str) -> tuple[dict[str, Any], str]:
+    """The hyperparameters as given, ``auto`` where absent, and where they were given.
+
+    ``method.<type>.hyperparameters`` wins over the deprecated top-level field, as at OpenAI.
+    """
+    in_method = req.method.requested_hyperparameters() if req.method else None
+    given = in_method or req.hyperparameters
+    model = DpoHyperparameters if method_type == "dpo" else SupervisedHyperparameters
+    values = model.model_validate(given.model_dump(exclude_unset=True) if given else {})
+    where = f"method.{method_type}.hyperparameters" if in_method else "hyperparameters"
+    return values.model_dump(mode="json"), where
 
 
 def get_row(session: Session, caller: Caller, job_id: str,

@@ -2,7 +2,9 @@
 
 The model's own chat template is rendered with jinja2 the way transformers renders it
 (sandboxed, ``trim_blocks``/``lstrip_blocks``, ``raise_exception``), and the text is encoded
-with the model's ``tokenizer.json`` through the ``tokenizers`` library.
+with the model's ``tokenizer.json`` through the ``tokenizers`` library. Messages and tools
+reach the template as they do in training (:func:`training.chat_template.template_messages`),
+so a count here is the length of the rendered example before truncation.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +20,26 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
+from training.chat_template import template_messages
+
+# The special tokens transformers hands every chat template (``special_tokens_map``).
+_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
+                   "mask_token")
+
 
 def _raise(message: str) -> None:
     raise ValueError(message)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    """transformers' ``tojson``: no HTML escaping, non-ASCII kept (unlike jinja2's own)."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+def _strftime_now(format: str) -> str:
+    return datetime.now().strftime(format)
 
 
 def _token_text(value: Any) -> str | None:
@@ -41,10 +61,11 @@ class ChatTokenCounter:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                             extensions=[loopcontrols])
         env.globals["raise_exception"] = _raise
-        env.filters["tojson"] = lambda v, indent=None: json.dumps(v, indent=indent)
+        env.filters["tojson"] = _tojson
+        env.globals["strftime_now"] = _strftime_now
         self._template = env.from_string(template)
-        self._tokens = {name: _token_text(config.get(name))
-                        for name in ("bos_token", "eos_token", "pad_token", "unk_token")}
+        self._tokens = {name: _token_text(config[name])
+                        for name in _SPECIAL_TOKENS if config.get(name) is not None}
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
 
     @staticmethod
@@ -54,9 +75,9 @@ class ChatTokenCounter:
         return ChatTokenCounter(model_dir)
 
     def count(self, example: Mapping[str, Any]) -> int:
-        """Tokens of one rendered example (the ``weight`` key is ours, not the template's)."""
+        """Tokens of one rendered example, with its tool definitions if it has any."""
         messages: Sequence[Mapping[str, Any]] = example["messages"]
-        clean = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
-        text = self._template.render(messages=clean, tools=example.get("tools"),
+        text = self._template.render(messages=template_messages(messages),
+                                     tools=example.get("tools") or None,
                                      add_generation_prompt=False, **self._tokens)
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)

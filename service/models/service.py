@@ -55,17 +55,17 @@ def resolve(session: Session, settings: Settings, caller: Caller, model_id: str,
     for base in _base_models(settings, started_at):
         if base.public.id == model_id:
             return base
-    job, adapter_key = _owning_job(session, model_id)
+    job, adapter_key = owning_job(session, model_id)
     if job is None or job.organization != caller.organization or job.model_deleted_at:
         raise ModelNotFound(model_id)
     return ServedModel(
         ModelObject(id=model_id, created=job.finished_at or job.created_at,
                     owned_by=job.organization),
-        internal_name(job.model, adapter_key),
+        internal_name(job.base, adapter_key),
     )
 
 
-def _owning_job(session: Session, model_id: str) -> tuple[JobRow | None, str]:
+def owning_job(session: Session, model_id: str) -> tuple[JobRow | None, str]:
     """The job behind a fine-tuned model or checkpoint name, and the adapter to serve."""
     job = session.scalar(select(JobRow).where(
         JobRow.fine_tuned_model == model_id, JobRow.status == "succeeded"))

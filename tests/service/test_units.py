@@ -8,22 +8,8 @@ import pytest
 
 from service.auth import KeyRing, parse_api_keys
 from service.errors import AuthenticationFailed
-from service.jobs.hyperparameters import BASE_LEARNING_RATE, resolve
 from service.jobs.naming import fine_tuned_model_name
 from training.chat_format import InvalidChatFile, parse_example, read_examples
-
-
-@pytest.mark.parametrize("requested, n, workers, expected", [
-    ({}, 10, 2, (10, 2, 1.0)),
-    ({}, 50, 2, (3, 2, 1.0)),
-    ({}, 1000, 2, (3, 16 // 2, 1.0)),
-    ({"n_epochs": 1, "batch_size": 3, "learning_rate_multiplier": 0.5}, 40, 2, (1, 4, 0.5)),
-    ({"n_epochs": "auto", "batch_size": "auto"}, 300, 1, (3, 4, 1.0)),
-])
-def test_auto_hyperparameters(requested, n, workers, expected):
-    r = resolve(requested, n, workers)
-    assert (r.n_epochs, r.batch_size, r.learning_rate_multiplier) == expected
-    assert r.learning_rate == pytest.approx(BASE_LEARNING_RATE * expected[2])
 
 
 def test_keys_are_matched_and_bad_specs_refused():
