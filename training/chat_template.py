@@ -4,7 +4,13 @@ Why offsets rather than a marker: every model family spells its turn boundaries 
 (``<|im_start|>assistant``, ``[/INST]``, ``<|start_header_id|>``...). Rendering the
 conversation twice per assistant turn, once up to the generation prompt and once through the
 turn, tells us where that turn's text lies in the full rendering whatever the template is;
-the tokenizer's offset mapping then tells us which tokens fall inside it.
+the tokenizer's offset mapping then tells us which tokens fall inside it. Templates that
+render the beginning of a conversation by what comes last (Mistral v0.3) are handled by
+finding the turn's own text instead (:func:`_locate_turn`).
+
+An example's ``tools`` (OpenAI's function-tool list beside ``messages``) go to every
+rendering, so tool definitions land where the template puts them and are never trained;
+assistant ``tool_calls`` are trained like any answer, as the template writes them.
 """
 
 from __future__ import annotations
