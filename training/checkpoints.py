@@ -129,6 +129,10 @@ class Checkpointer:
                 "checkpoint_key": checkpoint_key(spec.job_id, step),
                 "paused": paused,
             }
+            if self._run.events is not None:
+                # Once Ray Train has this checkpoint a restart continues after it: the metrics
+                # events up to it must not die in a killed rank 0's buffer.
+                self._run.events.flush()
             ray.train.report(
                 report,
                 checkpoint=ray.train.Checkpoint.from_directory(out),
@@ -213,8 +217,9 @@ def announce_restart(spec: TrainingSpec, checkpoint: Any) -> None:
 
     The failed attempt may have died after Ray Train registered the checkpoint but before rank
     0 copied its adapter and emitted its event; the service upserts checkpoint rows by step, so
-    a second event is harmless and a missing one is not. The metrics events of the steps after
-    the checkpoint come again from this attempt.
+    a second event is harmless and a missing one is not. The metrics events up to the
+    checkpoint's step are in S3 already (:meth:`Checkpointer.save` flushes them first); those
+    of the steps after it come again from this attempt.
     """
     from training.adapter import upload_adapter
     from training.events import s3_event_writer
