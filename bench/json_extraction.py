@@ -337,6 +337,9 @@ def report(result: dict[str, Any]) -> str:
     method = job["method"] or {}
     hyperparameters = (method.get(method.get("type") or "", None) or {}).get(
         "hyperparameters") or job["hyperparameters"]
+    metrics = job["last_metrics"]
+    validation = ("" if metrics.get("valid") in (None, metrics.get("train"))
+                  else f" (last validation: `{json.dumps(metrics['valid'])}`)")
     timeline = ", ".join(f"{k} at {v}s" for k, v in job["status_timeline_s"].items())
     base, tuned = result["scores"][0], result["scores"][-1]
     misses = [a for a in tuned["answers"] if not a["exact"]]
@@ -360,7 +363,7 @@ Target valid JSON >= {result['target_valid_json']}: **{verdict}**.
   `{json.dumps(hyperparameters)}`; {job['trained_tokens']} trained tokens.
 - Training time: {job['server_seconds']} s from create to finished (server timestamps);
   as polled: {timeline}.
-- Last metrics: `{json.dumps(job['last_metrics'])}`.
+- Last metrics event{validation}: `{json.dumps(metrics.get("train"))}`.
 
 Base model, first answers (output JSON-quoted):
 
