@@ -21,14 +21,31 @@ if TYPE_CHECKING:
 
 
 def read_training_file(spec: TrainingSpec, s3: Any) -> list[dict[str, Any]]:
-    """Every example (``messages`` and its ``tools``), checked by the validator the API runs.
+    """Every example of the training file, checked by the validator the API runs.
 
     Raises :class:`~training.chat_format.InvalidChatFile` naming the first bad line.
     """
+    return read_jsonl(spec, s3, spec.training_file_key)
+
+
+def read_jsonl(spec: TrainingSpec, s3: Any, key: str) -> list[dict[str, Any]]:
+    """The examples of one file of the run, lines of the spec's method (chat or DPO)."""
     from training.storage import read_bytes
 
-    body = read_bytes(s3, spec.s3.bucket, spec.training_file_key)
-    return read_examples(body.splitlines())
+    body = read_bytes(s3, spec.s3.bucket, key)
+    return read_examples(body.splitlines(), spec.method)
+
+
+def tokenize_examples(
+    examples: Sequence[dict[str, Any]], method: str, tokenizer: Any, max_seq_length: int
+) -> list[Any]:
+    """Token ids and labels of every example: a ``TokenizedExample`` per chat line, a
+    ``PreferenceExample`` per DPO line."""
+    if method == "dpo":
+        from training.dpo import tokenize_preference
+
+        return [tokenize_preference(tokenizer, line, max_seq_length) for line in examples]
+    return tokenize_all(examples, tokenizer, max_seq_length)
 
 
 def tokenize_all(
@@ -39,11 +56,6 @@ def tokenize_all(
         tokenize_chat(tokenizer, example["messages"], max_seq_length, tools=example.get("tools"))
         for example in examples
     ]
-
-
-def count_tokens(examples: Sequence[TokenizedExample]) -> int:
-    """Input tokens of one pass over the data (prompt and completion, as OpenAI bills)."""
-    return sum(example.num_tokens for example in examples)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ DeepSpeed reuses it.
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,16 +21,9 @@ from typing import Any
 import torch
 
 from training.adapter import save_adapter, upload_adapter
-from training.chat_template import IGNORE_INDEX, TokenizedExample
 from training.checkpoints import Checkpointer, TrainerState, checkpoint_due
-from training.data import (
-    StepPlan,
-    collate,
-    count_tokens,
-    epoch_indices,
-    plan_steps,
-    resume_point,
-)
+from training.data import StepPlan, epoch_indices, plan_steps, resume_point
+from training.objectives import Objective, Preference, Sums, Supervised, add, all_reduced
 from training.spec import TrainingSpec
 
 
@@ -41,10 +35,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     spec = TrainingSpec.model_validate(config["spec"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(1)  # one core per worker; more threads only contend
+    # One thread per CPU the worker holds: more only contend with the other workers.
+    torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
 
-    examples, pad_id = load_data(spec)
-    plan = plan_steps(len(examples), world_size, spec.batch_size, spec.n_epochs)
+    data = load_data(spec)
+    objective = objective_for(spec, data.pad_id)
+    plan = plan_steps(len(data.train), world_size, spec.batch_size, spec.n_epochs)
     engine = build_engine(spec, plan, world_size)
     checkpoint = starting_checkpoint(spec)
     start = (
@@ -54,14 +50,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     # Every checkpoint report carries these: the driver reads the last one from fit().
     run_metrics = {
-        "trained_tokens": count_tokens(examples) * spec.n_epochs,
+        "trained_tokens": sum(map(objective.num_tokens, data.train)) * spec.n_epochs,
         "total_steps": plan.total_steps,
     }
 
     with rank0_events(spec, rank) as events:
         run = Run(spec, plan, rank, world_size, events)
         checkpoints = Checkpointer(engine, run, run_metrics)
-        paused = train(engine, examples, pad_id, run, start, checkpoints, pause_check(spec, rank))
+        validation = Validation(objective, data.valid, run, spec.eval_every_steps)
+        paused = train(engine, data.train, objective, validation, run, start, checkpoints,
+                       pause_check(spec, rank))
     if paused:
         return
 
@@ -74,17 +72,39 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 # --- setup -------------------------------------------------------------------------------
 
 
-def load_data(spec: TrainingSpec) -> tuple[list[TokenizedExample], int]:
+@dataclass(frozen=True)
+class RunData:
+    """Tokenized examples of the run: supervised examples or DPO pairs."""
+
+    train: list[Any]
+    valid: list[Any]
+    """Empty without a validation file."""
+    pad_id: int
+
+
+def load_data(spec: TrainingSpec) -> RunData:
     from transformers import AutoTokenizer
 
     from training import storage
-    from training.data import read_training_file, tokenize_all
+    from training.data import read_jsonl, tokenize_examples
 
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model_path)
-    conversations = read_training_file(spec, storage.client(spec.s3))
-    examples = tokenize_all(conversations, tokenizer, spec.max_seq_length)
+    s3 = storage.client(spec.s3)
+
+    def tokenized(key: str | None) -> list[Any]:
+        if key is None:
+            return []
+        lines = read_jsonl(spec, s3, key)
+        return tokenize_examples(lines, spec.method, tokenizer, spec.max_seq_length)
+
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return examples, pad_id
+    return RunData(tokenized(spec.training_file_key), tokenized(spec.validation_file_key), pad_id)
+
+
+def objective_for(spec: TrainingSpec, pad_id: int) -> Objective:
+    if spec.method == "dpo":
+        return Preference(pad_id=pad_id, beta=spec.dpo_beta)
+    return Supervised(max_seq_length=spec.max_seq_length, pad_id=pad_id, packing=spec.packing)
 
 
 def use_bf16(spec: TrainingSpec) -> bool:
@@ -92,17 +112,21 @@ def use_bf16(spec: TrainingSpec) -> bool:
 
 
 def deepspeed_config(
-    zero_stage: int, grad_accum: int, world_size: int, bf16: bool
+    zero_stage: int, examples_per_step: int, world_size: int, bf16: bool
 ) -> dict[str, Any]:
-    """The ZeRO config seen to work on CPU under Ray Train (STACK-NOTES); micro batch 1.
+    """The ZeRO config seen to work on CPU under Ray Train (STACK-NOTES).
 
-    >>> deepspeed_config(zero_stage=2, grad_accum=2, world_size=2, bf16=False)["train_batch_size"]
+    One forward per optimizer step: a rank's examples of the step go in one packed or padded
+    batch (:mod:`training.packing`), so DeepSpeed accumulates nothing.
+
+    >>> deepspeed_config(zero_stage=2, examples_per_step=2, world_size=2, bf16=False)[
+    ...     "train_batch_size"]
     4
     """
     return {
-        "train_micro_batch_size_per_gpu": 1,
-        "gradient_accumulation_steps": grad_accum,
-        "train_batch_size": grad_accum * world_size,
+        "train_micro_batch_size_per_gpu": examples_per_step,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": examples_per_step * world_size,
         "gradient_clipping": 1.0,
         "zero_optimization": {"stage": zero_stage},
         # A torch AdamW avoids compiling DeepSpeed's FusedAdam; ZeRO then wants this flag.
@@ -112,27 +136,47 @@ def deepspeed_config(
     }
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Linear warmup then linear decay, never reaching 0 on a step that is taken.
+def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str = "linear") -> float:
+    """Linear warmup, then linear or cosine decay, never reaching 0 on a step that is taken.
 
     >>> [round(lr_factor(s, total_steps=5, warmup_steps=1), 2) for s in range(5)]
     [1.0, 1.0, 0.75, 0.5, 0.25]
+    >>> [round(lr_factor(s, total_steps=5, warmup_steps=1, kind="cosine"), 2) for s in range(5)]
+    [1.0, 1.0, 0.85, 0.5, 0.15]
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    return (total_steps - step) / max(1, total_steps - warmup_steps)
+    remaining = (total_steps - step) / max(1, total_steps - warmup_steps)
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (1.0 - remaining)))
+    return remaining
 
 
-def build_engine(spec: TrainingSpec, plan: StepPlan, world_size: int) -> Any:
-    import deepspeed
-    from peft import LoraConfig, get_peft_model
+def warmup_steps(total_steps: int, ratio: float) -> int:
+    """Rounded down, at least one step when any warmup is asked for.
+
+    >>> warmup_steps(25, 0.1), warmup_steps(15, 0.1), warmup_steps(5, 0.1), warmup_steps(5, 0.0)
+    (2, 1, 1, 0)
+    """
+    return max(1, int(total_steps * ratio)) if ratio > 0 else 0
+
+
+def build_model(spec: TrainingSpec) -> Any:
+    """The model to train: a fresh LoRA on the base, a fine-tuned adapter to continue
+    (``init_adapter_key``), or the whole base (``full_finetune``)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    bf16 = use_bf16(spec)
     torch.manual_seed(spec.seed)  # identical LoRA init on every rank
     base = AutoModelForCausalLM.from_pretrained(
-        spec.base_model_path, dtype=torch.bfloat16 if bf16 else torch.float32
+        spec.base_model_path, dtype=torch.bfloat16 if use_bf16(spec) else torch.float32
     )
+    if spec.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if spec.full_finetune:
+        return base
+    if spec.init_adapter_key:
+        return PeftModel.from_pretrained(base, download_adapter(spec), is_trainable=True)
     lora = LoraConfig(
         r=spec.lora.r,
         lora_alpha=spec.lora.alpha,
@@ -140,18 +184,38 @@ def build_engine(spec: TrainingSpec, plan: StepPlan, world_size: int) -> Any:
         target_modules=spec.lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(base, lora)
+    return get_peft_model(base, lora)
+
+
+def download_adapter(spec: TrainingSpec) -> str:
+    """The adapter to continue from, in a local folder (kept for the life of the worker)."""
+    from training import storage
+    from training.adapter import ADAPTER_FILES
+
+    assert spec.init_adapter_key is not None
+    out = Path(tempfile.mkdtemp(prefix="init-adapter-"))
+    s3 = storage.client(spec.s3)
+    for name in ADAPTER_FILES:
+        key = spec.init_adapter_key.rstrip("/") + "/" + name
+        (out / name).write_bytes(storage.read_bytes(s3, spec.s3.bucket, key))
+    return str(out)
+
+
+def build_engine(spec: TrainingSpec, plan: StepPlan, world_size: int) -> Any:
+    import deepspeed
+
+    model = build_model(spec)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
-    warmup = max(1, plan.total_steps // 10)
+    warmup = warmup_steps(plan.total_steps, spec.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, plan.total_steps, warmup)
+        optimizer, lambda step: lr_factor(step, plan.total_steps, warmup, spec.lr_scheduler)
     )
     engine, *_ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=deepspeed_config(spec.zero_stage, plan.grad_accum, world_size, bf16),
+        config=deepspeed_config(spec.zero_stage, plan.grad_accum, world_size, use_bf16(spec)),
     )
     return engine
 
@@ -184,62 +248,6 @@ def pause_check(spec: TrainingSpec, rank: int) -> Callable[[], bool]:
 
 
 @dataclass
-class TokenStats:
-    """Sums over the trained tokens of one optimizer step, reduced across ranks."""
-
-    loss_sum: float = 0.0
-    correct: float = 0.0
-    count: float = 0.0
-
-    def add(self, loss_sum: torch.Tensor, correct: torch.Tensor, count: torch.Tensor) -> None:
-        self.loss_sum += float(loss_sum)
-        self.correct += float(correct)
-        self.count += float(count)
-
-    def all_reduced(self) -> TokenStats:
-        import torch.distributed as dist
-
-        totals = torch.tensor([self.loss_sum, self.correct, self.count], dtype=torch.float64)
-        if dist.is_available() and dist.is_initialized():
-            backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-            totals = totals.to(backend_device)
-            dist.all_reduce(totals)
-        loss_sum, correct, count = totals.tolist()
-        return TokenStats(loss_sum, correct, count)
-
-    @property
-    def mean_loss(self) -> float:
-        return self.loss_sum / max(1.0, self.count)
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / max(1.0, self.count)
-
-
-def token_loss(
-    logits: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean next-token loss over trained tokens, plus the sums the metrics need.
-
-    Position ``i`` predicts token ``i + 1``. An example with no trained token left (all cut
-    by truncation) gives a zero loss that still has a graph, so backward stays collective.
-    Returns ``(mean_loss, loss_sum, correct, count)``.
-    """
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:].to(shift_logits.device)
-    loss_sum = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    mask = shift_labels != IGNORE_INDEX
-    count = mask.sum()
-    correct = ((shift_logits.argmax(-1) == shift_labels) & mask).sum()
-    return loss_sum / count.clamp(min=1), loss_sum.detach(), correct, count
-
-
-@dataclass
 class Run:
     """One worker's place in the run."""
 
@@ -253,8 +261,9 @@ class Run:
 
 def train(
     engine: Any,
-    examples: list[TokenizedExample],
-    pad_id: int,
+    examples: Sequence[Any],
+    objective: Objective,
+    validation: Validation,
     run: Run,
     start: TrainerState,
     checkpoints: Checkpointer,
@@ -262,59 +271,115 @@ def train(
 ) -> bool:
     """Train from ``start`` to the last step, or until a pause; returns whether paused.
 
-    Checks for a pause after every optimizer step but the last, all ranks agreeing. The run
-    always ends on a checkpoint of the step it stopped at.
+    Each optimizer step is one forward and backward of this rank's ``grad_accum`` examples.
+    Checks for a pause after every step but the last, all ranks agreeing. The run always
+    ends on a checkpoint of the step it stopped at.
     """
     from training.control import any_rank
 
-    engine.train()
     plan, spec = run.plan, run.spec
-    step, metrics, stats = start.step, start.metrics, TokenStats()
+    step, metrics = start.step, start.metrics
     first_epoch, first_micro = resume_point(step, plan)
     for epoch in range(first_epoch, plan.n_epochs):
         indices = epoch_indices(len(examples), plan, spec.seed, epoch, run.rank, run.world_size)
         if epoch == first_epoch:
             indices = indices[first_micro:]  # a multiple of grad_accum: steps stay aligned
-        for micro, index in enumerate(indices, start=1):
-            batch = collate([examples[index]], pad_id)
-            logits = engine(
-                input_ids=batch["input_ids"].to(engine.device),
-                attention_mask=batch["attention_mask"].to(engine.device),
-            ).logits
-            loss, *sums = token_loss(logits, batch["labels"])
+        for at in range(0, len(indices), plan.grad_accum):
+            engine.train()
+            chunk = [examples[i] for i in indices[at : at + plan.grad_accum]]
+            loss, sums = objective.step(engine, chunk)
             engine.backward(loss)
-            engine.step()  # DeepSpeed only updates on accumulation boundaries
-            stats.add(*sums)
-            if micro % plan.grad_accum == 0:
-                step += 1
-                metrics = step_metrics(step, plan.total_steps, stats.all_reduced())
-                emit_metrics(run.events, metrics)
-                stats = TokenStats()
-                paused = step < plan.total_steps and any_rank(pause_requested())
-                if paused or checkpoint_due(step, plan, spec.checkpoint_every_steps):
-                    checkpoints.save(step, metrics, paused=paused)
-                if paused:
-                    return True
+            engine.step()
+            step += 1
+            metrics = step_metrics(step, plan.total_steps, objective, all_reduced(sums))
+            metrics.update(validation.at(step, engine))
+            emit_metrics(run.events, metrics)
+            paused = step < plan.total_steps and any_rank(pause_requested())
+            if paused or checkpoint_due(step, plan, spec.checkpoint_every_steps):
+                checkpoints.save(step, metrics, paused=paused)
+            if paused:
+                return True
     if checkpoints.last_step != step:  # resumed from the last step: nothing left to train
         checkpoints.save(step, metrics or {"step": step})
     return False
 
 
-def step_metrics(step: int, total_steps: int, stats: TokenStats) -> dict[str, Any]:
+def step_metrics(step: int, total_steps: int, objective: Objective, sums: Sums) -> dict[str, Any]:
     return {
         "step": step,
         "total_steps": total_steps,
-        "train_loss": stats.mean_loss,
-        "train_mean_token_accuracy": stats.accuracy,
+        **objective.metrics(sums, "train"),
+        "tokens": int(sums.get("tokens", 0)),
     }
 
 
 def emit_metrics(events: Any, metrics: dict[str, Any]) -> None:
     if events is None:
         return
+    valid = f", validation loss={metrics['valid_loss']:.4f}" if "valid_loss" in metrics else ""
     events.emit(
         f"Step {metrics['step']}/{metrics['total_steps']}: "
-        f"training loss={metrics['train_loss']:.4f}",
+        f"training loss={metrics['train_loss']:.4f}{valid}",
         type="metrics",
         data=metrics,
     )
+
+
+# --- validation --------------------------------------------------------------------------
+
+
+class Validation:
+    """Loss on held-out examples: a rotating sample every ``every`` steps and at the last
+    step (``valid_*``), and the whole file at the last step (``full_valid_*``).
+
+    Every rank evaluates its share of the same sample in the same number of forwards (ZeRO-3
+    gathers weights collectively in each); sums are added over ranks, so each example
+    counts once.
+    """
+
+    def __init__(self, objective: Objective, examples: Sequence[Any], run: Run,
+                 every: int | None) -> None:
+        self._objective = objective
+        self._examples = examples
+        self._run = run
+        total = run.plan.total_steps
+        self._every = every or max(1, total // 10)
+        self._batch = run.plan.grad_accum
+
+    def at(self, step: int, model: Any) -> dict[str, float]:
+        """The validation metrics due after ``step``; ``{}`` when none are."""
+        last = step == self._run.plan.total_steps
+        if not self._examples or not (last or step % self._every == 0):
+            return {}
+        n = len(self._examples)
+        size = min(n, self._batch * self._run.world_size)
+        first = (step // self._every) * size
+        metrics = self._evaluate(model, [(first + k) % n for k in range(size)], "valid")
+        if last:
+            metrics |= self._evaluate(model, list(range(n)), "full_valid")
+        return metrics
+
+    def _evaluate(self, model: Any, indices: list[int], prefix: str) -> dict[str, float]:
+        mine = shard(indices, self._run.rank, self._run.world_size)
+        sums: Sums = {}
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for at in range(0, len(mine), self._batch):
+                chunk = mine[at : at + self._batch]
+                _, batch_sums = self._objective.step(
+                    model, [self._examples[i if i is not None else indices[0]] for i in chunk])
+                counted = sum(i is not None for i in chunk) / len(chunk)
+                sums = add(sums, {k: v * counted for k, v in batch_sums.items()})
+        model.train(was_training)
+        return self._objective.metrics(all_reduced(sums), prefix)
+
+
+def shard(indices: list[int], rank: int, world_size: int) -> list[int | None]:
+    """This rank's share of ``indices``, padded with ``None`` so every rank has as many.
+
+    >>> [shard([0, 1, 2], rank, 2) for rank in (0, 1)]
+    [[0, 2], [1, None]]
+    """
+    mine: list[int | None] = list(indices[rank::world_size])
+    return mine + [None] * (math.ceil(len(indices) / world_size) - len(mine))

@@ -12,8 +12,10 @@ import training.data
 import training.events
 import training.loop
 from training.chat_template import TokenizedExample
-from training.data import StepPlan, collate, count_tokens, epoch_indices, plan_steps
-from training.loop import deepspeed_config, lr_factor, token_loss
+from training.data import StepPlan, collate, epoch_indices, plan_steps
+from training.loop import deepspeed_config, lr_factor, shard, warmup_steps
+from training.objectives import Supervised
+from training.packing import weighted_token_loss
 
 
 @pytest.mark.parametrize("module", [training.data, training.events, training.loop])
@@ -68,10 +70,18 @@ def test_collate_pads_with_no_loss():
     assert batch["labels"].tolist() == [[-100, 2], [3, -100]]
 
 
-def test_count_tokens_counts_prompt_and_completion():
+def test_objective_counts_prompt_and_completion_tokens():
     examples = [TokenizedExample([1, 2, 3], [-100, -100, 3]), TokenizedExample([4, 5], [4, 5])]
+    objective = Supervised(max_seq_length=8, pad_id=0, packing=True)
 
-    assert count_tokens(examples) == 5
+    assert sum(map(objective.num_tokens, examples)) == 5
+
+
+def loss_batch(labels: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Labels and per-token weights of one example per row, as build_batch weighs them."""
+    weights = [[1.0 / (sum(t != -100 for t in row[1:]) * len(labels)) if t != -100 and i else 0.0
+                for i, t in enumerate(row)] for row in labels]
+    return {"labels": torch.tensor(labels), "loss_weights": torch.tensor(weights)}
 
 
 def test_token_loss_counts_only_trained_positions():
@@ -80,9 +90,9 @@ def test_token_loss_counts_only_trained_positions():
     logits = torch.full((1, 4, vocab), -10.0)
     logits[0, 1, 2] = 10.0  # right about token 2
     logits[0, 2, 0] = 10.0  # wrong about token 3
-    labels = torch.tensor([[-100, -100, 2, 3]])
 
-    mean, loss_sum, correct, count = token_loss(logits.requires_grad_(), labels)
+    mean, loss_sum, correct, count = weighted_token_loss(
+        logits.requires_grad_(), loss_batch([[-100, -100, 2, 3]]))
     mean = mean.detach()
 
     assert int(count) == 2 and int(correct) == 1
@@ -92,8 +102,9 @@ def test_token_loss_counts_only_trained_positions():
 
 def test_token_loss_of_an_example_with_nothing_to_train_is_zero_with_a_graph():
     logits = torch.randn(1, 3, 5, requires_grad=True)
+    batch = {"labels": torch.tensor([[-100, -100, -100]]), "loss_weights": torch.zeros(1, 3)}
 
-    mean, _, correct, count = token_loss(logits, torch.tensor([[-100, -100, -100]]))
+    mean, _, correct, count = weighted_token_loss(logits, batch)
     value = float(mean.detach())
 
     assert value == 0.0 and int(count) == 0 and int(correct) == 0
@@ -108,11 +119,31 @@ def test_lr_factor(step, total, warmup, expected):
     assert lr_factor(step, total, warmup) == pytest.approx(expected)
 
 
+def test_cosine_decays_from_peak_to_near_zero_after_warmup():
+    factors = [lr_factor(s, 20, 2, "cosine") for s in range(20)]
+    assert factors[:3] == [0.5, 1.0, 1.0]
+    assert all(a >= b for a, b in zip(factors[2:], factors[3:], strict=False))
+    assert 0 < factors[-1] < 0.01
+
+
+def test_warmup_is_a_share_of_the_steps_and_at_least_one_when_asked():
+    assert [warmup_steps(total, 0.1) for total in (1, 10, 25)] == [1, 1, 2]
+    assert warmup_steps(100, 0.0) == 0
+
+
+def test_validation_shards_cover_every_example_once_with_equal_forwards():
+    shards = [shard(list(range(7)), rank, 3) for rank in range(3)]
+    assert {len(s) for s in shards} == {3}
+    assert sorted(i for s in shards for i in s if i is not None) == list(range(7))
+
+
 @pytest.mark.parametrize(("stage", "accum", "world", "bf16"), [(2, 2, 2, False), (3, 4, 1, True)])
 def test_deepspeed_config(stage, accum, world, bf16):
     config = deepspeed_config(stage, accum, world, bf16)
 
-    assert config["train_batch_size"] == (config["train_micro_batch_size_per_gpu"] * accum * world)
+    assert config["train_batch_size"] == accum * world
+    assert config["train_micro_batch_size_per_gpu"] == accum  # one forward per step
+    assert config["gradient_accumulation_steps"] == 1
     assert config["zero_optimization"] == {"stage": stage}
     assert config["bf16"] == {"enabled": bf16}
     assert config["zero_allow_untested_optimizer"] is True
