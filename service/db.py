@@ -94,6 +94,16 @@ class JobRow(Base):
         """The base model id behind this job, whatever ``model`` named."""
         return self.base_model or self.model
 
+    @property
+    def method_type(self) -> str:
+        return str((self.method or {}).get("type", "supervised"))
+
+    @property
+    def method_hyperparameters(self) -> dict[str, Any]:
+        """Every hyperparameter of the job's method: as requested, then as resolved."""
+        section = (self.method or {}).get(self.method_type) or {}
+        return dict(section.get("hyperparameters") or {})
+
 
 class JobEventRow(Base):
     __tablename__ = "job_events"

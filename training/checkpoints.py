@@ -122,7 +122,8 @@ class Checkpointer:
             out = Path(tmp)
             state = TrainerState(step, metrics, run_shape(self._run.plan, self._run.world_size))
             save_state(self._engine, out, state, rank)
-            save_adapter(self._engine, spec, out / "adapter", rank)
+            if not spec.full_finetune:  # see training/adapter.py: no model per checkpoint
+                save_adapter(self._engine, spec, out / "adapter", rank)
             report = {
                 **self._run_metrics,
                 "step": step,
@@ -140,23 +141,28 @@ class Checkpointer:
             )
             barrier()  # report returns once this rank's files are up; the event needs all
             if rank == 0:
-                name = checkpoint_model_key(spec.model_key, step)
-                upload_adapter(spec, out / "adapter", adapter_prefix(name))
+                if not spec.full_finetune:
+                    name = checkpoint_model_key(spec.model_key, step)
+                    upload_adapter(spec, out / "adapter", adapter_prefix(name))
                 announce_checkpoint(self._run.events, spec, step, metrics)
         self.last_step = step
 
 
 def announce_checkpoint(events: Any, spec: TrainingSpec, step: int, metrics: Any) -> None:
-    """The ``checkpoint`` event of ``step``; its state and adapter are already in S3."""
+    """The ``checkpoint`` event of ``step``; its state and adapter are already in S3.
+
+    A full fine-tune's checkpoints are resumable but not servable: no adapter, no model key.
+    """
     name = checkpoint_model_key(spec.model_key, step)
+    servable = not spec.full_finetune
     events.emit(
         f"Checkpoint at step {step} saved",
         type="checkpoint",
         data={
             "step": step,
             "checkpoint_key": checkpoint_key(spec.job_id, step),
-            "adapter_key": adapter_prefix(name),
-            "model_key": name,
+            "adapter_key": adapter_prefix(name) if servable else None,
+            "model_key": name if servable else None,
             "metrics": metrics,
         },
     )
@@ -227,14 +233,14 @@ def announce_restart(spec: TrainingSpec, checkpoint: Any) -> None:
 
     with tempfile.TemporaryDirectory(prefix="restart-") as tmp:
         out = Path(tmp)
-        for name in RESTART_FILES:
+        for name in RESTART_FILES[:1] if spec.full_finetune else RESTART_FILES:
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{name}") as f:
                 (out / name).write_bytes(f.read())
         state = read_trainer_state(out)
-        upload_adapter(
-            spec, out / "adapter", adapter_prefix(checkpoint_model_key(spec.model_key, state.step))
-        )
+        if not spec.full_finetune:
+            name = checkpoint_model_key(spec.model_key, state.step)
+            upload_adapter(spec, out / "adapter", adapter_prefix(name))
     # The driver waits in trainer.fit() and the failed attempt's rank 0 is gone: no other
     # writer continues the job's event sequence now.
     s3 = client(spec.s3)

@@ -185,14 +185,12 @@ def forget_earlier_runs(spec: TrainingSpec, s3: Any) -> None:
 
 
 def confirm_adapter(spec: TrainingSpec, s3: Any) -> None:
-    """The ``result`` event promises the adapter is servable: check before writing it."""
+    """The ``result`` event promises the adapter (or full model) is in S3: check first."""
     from training.adapter import ADAPTER_FILES
 
-    missing = [
-        name
-        for name in ADAPTER_FILES
-        if not storage.exists(s3, spec.s3.bucket, spec.adapter_prefix + name)
-    ]
+    expected = ("config.json",) if spec.full_finetune else ADAPTER_FILES
+    bucket, prefix = spec.s3.bucket, spec.adapter_prefix
+    missing = [name for name in expected if not storage.exists(s3, bucket, prefix + name)]
     if missing:
         raise RuntimeError(f"adapter files missing under {spec.adapter_prefix}: {missing}")
 

@@ -45,6 +45,12 @@ async def _forward(path: str, request: Request, ctx, session, caller) -> Respons
         raise InvalidRequest("Invalid value for 'model': NUL is not allowed.", param="model")
     public = body["model"]
     served = models.resolve(session, ctx.settings, caller, public, ctx.started_at)
+    if served.full_finetune:
+        raise InvalidRequest(
+            f"The model {public} is a full fine-tune: this deployment serves LoRA adapters on "
+            "shared base models only. Its consolidated weights are in the bucket under "
+            f"models/{served.internal.split(':', 1)[-1]}/ for a dedicated deployment.",
+            param="model", code="model_not_servable")
     body["model"] = served.internal
     rename = _renamer(served.internal, public)
 

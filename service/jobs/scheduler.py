@@ -24,7 +24,7 @@ from service.files.service import file_key, register
 from service.ids import new_id, now
 from service.jobs import hyperparameters
 from service.jobs.naming import checkpoint_name, fine_tuned_model_name
-from service.jobs.service import add_event, method_hyperparameters, method_type, transition
+from service.jobs.service import add_event, transition
 from service.jobs.token_count import ChatTokenCounter
 from service.webhooks import enqueue_settled
 from training.chat_format import InvalidChatFile, as_conversations, read_numbered_examples
@@ -98,21 +98,21 @@ class Scheduler:
                     continue
                 try:
                     numbered = read_numbered_examples(ctx.blobs.iter_lines(file_key(file_id)),
-                                                      method_type(job))
+                                                      job.method_type)
                 except InvalidChatFile as e:
                     self._fail_validation(s, job, e, param)
                     return
                 examples = examples or numbered  # the training file's, read first
-            resolved = hyperparameters.resolve(method_hyperparameters(job), len(examples),
+            resolved = hyperparameters.resolve(job.method_hyperparameters, len(examples),
                                                hyperparameters.Limits.of(ctx.settings),
-                                               method_type(job))
+                                               job.method_type)
             spec = self._spec(job, resolved)
             # The spec is in S3 before the row says queued (results before pointers).
             ctx.blobs.put(spec_key(job.id), spec.model_dump_json(indent=2).encode(),
                           "application/json")
             summary = self._token_summary(job, examples, resolved)
-            method = {"type": method_type(job),
-                      method_type(job): {"hyperparameters": resolved.method_dict()}}
+            method = {"type": job.method_type,
+                      job.method_type: {"hyperparameters": resolved.method_dict()}}
             if transition(s, job.id, ("validating_files",), "queued",
                           "Files validated, moving job to queued state",
                           hyperparameters=resolved.as_dict(), method=method):
@@ -134,7 +134,7 @@ class Scheduler:
             num_workers=resolved.num_workers,
             cpus_per_worker=settings.training_cpus_per_worker,
             use_gpu=settings.training_use_gpu, zero_stage=resolved.zero_stage,
-            method=method_type(job), dpo_beta=resolved.beta or 0.1,
+            method=job.method_type, dpo_beta=resolved.beta or 0.1,
             lr_scheduler=resolved.lr_scheduler, warmup_ratio=resolved.warmup_ratio,
             packing=resolved.packing, gradient_checkpointing=resolved.gradient_checkpointing,
             full_finetune=resolved.full_finetune,
@@ -150,7 +150,7 @@ class Scheduler:
         counter = ChatTokenCounter.for_model(settings.base_model_dirs()[job.base])
         limit = resolved.max_seq_length
         conversations = [(line, conversation) for line, ex in examples
-                         for conversation in as_conversations(ex, method_type(job))]
+                         for conversation in as_conversations(ex, job.method_type)]
         counts = [(line, counter.count(ex)) for line, ex in conversations]
         n_tokens = sum(min(c, limit) for _, c in counts)
         trained = n_tokens * resolved.n_epochs
@@ -327,7 +327,7 @@ class Scheduler:
     def _record_checkpoint(self, s: Session, job: JobRow, data: dict, created_at: int) -> None:
         step = int(data.get("step", 0))
         name = fine_tuned_model_name(job.base, job.organization, job.suffix, job.model_key)
-        adapter = data.get("adapter_key", "").removeprefix("models/").strip("/") or None
+        adapter = (data.get("adapter_key") or "").removeprefix("models/").strip("/") or None
         existing = s.scalar(select(CheckpointRow).where(
             CheckpointRow.job_id == job.id, CheckpointRow.step_number == step))
         if existing is not None:  # a resumed run wrote this step again: keep the newest

@@ -44,21 +44,11 @@ def to_object(row: JobRow) -> FineTuningJob:
         trained_tokens=row.trained_tokens if row.status == "succeeded" else None,
         training_file=row.training_file, validation_file=row.validation_file,
         seed=row.seed,
-        method={"type": method_type(row),
-                method_type(row): {"hyperparameters": method_hyperparameters(row) or hyper}},
+        method={"type": row.method_type,
+                row.method_type: {"hyperparameters": row.method_hyperparameters or hyper}},
         metadata=row.job_metadata, integrations=row.integrations,
         estimated_finish=row.estimated_finish if row.status == "running" else None,
     )
-
-
-def method_type(row: JobRow) -> str:
-    return str((row.method or {}).get("type", "supervised"))
-
-
-def method_hyperparameters(row: JobRow) -> dict[str, Any]:
-    """Every hyperparameter of the job's method: as requested, then as resolved."""
-    section = (row.method or {}).get(method_type(row)) or {}
-    return dict(section.get("hyperparameters") or {})
 
 
 def add_event(session: Session, job_id: str, message: str, *, level: str = "info",
@@ -140,7 +130,7 @@ def _starting_model(session: Session, caller: Caller, model: str,
     job, adapter_key = owning_job(session, model)
     if job is None or job.organization != caller.organization or job.model_deleted_at:
         raise ModelNotFound(model)
-    if method_hyperparameters(job).get("full_finetune"):
+    if job.method_hyperparameters.get("full_finetune"):
         raise InvalidRequest(f"Model {model} was fully fine-tuned; continued training starts "
                              "from LoRA adapters only.", param="model", code="invalid_value")
     return job.base, adapter_key

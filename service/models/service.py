@@ -23,6 +23,8 @@ class ServedModel:
     public: ModelObject
     internal: str
     """The name serving knows: ``<base>`` or ``<base>:<model_key>``."""
+    full_finetune: bool = False
+    """A whole model, not an adapter: multi-LoRA serving cannot answer with it."""
 
 
 def _base_models(settings: Settings, created: int) -> list[ServedModel]:
@@ -62,6 +64,7 @@ def resolve(session: Session, settings: Settings, caller: Caller, model_id: str,
         ModelObject(id=model_id, created=job.finished_at or job.created_at,
                     owned_by=job.organization),
         internal_name(job.base, adapter_key),
+        full_finetune=bool(job.method_hyperparameters.get("full_finetune")),
     )
 
 

@@ -127,3 +127,20 @@ def test_continued_training_starts_from_the_fine_tuned_adapter(client, app, as_a
     other = upload(client, as_b, chat_jsonl(12)).json()["id"]
     assert_envelope(create_job(client, as_b, other, model=model), 404, param="model",
                     code="model_not_found")
+
+
+def test_a_full_finetune_is_listed_but_refused_by_chat_and_continued_training(client, app,
+                                                                               as_a):
+    file_id = upload(client, as_a, chat_jsonl(12)).json()["id"]
+    method = {"type": "supervised", "supervised": {"hyperparameters": {"full_finetune": True}}}
+    job = validated(client, app, as_a, create_job(client, as_a, file_id, method=method)
+                    .json()["id"])
+    assert spec_of(app, job["id"])["full_finetune"] is True
+    model, model_key = succeed(app, job["id"])
+
+    assert model in [m["id"] for m in client.get("/v1/models", headers=as_a).json()["data"]]
+    chat = client.post("/v1/chat/completions", headers=as_a,
+                       json={"model": model, "messages": [{"role": "user", "content": "hi"}]})
+    assert_envelope(chat, 400, param="model", code="model_not_servable")
+    assert f"models/{model_key}/" in chat.json()["error"]["message"]
+    assert_envelope(create_job(client, as_a, file_id, model=model), 400, param="model")

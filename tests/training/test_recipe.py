@@ -143,3 +143,41 @@ def test_dpo_run_widens_the_preferred_over_rejected_margin(s3_server, ray_head, 
     assert events[-1]["type"] == "result"
     # Both answers of every pair are billed.
     assert of_type(events, "result")[0]["trained_tokens"] > 0
+
+
+def test_full_finetune_saves_a_consolidated_model_under_zero3(s3_server, ray_head,
+                                                             tiny_model_dir, tmp_path):
+    spec = make_spec(s3_server, tiny_model_dir, upload_lines(
+        s3_server, [chat_line(c, city) for c, city in PAIRS]), full_finetune=True,
+        zero_stage=3, n_epochs=2, learning_rate=1e-3)
+
+    status, logs, _ = submit(ray_head, s3_server, spec)
+
+    assert status == "SUCCEEDED", logs[-5000:]
+    _, events = read_events(s3_server, spec.job_id)
+    # Checkpoints resume but are not servable: no adapter copy per checkpoint.
+    assert [c["adapter_key"] for c in of_type(events, "checkpoint")] == [None, None]
+    s3 = s3_server.client()
+    keys = [o["Key"] for o in s3.list_objects_v2(
+        Bucket=s3_server.bucket, Prefix=spec.adapter_prefix)["Contents"]]
+    names = {k.removeprefix(spec.adapter_prefix) for k in keys}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= names, names
+    out = tmp_path / "model"
+    out.mkdir()
+    for key in keys:
+        s3.download_file(s3_server.bucket, key, str(out / key.removeprefix(spec.adapter_prefix)))
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tuned = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    tuned_state, base_state = tuned.state_dict(), base.state_dict()
+    assert tuned_state.keys() == base_state.keys()
+    # Every shard was gathered: full-size tensors, and the weights moved from the base's.
+    assert all(tuned_state[k].shape == base_state[k].shape for k in base_state)
+    changed = [k for k in base_state if not torch.equal(tuned_state[k], base_state[k])]
+    assert len(changed) > len(base_state) // 2, changed
+    # The folder stands alone: its tokenizer renders the chat template.
+    assert AutoTokenizer.from_pretrained(out).apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False)
