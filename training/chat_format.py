@@ -5,7 +5,7 @@ the training driver (as it reads the file). Pure Python: imports nothing beyond 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 MIN_EXAMPLES = 10
@@ -173,3 +173,39 @@ def read_numbered_examples(lines: Iterable[bytes | str],
             code="invalid_n_examples",
         )
     return examples
+
+
+def template_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` as chat templates take them; the service's token count uses this too.
+
+    Our ``weight`` key is dropped. Tool-call ``arguments`` go from OpenAI's JSON string to
+    the object it encodes: Hugging Face templates take arguments as a dict (Qwen2.5 and Llama
+    3.1 write ``arguments | tojson``, Mistral v0.3 ``function | tojson``), and a string there
+    would be written as one quoted JSON string. Arguments that are not a JSON object stay.
+    """
+    return [
+        {
+            key: _parsed_calls(value) if key == "tool_calls" and isinstance(value, list) else value
+            for key, value in message.items()
+            if key != "weight"
+        }
+        for message in messages
+    ]
+
+
+def _parsed_calls(calls: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {**call, "function": {**call["function"], "arguments": _json_object(arguments)}}
+        if isinstance(call.get("function"), Mapping)
+        and isinstance(arguments := call["function"].get("arguments"), str)
+        else dict(call)
+        for call in calls
+    ]
+
+
+def _json_object(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if isinstance(value, dict) else text

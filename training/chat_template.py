@@ -15,10 +15,11 @@ assistant ``tool_calls`` are trained like any answer, as the template writes the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from training.chat_format import template_messages
 
 IGNORE_INDEX = -100
 """Label of tokens that carry no loss (PyTorch's ``cross_entropy`` default ``ignore_index``)."""
@@ -52,42 +53,6 @@ class TokenizedExample:
     @property
     def num_trained_tokens(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
-
-
-def template_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
-    """``messages`` as chat templates take them; the service's token count uses this too.
-
-    Our ``weight`` key is dropped. Tool-call ``arguments`` go from OpenAI's JSON string to
-    the object it encodes: Hugging Face templates take arguments as a dict (Qwen2.5 and Llama
-    3.1 write ``arguments | tojson``, Mistral v0.3 ``function | tojson``), and a string there
-    would be written as one quoted JSON string. Arguments that are not a JSON object stay.
-    """
-    return [
-        {
-            key: _parsed_calls(value) if key == "tool_calls" and isinstance(value, list) else value
-            for key, value in message.items()
-            if key != "weight"
-        }
-        for message in messages
-    ]
-
-
-def _parsed_calls(calls: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {**call, "function": {**call["function"], "arguments": _json_object(arguments)}}
-        if isinstance(call.get("function"), Mapping)
-        and isinstance(arguments := call["function"].get("arguments"), str)
-        else dict(call)
-        for call in calls
-    ]
-
-
-def _json_object(text: str) -> Any:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return text
-    return value if isinstance(value, dict) else text
 
 
 def render(

@@ -15,6 +15,7 @@ import math
 import sys
 from typing import Any
 
+from jinja2 import TemplateError
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
@@ -91,7 +92,7 @@ class Scheduler:
             job = _claim(s, job_id)
             if job is None or job.status != "validating_files":
                 return
-            examples: list[tuple[int, dict]] = []
+            counts: dict[str, list[tuple[int, int]]] = {}
             for param in ("training_file", "validation_file"):
                 file_id = getattr(job, param)
                 if file_id is None:
@@ -99,18 +100,19 @@ class Scheduler:
                 try:
                     numbered = read_numbered_examples(ctx.blobs.iter_lines(file_key(file_id)),
                                                       job.method_type)
+                    counts[param] = self._count_tokens(job, numbered)
                 except InvalidChatFile as e:
                     self._fail_validation(s, job, e, param)
                     return
-                examples = examples or numbered  # the training file's, read first
-            resolved = hyperparameters.resolve(job.method_hyperparameters, len(examples),
+            n_examples = len({line for line, _ in counts["training_file"]})
+            resolved = hyperparameters.resolve(job.method_hyperparameters, n_examples,
                                                hyperparameters.Limits.of(ctx.settings),
                                                job.method_type)
             spec = self._spec(job, resolved)
             # The spec is in S3 before the row says queued (results before pointers).
             ctx.blobs.put(spec_key(job.id), spec.model_dump_json(indent=2).encode(),
                           "application/json")
-            summary = self._token_summary(job, examples, resolved)
+            summary = self._token_summary(counts["training_file"], n_examples, resolved)
             method = {"type": job.method_type,
                       job.method_type: {"hyperparameters": resolved.method_dict()}}
             if transition(s, job.id, ("validating_files",), "queued",
@@ -144,18 +146,33 @@ class Scheduler:
                           bucket=settings.s3_bucket, region=settings.s3_region),
         )
 
-    def _token_summary(self, job: JobRow, examples: list[tuple[int, dict]],
+    def _count_tokens(self, job: JobRow,
+                      examples: list[tuple[int, dict]]) -> list[tuple[int, int]]:
+        """``(line, tokens)`` of every conversation the file trains on (two per DPO line),
+        rendered with the base model's own template.
+
+        A line the template refuses (some refuse tool-call ids or several calls per turn)
+        fails validation here, naming the line, rather than the run later.
+        """
+        counter = ChatTokenCounter.for_model(self.ctx.settings.base_model_dirs()[job.base])
+        counts = []
+        for line, example in examples:
+            for conversation in as_conversations(example, job.method_type):
+                try:
+                    counts.append((line, counter.count(conversation)))
+                except (ValueError, TypeError, TemplateError) as e:
+                    raise InvalidChatFile(line, f"cannot be rendered by the chat template of "
+                                          f"{job.base}: {e}") from None
+        return counts
+
+    def _token_summary(self, counts: list[tuple[int, int]], n_examples: int,
                        resolved: hyperparameters.Resolved) -> dict:
         settings = self.ctx.settings
-        counter = ChatTokenCounter.for_model(settings.base_model_dirs()[job.base])
         limit = resolved.max_seq_length
-        conversations = [(line, conversation) for line, ex in examples
-                         for conversation in as_conversations(ex, job.method_type)]
-        counts = [(line, counter.count(ex)) for line, ex in conversations]
         n_tokens = sum(min(c, limit) for _, c in counts)
         trained = n_tokens * resolved.n_epochs
         return {
-            "n_examples": len(examples), "n_tokens": n_tokens,
+            "n_examples": n_examples, "n_tokens": n_tokens,
             "estimated_trained_tokens": trained,
             "estimated_duration_s": int(settings.training_startup_s
                                         + trained / settings.training_tokens_per_s),

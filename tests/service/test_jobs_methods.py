@@ -144,3 +144,23 @@ def test_a_full_finetune_is_listed_but_refused_by_chat_and_continued_training(cl
     assert_envelope(chat, 400, param="model", code="model_not_servable")
     assert f"models/{model_key}/" in chat.json()["error"]["message"]
     assert_envelope(create_job(client, as_a, file_id, model=model), 400, param="model")
+
+
+def test_a_line_the_chat_template_cannot_render_fails_validation_naming_it(client, app, as_a):
+    lines = chat_jsonl(12).decode().splitlines()
+    # Valid OpenAI format, but the tiny model's template concatenates content, and there is
+    # none beside tool_calls.
+    lines[6] = json.dumps({"messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+    ]})
+    file_id = upload(client, as_a, ("\n".join(lines) + "\n").encode()).json()["id"]
+
+    job = validated(client, app, as_a, create_job(client, as_a, file_id).json()["id"])
+
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == "invalid_training_file"
+    assert "Line 7 cannot be rendered by the chat template of tiny-llama" in \
+        job["error"]["message"]
