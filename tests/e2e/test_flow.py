@@ -14,10 +14,12 @@ import time
 from pathlib import Path
 
 import boto3
+import httpx
 import pytest
 from openai import NotFoundError, OpenAI
 
 from service.processes import free_port
+from tests.service.openai_spec import template_of, validate_response
 from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.slow
@@ -30,6 +32,25 @@ def training_file(n: int = 12) -> bytes:
     rows = [{"messages": [{"role": "system", "content": "You answer geography questions."},
                           *PROMPT, {"role": "assistant", "content": ANSWER}]}] * n
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+class SpecCheck:
+    """An httpx response hook: every JSON answer of a path in OpenAI's spec (files,
+    fine-tuning, models) is validated against it while the real flow runs."""
+
+    def __init__(self) -> None:
+        self.checked: set[tuple[str, str]] = set()
+
+    def __call__(self, response: httpx.Response) -> None:
+        response.read()
+        if "application/json" not in response.headers.get("content-type", ""):
+            return
+        method, path = response.request.method, response.request.url.path
+        template = template_of(method, path)
+        if template is None:
+            return  # chat and completions: not in the reference spec
+        validate_response(method, template, response.status_code, response.json())
+        self.checked.add((method, template))
 
 
 def greedy(client: OpenAI, model: str) -> str:
@@ -64,8 +85,10 @@ def stack_env(tiny_model_dir: Path) -> dict[str, str]:
 
 def test_upload_train_serve_and_restart(tmp_path: Path, stack_env: dict[str, str]):
     data_dir = tmp_path / "openft-data"
+    spec_check = SpecCheck()
     with running_stack(data_dir, stack_env) as first:
-        client = OpenAI(base_url=first.base_url, api_key=first.api_key, max_retries=0)
+        client = OpenAI(base_url=first.base_url, api_key=first.api_key, max_retries=0,
+                        http_client=httpx.Client(event_hooks={"response": [spec_check]}))
         assert "tiny-llama" in [m.id for m in client.models.list()]
         base_answer = greedy(client, "tiny-llama")
 
@@ -114,6 +137,11 @@ def test_upload_train_serve_and_restart(tmp_path: Path, stack_env: dict[str, str
         assert len(steps) == 4 and steps == sorted(steps, reverse=True)  # one per epoch
         greedy(client, checkpoints[-1].fine_tuned_model_checkpoint)
         model_name, file_id, job_id = job.fine_tuned_model, uploaded.id, job.id
+        # Every answer above that OpenAI's spec describes conformed to it, live run included.
+        job_path = "/v1/fine_tuning/jobs/{fine_tuning_job_id}"
+        assert {"/v1/files", "/v1/fine_tuning/jobs", job_path, f"{job_path}/events",
+                f"{job_path}/checkpoints", "/v1/models"} <= {
+                    template for _, template in spec_check.checked}, spec_check.checked
     assert first.leftovers == []  # SIGTERM to the launcher stopped every process it started
     assert not Path(f"/tmp/openft-ray-{first.launcher_pid}").exists()  # nor left temp files
 

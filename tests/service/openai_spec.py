@@ -143,6 +143,22 @@ def find_operation(method: str, path_template: str) -> tuple[str, dict[str, Any]
     raise KeyError(f"{method.upper()} {path_template} is not in OpenAI's spec")
 
 
+def template_of(method: str, path: str) -> str | None:
+    """The spec's path template a concrete request path (``/v1/models/ft:a:b::c``) falls
+    under, literal segments winning over parameters; ``None`` when the spec has none."""
+    concrete = _shape(path)
+    best: tuple[int, str] | None = None
+    for template, ops in _document()["paths"].items():
+        shape = _shape(template)
+        if method.lower() not in ops or len(shape) != len(concrete):
+            continue
+        if all(t in ("{}", c) for t, c in zip(shape, concrete, strict=True)):
+            literal = sum(t != "{}" for t in shape)
+            if best is None or literal > best[0]:
+                best = (literal, template)
+    return best[1] if best else None
+
+
 def validate_response(method: str, path_template: str, status: int, json_body: Any) -> None:
     """Raise AssertionError unless ``json_body`` is what the spec declares for this answer.
 
