@@ -20,9 +20,11 @@ What this module adds on top:
   ``adapter_config.json`` is missing in S3 is refused before any engine work; Ray remembers
   that miss for 30 s, so an adapter uploaded just after a failed request answers 404 that long.
 
-Unloading: an adapter stays registered until the replica's LRUs drop it (Serve keeps
-``max_adapters_per_replica`` per replica, vLLM keeps ``max_cpu_loras`` adapters' weights) or
-the app is redeployed. Deleting a model therefore only needs the API to stop routing its name.
+Adapter lifecycle (``serving.adapters``): each replica keeps an LRU of
+``max_adapters_per_replica`` adapters; one that leaves it is unregistered from vLLM and its local
+copy removed, so using it again downloads it from S3 again. S3 decides whether an adapter
+exists: once the API writes ``models/<key>/deleted.json`` (model deleted), every replica stops
+serving it within ``adapter_recheck_s`` and drops it, with no call that must reach each replica.
 
 Names: ``<base_id>`` is a base model; ``<base_id>:<model_key>`` its adapter (Ray Serve LLM
 splits on the first ``:``). Public ``ft:...`` names never reach this process.
@@ -66,8 +68,12 @@ def llm_config(config: ServingConfig, base: BaseModelSpec) -> LLMConfig:
     """The Ray Serve LLM config of one base model and its adapters."""
     from ray.serve.llm import LLMConfig
 
-    from serving.server import OpenFTServer
+    from serving.server import ADAPTER_RECHECK_KEY, OpenFTServer
 
+    deployment: dict[str, Any] = {"num_replicas": config.num_replicas,
+                                  "ray_actor_options": {"num_cpus": 0}}
+    if config.max_ongoing_requests is not None:
+        deployment["max_ongoing_requests"] = config.max_ongoing_requests
     return LLMConfig(
         model_loading_config={"model_id": base.id, "model_source": base.path},
         server_cls=OpenFTServer,
@@ -75,16 +81,14 @@ def llm_config(config: ServingConfig, base: BaseModelSpec) -> LLMConfig:
         # The replica actor and the engine process share this one bundle: the actor asks
         # for no CPU of its own, so the whole replica costs exactly ``replica_cpus``.
         placement_group_config={"bundles": [{"CPU": config.replica_cpus}]},
-        deployment_config={
-            "num_replicas": config.num_replicas,
-            "ray_actor_options": {"num_cpus": 0},
-        },
+        deployment_config=deployment,
         lora_config={
             "dynamic_lora_loading_path": config.adapters_uri,
             "max_num_adapters_per_replica": config.max_adapters_per_replica,
         },
         engine_kwargs=engine_kwargs(config),
         runtime_env={"env_vars": dict(_REPLICA_ENV)},
+        experimental_configs={ADAPTER_RECHECK_KEY: config.adapter_recheck_s},
         log_engine_metrics=False,
     )
 
@@ -94,13 +98,14 @@ def build_app(config: ServingConfig) -> Application:
     import ray
     from ray.serve.llm import build_openai_app
 
+    import serving.adapters
     import serving.ingress
     import serving.server
     from serving.ingress import OpenFTIngress
 
     # Replicas are created by the detached Serve controller with the import path of whichever
     # driver started Serve first, which need not see this package: ship our classes by value.
-    for module in (serving.ingress, serving.server):
+    for module in (serving.adapters, serving.ingress, serving.server):
         ray.cloudpickle.register_pickle_by_value(module)
 
     return build_openai_app(

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+DELETED_MARKER = "deleted.json"
+"""Object the API writes next to an adapter's files when its model is deleted: serving then
+stops serving it (``serving.adapters``); the weights stay, as DESIGN.md asks."""
+
 
 class BaseModelSpec(BaseModel):
     """One base model served by its own vLLM engine."""
@@ -70,6 +74,14 @@ class ServingConfig(BaseModel):
     max_adapters_per_replica: int = Field(default=16, ge=1)
     """Adapters Serve keeps registered per replica before evicting the least recently used;
     requests for a registered adapter are routed to the replica that has it."""
+
+    max_ongoing_requests: int | None = Field(default=None, ge=1)
+    """Requests one engine replica takes at once; more wait for a free replica (Ray Serve's
+    ``max_ongoing_requests``). Unset keeps Ray Serve LLM's default."""
+
+    adapter_recheck_s: float = Field(default=5.0, gt=0)
+    """How often a replica re-checks in S3 that an adapter it serves still exists (and has no
+    ``deleted.json``): a deleted model stops answering on every replica within this time."""
 
     max_lora_rank: int = Field(default=16, ge=8)
     """Largest LoRA rank accepted (vLLM allows 8, 16, 32, 64, ...); training defaults to 8."""

@@ -1,19 +1,35 @@
-"""The model replica: Ray Serve LLM's ``LLMServer`` with adapter registration serialised.
+"""The model replica: Ray Serve LLM's ``LLMServer`` with an adapter lifecycle of our own.
 
 Ray's ``VLLMEngine.resolve_lora`` checks whether an adapter is registered and then awaits its
 registration. Two requests that name a new adapter at the same moment both pass the check,
 and the second fails with vLLM's "has already been loaded" as a 500. One ``asyncio.Lock`` per
 adapter name around that check-then-load fixes it (vLLM's own ``models/serving.py`` does the
 same for its resolvers).
+
+Ray Serve LLM never unregisters an adapter: its multiplex LRU forgets the download but vLLM
+keeps the name, and the local copy is cached for the replica's life. ``ResidentAdapters``
+(``serving.adapters``) replaces that: an LRU whose evictions really unregister, downloads into
+a folder of this replica's own, and S3 checks that drop deleted adapters on every replica.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import tempfile
 from typing import Any
+from urllib.parse import urlparse
 
+from ray import serve
 from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
+from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 from ray.serve.llm.deployment import LLMServer
+
+from serving.adapters import DELETED_MARKER, ResidentAdapters
+
+ADAPTER_RECHECK_KEY = "openft_adapter_recheck_s"
+"""``LLMConfig.experimental_configs`` key carrying ``ServingConfig.adapter_recheck_s``."""
 
 
 class AdapterLockingEngine(VLLMEngine):
@@ -24,14 +40,105 @@ class AdapterLockingEngine(VLLMEngine):
         self._adapter_locks: dict[str, asyncio.Lock] = {}
 
     async def resolve_lora(self, disk_lora_model: Any) -> None:
-        lock = self._adapter_locks.setdefault(disk_lora_model.model_id, asyncio.Lock())
-        async with lock:
+        async with self._lock(disk_lora_model.model_id):
             await super().resolve_lora(disk_lora_model)
+
+    async def unregister_lora(self, model_id: str) -> None:
+        """Forget the adapter's name: the next request for it registers it afresh (new id, so
+        vLLM reads the weights again); vLLM's own LRU frees the old weights."""
+        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+        async with self._lock(model_id):
+            if model_id in self._oai_models.lora_requests:
+                await self._oai_models.unload_lora_adapter(
+                    UnloadLoRAAdapterRequest(lora_name=model_id)
+                )
+
+    def _lock(self, model_id: str) -> asyncio.Lock:
+        return self._adapter_locks.setdefault(model_id, asyncio.Lock())
+
+
+class ReplicaAdapterLoader(LoraModelLoader):
+    """Ray's S3 downloader, into a folder only this replica uses, with a way to forget.
+
+    Ray's default folder is shared by every replica on a node; a replica that deletes its copy
+    must not pull it from under another one.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(lora_root=tempfile.mkdtemp(prefix="openft-lora-"), **kwargs)
+
+    def forget(self, model_id: str) -> None:
+        self.disk_cache.pop(model_id, None)
+        shutil.rmtree(self._model_dir_path(model_id), ignore_errors=True)
 
 
 class OpenFTServer(LLMServer):
-    """``LLMServer`` running ``AdapterLockingEngine`` (through its ``engine_cls`` seam)."""
+    """``LLMServer`` running ``AdapterLockingEngine`` with adapters kept by ``ResidentAdapters``."""
 
     async def __init__(self, llm_config: Any, **kwargs: Any) -> None:
         kwargs.setdefault("engine_cls", AdapterLockingEngine)
+        self._loader: ReplicaAdapterLoader | None = None
+        self._s3: Any = None
+        kwargs.setdefault("model_downloader", self._make_loader)
         await super().__init__(llm_config, **kwargs)
+        self._adapters: ResidentAdapters | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        lora = llm_config.lora_config
+        if lora is not None:
+            uri = urlparse(lora.dynamic_lora_loading_path)
+            self._bucket, self._prefix = uri.netloc, uri.path.strip("/")
+            self._adapters = ResidentAdapters(
+                capacity=lora.max_num_adapters_per_replica,
+                recheck_s=float(llm_config.experimental_configs.get(ADAPTER_RECHECK_KEY, 5.0)),
+                exists=self._adapter_exists,
+                load=self._register,
+                unload=self._unregister,
+            )
+            self._sweeper = asyncio.create_task(self._adapters.sweep_forever())
+
+    def _make_loader(self, **kwargs: Any) -> ReplicaAdapterLoader:
+        self._loader = ReplicaAdapterLoader(**kwargs)
+        return self._loader
+
+    async def _maybe_resolve_lora_from_multiplex(self) -> None:
+        """Every adapter request, on every path Ray has (handle calls and direct ASGI)."""
+        model_id = serve.get_multiplexed_model_id()
+        if not model_id or self._adapters is None:
+            return await super()._maybe_resolve_lora_from_multiplex()
+        await self._adapters.use(model_id)
+        # Serve's multiplex LRU (same size and order as ours) tells the router where it lives.
+        await self._load_model(model_id)
+
+    async def _register(self, model_id: str) -> None:
+        assert self._loader is not None and self.engine is not None
+        disk = await self._loader.load_model_from_config(model_id, self._llm_config)
+        await self.engine.resolve_lora(disk)
+
+    async def _unregister(self, model_id: str) -> None:
+        assert self._loader is not None and isinstance(self.engine, AdapterLockingEngine)
+        await self.engine.unregister_lora(model_id)
+        self._loader.forget(model_id)
+
+    async def _adapter_exists(self, model_id: str) -> bool:
+        key = f"{self._prefix}/{model_id.split(':', 1)[1]}"
+        present, deleted = await asyncio.gather(
+            asyncio.to_thread(self._s3_has, f"{key}/adapter_config.json"),
+            asyncio.to_thread(self._s3_has, f"{key}/{DELETED_MARKER}"),
+        )
+        return present and not deleted
+
+    def _s3_has(self, key: str) -> bool:
+        """Whether the object exists; endpoint and keys come from the replica's ``AWS_*`` env."""
+        import boto3
+        from botocore.exceptions import ClientError
+
+        if self._s3 is None:
+            self._s3 = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
+        try:
+            self._s3.head_object(Bucket=self._bucket, Key=key)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True

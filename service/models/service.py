@@ -14,6 +14,8 @@ from service.ids import now
 from service.jobs.naming import internal_name
 from service.models.protocol import ModelObject
 from service.settings import Settings
+from service.storage import BlobStore
+from serving.config import DELETED_MARKER
 
 BASE_OWNER = "openft"
 
@@ -91,3 +93,13 @@ def delete(session: Session, settings: Settings, caller: Caller, model_id: str) 
     if job is None or job.organization != caller.organization or job.model_deleted_at:
         raise ModelNotFound(model_id)
     job.model_deleted_at = now()
+    session.flush()
+    # Serving reads no database: a marker next to each of the job's adapters tells every
+    # replica to stop serving it and drop it (serving.adapters); the weights stay.
+    keys = [job.model_key, *session.scalars(select(CheckpointRow.adapter_key).where(
+        CheckpointRow.job_id == job.id, CheckpointRow.adapter_key.is_not(None)))]
+    blobs = BlobStore(settings.resolved_s3_endpoint_url, settings.s3_bucket,
+                      settings.s3_access_key, settings.s3_secret_key.get_secret_value(),
+                      settings.s3_region)
+    for key in keys:
+        blobs.put(f"models/{key}/{DELETED_MARKER}", b'{"deleted": true}', "application/json")
