@@ -1,0 +1,218 @@
+"""Two engine replicas: adapters load per replica from S3, leave by LRU or deletion (issue 5).
+
+The deployment is small on purpose: each replica holds ONE adapter and takes ONE request at a
+time (``max_ongoing_requests=1``). That makes routing to a chosen replica deterministic
+without any private Ray API: a long streamed request occupies one replica, so the next request
+must go to the other one (``on_each_replica``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from service.processes import free_port
+from serving.config import DELETED_MARKER
+from tests.serving.lora import build_lora_adapter, upload_adapter
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BASE_ID = "tiny-llama"
+APP_NAME = "openft-serving-lifecycle-test"
+MAX_MODEL_LEN = 1024  # the tiny model's max_position_embeddings
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def upload(tmp_path_factory, s3_server, tiny_model_dir) -> Callable[[int], str]:
+    """Build an adapter with ``seed`` and put it in S3 under a fresh key; return the key."""
+
+    def _upload(seed: int) -> str:
+        key = f"ftkey-{uuid.uuid4().hex[:8]}"
+        adapter_dir = build_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("a"), seed=seed)
+        upload_adapter(s3_server.client(), s3_server.bucket, adapter_dir, f"models/{key}")
+        return key
+
+    return _upload
+
+
+@pytest.fixture(scope="module")
+def serving_url(s3_server, ray_head, tiny_model_dir) -> Iterator[str]:
+    port = free_port()
+    config = {
+        "base_models": [{"id": BASE_ID, "path": str(tiny_model_dir)}],
+        "s3_bucket": s3_server.bucket,
+        "port": port,
+        "app_name": APP_NAME,
+        "num_replicas": 2,
+        "replica_cpus": 0.25,
+        "max_ongoing_requests": 1,
+        "max_adapters_per_replica": 1,
+        "max_loras": 1,
+        "max_cpu_loras": 1,
+        "adapter_recheck_s": 1.0,
+        "max_model_len": MAX_MODEL_LEN,
+        "kv_cache_gib": 0.25,
+        "ready_timeout_s": 420,
+    }
+    env = dict(os.environ, **s3_server.env, RAY_AUTH_MODE="disabled")
+    try:
+        deploy = subprocess.run(
+            [sys.executable, "-m", "serving.deploy", "--config", json.dumps(config),
+             "--address", ray_head.gcs_address],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=480,
+        )
+        assert deploy.returncode == 0, f"deploy failed:\n{deploy.stdout}\n{deploy.stderr[-4000:]}"
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        shutdown = (
+            "import ray; from ray import serve; "
+            f"ray.init(address={ray_head.gcs_address!r}, logging_level='ERROR'); serve.shutdown()"
+        )
+        subprocess.run([sys.executable, "-c", shutdown], env=env, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def client(serving_url: str) -> OpenAI:
+    return OpenAI(base_url=serving_url, api_key="x", max_retries=0, timeout=180)
+
+
+@contextmanager
+def busy_replica(serving_url: str) -> Iterator[None]:
+    """Hold one replica with a long streamed completion until the block ends (then cancel)."""
+    body = {"model": BASE_ID, "prompt": "Hello", "max_tokens": MAX_MODEL_LEN - 64,
+            "ignore_eos": True, "stream": True, "temperature": 0}
+    with httpx.Client(timeout=180) as http, \
+            http.stream("POST", f"{serving_url}/completions", json=body) as response:
+        assert response.status_code == 200
+        next(response.iter_lines())  # it is generating: that replica is full
+        yield
+
+
+def on_each_replica(serving_url: str, call: Callable[[], T]) -> list[T]:
+    """Run ``call`` once on each of the two replicas: the other one is kept busy meanwhile."""
+    results = []
+    with ExitStack() as first, ExitStack() as second:
+        first.enter_context(busy_replica(serving_url))  # replica X
+        second.enter_context(busy_replica(serving_url))  # replica Y: X is full
+        first.close()
+        results.append(call())  # only X is free
+        first.enter_context(busy_replica(serving_url))  # X again: Y is full
+        second.close()
+        results.append(call())  # only Y is free
+    return results
+
+
+def chat(client: OpenAI, model: str) -> str:
+    response = client.chat.completions.create(
+        model=model, messages=MESSAGES, max_tokens=12, temperature=0
+    )
+    return response.choices[0].message.content or ""
+
+
+def test_fresh_adapter_is_loaded_from_s3_by_each_replica(
+    client: OpenAI, serving_url: str, upload
+) -> None:
+    base_text = chat(client, BASE_ID)
+    model = f"{BASE_ID}:{upload(seed=11)}"  # uploaded after the replicas started
+
+    answers = on_each_replica(serving_url, lambda: chat(client, model))
+
+    assert answers[0] == answers[1]
+    assert answers[0].strip() and answers[0] != base_text
+
+
+def test_adapters_under_different_keys_answer_differently(client: OpenAI, upload) -> None:
+    """A re-trained model gets a new key: nothing of the old adapter can answer for it."""
+    first, second = upload(seed=21), upload(seed=22)
+    assert chat(client, f"{BASE_ID}:{first}") != chat(client, f"{BASE_ID}:{second}")
+
+
+def test_lru_of_one_adapter_per_replica_reloads_an_evicted_adapter(
+    client: OpenAI, upload
+) -> None:
+    """Three adapters over two replicas holding one each: evictions happen, answers stay."""
+    models = [f"{BASE_ID}:{upload(seed=s)}" for s in (31, 32, 33)]
+    first = {m: chat(client, m) for m in models}
+    for m in [*models, *models]:
+        assert chat(client, m) == first[m]
+    assert len(set(first.values())) == 3
+
+
+def test_deleted_adapter_answers_404_on_every_replica(
+    client: OpenAI, serving_url: str, upload, s3_server
+) -> None:
+    key = upload(seed=41)
+    model = f"{BASE_ID}:{key}"
+    assert all(a.strip() for a in on_each_replica(serving_url, lambda: chat(client, model)))
+
+    # What DELETE /v1/models/{ft name} does on the serving side: the weights stay in S3.
+    s3_server.client().put_object(
+        Bucket=s3_server.bucket, Key=f"models/{key}/{DELETED_MARKER}", Body=b"{}"
+    )
+
+    def refused() -> dict:
+        with pytest.raises(openai.NotFoundError) as info:
+            chat(client, model)
+        return info.value.response.json()["error"]
+
+    for error in on_each_replica(serving_url, refused):
+        assert error["code"] == "model_not_found"
+    assert refused()["code"] == "model_not_found"  # and it stays gone
+
+
+def test_sampling_parameters_and_usage_are_honoured(client: OpenAI) -> None:
+    greedy = client.completions.create(model=BASE_ID, prompt="Hello", max_tokens=16,
+                                       temperature=0, extra_body={"ignore_eos": True})
+    text = greedy.choices[0].text
+    assert greedy.choices[0].finish_reason == "length"
+    assert greedy.usage.completion_tokens == 16
+    assert greedy.usage.total_tokens == greedy.usage.prompt_tokens + 16
+
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    stopped = client.completions.create(model=BASE_ID, prompt="Hello", max_tokens=16,
+                                        temperature=0, stop=[stop])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert text.startswith(stopped.choices[0].text) and stop not in stopped.choices[0].text
+
+    def sampled(seed: int):
+        return client.chat.completions.create(model=BASE_ID, messages=MESSAGES, n=3,
+                                              max_tokens=8, temperature=1.0, seed=seed)
+
+    first, again = sampled(7), sampled(7)
+    assert len(first.choices) == 3
+    assert [c.message.content for c in first.choices] == [c.message.content for c in again.choices]
+    assert all(c.finish_reason in ("length", "stop") for c in first.choices)
+    assert 0 < first.usage.completion_tokens <= 3 * 8
+    assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
+
+    n2 = client.completions.create(model=BASE_ID, prompt="Hello", n=2, max_tokens=4,
+                                   temperature=1.0, seed=3)
+    assert len(n2.choices) == 2 and n2.usage.completion_tokens <= 8
+
+
+@pytest.mark.parametrize("path", ["chat/completions", "completions"])
+def test_over_long_prompt_is_a_400_with_an_openai_error(serving_url: str, path: str) -> None:
+    long_text = "hello " * (MAX_MODEL_LEN + 100)
+    body = ({"messages": [{"role": "user", "content": long_text}]} if path.startswith("chat")
+            else {"prompt": long_text})
+    response = httpx.post(f"{serving_url}/{path}", json={"model": BASE_ID, "max_tokens": 4, **body},
+                          timeout=180)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["message"] and error["type"]
