@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-DELETED_MARKER = "deleted.json"
-"""Object the API writes next to an adapter's files when its model is deleted: serving then
-stops serving it (``serving.adapters``); the weights stay, as DESIGN.md asks."""
+from training.spec import DELETED_MARKER  # the S3 layout is defined once, beside the spec
+
+__all__ = ["DELETED_MARKER"]
 
 
 class BaseModelSpec(BaseModel):

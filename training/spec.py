@@ -149,6 +149,19 @@ def adapter_prefix(model_key: str) -> str:
     return f"models/{model_key}/"
 
 
+DELETED_MARKER = "deleted.json"
+"""Object the API writes next to an adapter's files when its model is deleted: serving then
+stops serving it; the weights stay, as DESIGN.md asks."""
+
+
+def deleted_marker_key(model_key: str) -> str:
+    """
+    >>> deleted_marker_key("tiny-llama-ftjob-1")
+    'models/tiny-llama-ftjob-1/deleted.json'
+    """
+    return adapter_prefix(model_key) + DELETED_MARKER
+
+
 def control_key(job_id: str) -> str:
     """The API writes ``{"action": "pause"}`` here; rank 0 checkpoints and stops the run."""
     return f"jobs/{job_id}/control.json"

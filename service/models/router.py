@@ -28,5 +28,5 @@ def retrieve_model(ctx: ContextDep, session: SessionDep, caller: CallerDep,
 @router.delete("/{model_id:path}", response_model=ModelDeleted)
 def delete_model(ctx: ContextDep, session: SessionDep, caller: CallerDep,
                  model_id: str) -> ModelDeleted:
-    service.delete(session, ctx.settings, caller, model_id)
+    service.delete(session, ctx.settings, ctx.blobs, caller, model_id)
     return ModelDeleted(id=model_id)

@@ -15,7 +15,7 @@ from service.jobs.naming import internal_name
 from service.models.protocol import ModelObject
 from service.settings import Settings
 from service.storage import BlobStore
-from serving.config import DELETED_MARKER
+from training.spec import deleted_marker_key
 
 BASE_OWNER = "openft"
 
@@ -84,7 +84,8 @@ def owning_job(session: Session, model_id: str) -> tuple[JobRow | None, str]:
     return session.get(JobRow, ckpt.job_id), ckpt.adapter_key or ""
 
 
-def delete(session: Session, settings: Settings, caller: Caller, model_id: str) -> None:
+def delete(session: Session, settings: Settings, blobs: BlobStore, caller: Caller,
+           model_id: str) -> None:
     """Stop listing and serving a fine-tuned model; its job and adapter objects stay."""
     if model_id in settings.base_model_dirs():
         raise PermissionDenied(f"You cannot delete the base model {model_id}.", param="model")
@@ -98,8 +99,5 @@ def delete(session: Session, settings: Settings, caller: Caller, model_id: str) 
     # replica to stop serving it and drop it (serving.adapters); the weights stay.
     keys = [job.model_key, *session.scalars(select(CheckpointRow.adapter_key).where(
         CheckpointRow.job_id == job.id, CheckpointRow.adapter_key.is_not(None)))]
-    blobs = BlobStore(settings.resolved_s3_endpoint_url, settings.s3_bucket,
-                      settings.s3_access_key, settings.s3_secret_key.get_secret_value(),
-                      settings.s3_region)
     for key in keys:
-        blobs.put(f"models/{key}/{DELETED_MARKER}", b'{"deleted": true}', "application/json")
+        blobs.put(deleted_marker_key(key), b'{"deleted": true}', "application/json")
