@@ -16,7 +16,7 @@ from pathlib import Path
 import boto3
 import httpx
 import pytest
-from openai import NotFoundError, OpenAI
+from openai import BadRequestError, NotFoundError, OpenAI
 
 from service.processes import free_port
 from tests.service.openai_spec import template_of, validate_response
@@ -152,3 +152,18 @@ def test_upload_train_serve_and_restart(tmp_path: Path, stack_env: dict[str, str
         assert client.fine_tuning.jobs.retrieve(job_id).status == "succeeded"
         assert model_name in [m.id for m in client.models.list()]
         assert greedy(client, model_name) == tuned_answer
+
+        # A prompt longer than the context is the server's 400 in OpenAI's envelope, and
+        # the model still answers afterwards.
+        with pytest.raises(BadRequestError):
+            client.chat.completions.create(
+                model=model_name, max_tokens=4,
+                messages=[{"role": "user", "content": "capital " * 5000}])
+        assert greedy(client, model_name) == tuned_answer
+
+        # Deleted: gone from the list and answering 404, base model untouched.
+        assert client.models.delete(model_name).deleted is True
+        assert model_name not in [m.id for m in client.models.list()]
+        with pytest.raises(NotFoundError):
+            greedy(client, model_name)
+        assert greedy(client, "tiny-llama") == base_answer
