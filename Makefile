@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 ACCEL ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 STAMP := $(VENV)/.stamp-$(ACCEL)
 
-.PHONY: run test setup lint clean-data
+.PHONY: run test setup lint clean-data bench-json bench-train bench-serving
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -35,3 +35,14 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check service training serving tests
+
+# Benchmarks (bench/README.md); each prints a table and writes bench/results/.
+bench-json: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) -m bench.json_extraction
+
+bench-train: $(STAMP)
+	$(PIP) install -q -e ".[stack,$(ACCEL),dev,bench]"
+	RAY_AUTH_MODE=disabled $(PY) -m bench.train_throughput
+
+bench-serving: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) -m bench.serving
