@@ -22,10 +22,6 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import HTTPException
 
-from serving.config import DELETED_MARKER
-
-__all__ = ["DELETED_MARKER", "AdapterGone", "ResidentAdapters"]
-
 log = logging.getLogger("ray.serve")
 
 

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from training.spec import DELETED_MARKER  # the S3 layout is defined once, beside the spec
-
-__all__ = ["DELETED_MARKER"]
-
 
 class BaseModelSpec(BaseModel):
     """One base model served by its own vLLM engine."""

@@ -26,7 +26,8 @@ from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
 from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 from ray.serve.llm.deployment import LLMServer
 
-from serving.adapters import DELETED_MARKER, ResidentAdapters
+from serving.adapters import ResidentAdapters
+from training.spec import DELETED_MARKER
 
 ADAPTER_RECHECK_KEY = "openft_adapter_recheck_s"
 """``LLMConfig.experimental_configs`` key carrying ``ServingConfig.adapter_recheck_s``."""

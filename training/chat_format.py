@@ -101,14 +101,17 @@ def _check_preference(example: dict[str, Any], line: int) -> dict[str, Any]:
 def preference_conversations(example: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The preferred and the rejected conversation of a DPO line, as supervised examples.
 
-    Assistant turns inside ``input`` get ``weight: 0``: only the output is compared.
+    Only the output is compared: assistant turns inside ``input`` get ``weight: 0``, and the
+    output turn is always trained (a ``weight`` on it is dropped).
     """
     prompt = [{**m, "weight": 0} if m.get("role") == "assistant" else m
               for m in example["input"]["messages"]]
     extras = {k: v for k, v in example["input"].items() if k != "messages"}
-    return tuple(  # type: ignore[return-value]
-        {"messages": prompt + list(example[key]), **extras}
+    chosen, rejected = (
+        {"messages": [*prompt, {k: v for k, v in example[key][0].items() if k != "weight"}],
+         **extras}
         for key in ("preferred_output", "non_preferred_output"))
+    return chosen, rejected
 
 
 def _check_message(msg: Any, line: int, i: int) -> None:

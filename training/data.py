@@ -144,3 +144,10 @@ def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torc
         "attention_mask": torch.tensor([pad([1] * e.num_tokens, 0) for e in examples]),
         "labels": torch.tensor([pad(e.labels, IGNORE_INDEX) for e in examples]),
     }
+
+
+def model_device(model: Any) -> torch.device:
+    """Where a batch for ``model`` must go: a DeepSpeed engine says, a plain module's
+    parameters tell."""
+    device = getattr(model, "device", None)
+    return device if device is not None else next(model.parameters()).device

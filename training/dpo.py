@@ -16,8 +16,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from training.chat_format import preference_conversations
 from training.chat_template import IGNORE_INDEX, ChatTokenizer, TokenizedExample, tokenize_chat
-from training.data import collate
+from training.data import collate, model_device
 
 if TYPE_CHECKING:
     import torch
@@ -57,11 +58,10 @@ def tokenize_preference(
     """
     if max_seq_length < 1:
         raise ValueError("max_seq_length must be at least 1")
-    prompt = [_untrained(m) for m in line["input"]["messages"]]
-    tools = line["input"].get("tools")
     chosen, rejected = (
-        _tokenize_full(tokenizer, [*prompt, _trained(line[key][0])], tools)
-        for key in ("preferred_output", "non_preferred_output")
+        tokenize_chat(tokenizer, conversation["messages"], sys.maxsize,
+                      tools=conversation.get("tools"))
+        for conversation in preference_conversations(dict(line))
     )
     shared = min(_prompt_length(chosen), _prompt_length(rejected))
     excess = max(chosen.num_tokens, rejected.num_tokens) - max_seq_length
@@ -71,22 +71,6 @@ def tokenize_preference(
         chosen=_window(chosen, drop, max_seq_length),
         rejected=_window(rejected, drop, max_seq_length),
     )
-
-
-def _untrained(message: Mapping[str, Any]) -> dict[str, Any]:
-    return {**message, "weight": 0} if message.get("role") == "assistant" else dict(message)
-
-
-def _trained(message: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in message.items() if k != "weight"}
-
-
-def _tokenize_full(
-    tokenizer: ChatTokenizer, messages: list[dict[str, Any]], tools: Any
-) -> TokenizedExample:
-    # Only lines with tools need tokenize_chat's ``tools`` argument.
-    extra = {"tools": tools} if tools else {}
-    return tokenize_chat(tokenizer, messages, sys.maxsize, **extra)
 
 
 def _prompt_length(example: TokenizedExample) -> int:
@@ -104,7 +88,8 @@ def _window(example: TokenizedExample, drop: int, max_seq_length: int) -> Tokeni
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed log-probability of each row's labelled tokens: ``[batch, seq, vocab] -> [batch]``.
 
-    Shifted as in :func:`training.loop.token_loss`: position ``i`` predicts token ``i + 1``.
+    Shifted as in :func:`training.packing.weighted_token_loss`: position ``i`` predicts token
+    ``i + 1``.
     ``logsumexp`` and ``gather`` avoid a full-vocabulary ``log_softmax`` copy.
 
         >>> logits = torch.tensor([[[0.0, 0.0], [math.log(3), 0.0], [0.0, 0.0]]])
@@ -175,7 +160,7 @@ def preference_batch(
 
 def batch_logps(model: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """One forward of ``model`` over ``batch``; :func:`sequence_logps` of each row."""
-    device = _device(model)
+    device = model_device(model)
     logits = model(
         input_ids=batch["input_ids"].to(device),
         attention_mask=batch["attention_mask"].to(device),
@@ -209,8 +194,7 @@ def preference_step(
     """The DPO loss of ``examples`` (call ``backward`` on it) and its stats.
 
     All ``2n`` rows go through one padded forward for the reference and one for the policy:
-    the pair's rows have nearly the same length (same prompt), so padding costs little, and
-    the loop runs one preference line per micro step anyway.
+    the pair's rows have nearly the same length (same prompt), so padding costs little.
     """
     if not examples:
         raise ValueError("preference_step needs at least one example")
@@ -219,8 +203,3 @@ def preference_step(
     ref = reference_logps(model, batch)
     policy = batch_logps(model, batch)
     return dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], beta)
-
-
-def _device(model: Any) -> torch.device:
-    device = getattr(model, "device", None)
-    return device if device is not None else next(model.parameters()).device

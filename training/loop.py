@@ -1,9 +1,9 @@
-"""What every Ray Train worker runs: LoRA fine-tuning of the base model under DeepSpeed ZeRO.
+"""What every Ray Train worker runs: fine-tuning (LoRA or full, SFT or DPO) under DeepSpeed ZeRO.
 
-Reads top to bottom: setup (data, model, engine, the checkpoint to start from), train (one
-metrics event per optimizer step from rank 0, a checkpoint at every epoch end and every
-``checkpoint_every_steps``, a stop at a requested pause), save (the PEFT adapter to
-``models/{model_key}/`` unless paused).
+Reads top to bottom: setup (data, objective, model, engine, the checkpoint to start from),
+train (one metrics event per optimizer step from rank 0, validation when due, a checkpoint at
+every epoch end and every ``checkpoint_every_steps``, a stop at a requested pause), save (the
+adapter, or the whole model, to ``models/{model_key}/`` unless paused).
 Ray Train has already joined the workers into a process group (gloo on CPU, nccl on GPU);
 DeepSpeed reuses it.
 """

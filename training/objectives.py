@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from training.chat_template import TokenizedExample
+from training.data import model_device
 from training.dpo import PreferenceExample, preference_step
 from training.packing import build_batch, model_inputs, weighted_token_loss
 
@@ -46,7 +47,7 @@ class Supervised:
 
     def step(self, model: Any, examples: Sequence[TokenizedExample]) -> tuple[torch.Tensor, Sums]:
         batch = build_batch(examples, self.max_seq_length, self.pad_id, self.packing)
-        logits = model(**model_inputs(batch, _device(model))).logits
+        logits = model(**model_inputs(batch, model_device(model))).logits
         loss, loss_sum, correct, count = weighted_token_loss(logits, batch)
         tokens = sum(example.num_tokens for example in examples)
         sums = {"loss_sum": float(loss_sum), "correct": float(correct), "count": float(count),
@@ -108,8 +109,3 @@ def all_reduced(sums: Sums) -> Sums:
         totals = totals.to("cuda" if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(totals)
     return dict(zip(keys, totals.tolist(), strict=True))
-
-
-def _device(model: Any) -> torch.device:
-    device = getattr(model, "device", None)
-    return device if device is not None else next(model.parameters()).device

@@ -1,8 +1,20 @@
-"""A LoRA adapter for the tiny test model whose weights visibly change its output."""
+"""Serving test support: a LoRA adapter for the tiny model whose weights visibly change its
+output, and a serving app deployed with the real CLI into the test Ray head."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from service.processes import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -34,3 +46,39 @@ def upload_adapter(s3_client, bucket: str, adapter_dir: Path, prefix: str) -> No
     """Put the adapter's two files under ``<prefix>/`` (``models/<model_key>``)."""
     for name in ADAPTER_FILES:
         s3_client.upload_file(str(Path(adapter_dir) / name), bucket, f"{prefix}/{name}")
+
+
+def new_adapter(s3_server, base_dir: Path, out_dir: Path, seed: int = 1) -> str:
+    """Build an adapter with ``seed`` and put it in S3 under a fresh key; return the key."""
+    key = f"ftkey-{uuid.uuid4().hex[:8]}"
+    adapter_dir = build_lora_adapter(base_dir, out_dir, seed=seed)
+    upload_adapter(s3_server.client(), s3_server.bucket, adapter_dir, f"models/{key}")
+    return key
+
+
+def ray_env(s3_server) -> dict[str, str]:
+    return dict(os.environ, **s3_server.env, RAY_AUTH_MODE="disabled")
+
+
+@contextmanager
+def deployed(config: dict, ray_head, s3_server) -> Iterator[str]:
+    """Deploy ``config`` (on a free port) through ``python -m serving.deploy``; yield the
+    ``/v1`` URL; shut Serve down afterwards, even when the test failed."""
+    port = free_port()
+    env = ray_env(s3_server)
+    try:
+        deploy = subprocess.run(
+            [sys.executable, "-m", "serving.deploy", "--config",
+             json.dumps({**config, "port": port}), "--address", ray_head.gcs_address],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=480,
+        )
+        assert deploy.returncode == 0, f"deploy failed:\n{deploy.stdout}\n{deploy.stderr[-4000:]}"
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        # Serve's controller is detached: stop it (and its replicas and proxy) from a
+        # short-lived driver so later tests on this Ray head start clean.
+        shutdown = (
+            "import ray; from ray import serve; "
+            f"ray.init(address={ray_head.gcs_address!r}, logging_level='ERROR'); serve.shutdown()"
+        )
+        subprocess.run([sys.executable, "-c", shutdown], env=env, timeout=120, check=False)

@@ -8,14 +8,8 @@ must go to the other one (``on_each_replica``).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 from typing import TypeVar
 
 import httpx
@@ -23,13 +17,11 @@ import openai
 import pytest
 from openai import OpenAI
 
-from service.processes import free_port
-from serving.config import DELETED_MARKER
-from tests.serving.lora import build_lora_adapter, upload_adapter
+from tests.serving.lora import deployed, new_adapter
+from training.spec import deleted_marker_key
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_ID = "tiny-llama"
 APP_NAME = "openft-serving-lifecycle-test"
 MAX_MODEL_LEN = 1024  # the tiny model's max_position_embeddings
@@ -42,21 +34,16 @@ def upload(tmp_path_factory, s3_server, tiny_model_dir) -> Callable[[int], str]:
     """Build an adapter with ``seed`` and put it in S3 under a fresh key; return the key."""
 
     def _upload(seed: int) -> str:
-        key = f"ftkey-{uuid.uuid4().hex[:8]}"
-        adapter_dir = build_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("a"), seed=seed)
-        upload_adapter(s3_server.client(), s3_server.bucket, adapter_dir, f"models/{key}")
-        return key
+        return new_adapter(s3_server, tiny_model_dir, tmp_path_factory.mktemp("a"), seed=seed)
 
     return _upload
 
 
 @pytest.fixture(scope="module")
 def serving_url(s3_server, ray_head, tiny_model_dir) -> Iterator[str]:
-    port = free_port()
     config = {
         "base_models": [{"id": BASE_ID, "path": str(tiny_model_dir)}],
         "s3_bucket": s3_server.bucket,
-        "port": port,
         "app_name": APP_NAME,
         "num_replicas": 2,
         "replica_cpus": 0.25,
@@ -69,21 +56,8 @@ def serving_url(s3_server, ray_head, tiny_model_dir) -> Iterator[str]:
         "kv_cache_gib": 0.25,
         "ready_timeout_s": 420,
     }
-    env = dict(os.environ, **s3_server.env, RAY_AUTH_MODE="disabled")
-    try:
-        deploy = subprocess.run(
-            [sys.executable, "-m", "serving.deploy", "--config", json.dumps(config),
-             "--address", ray_head.gcs_address],
-            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=480,
-        )
-        assert deploy.returncode == 0, f"deploy failed:\n{deploy.stdout}\n{deploy.stderr[-4000:]}"
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        shutdown = (
-            "import ray; from ray import serve; "
-            f"ray.init(address={ray_head.gcs_address!r}, logging_level='ERROR'); serve.shutdown()"
-        )
-        subprocess.run([sys.executable, "-c", shutdown], env=env, timeout=120, check=False)
+    with deployed(config, ray_head, s3_server) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +136,7 @@ def test_deleted_adapter_answers_404_on_every_replica(
 
     # What DELETE /v1/models/{ft name} does on the serving side: the weights stay in S3.
     s3_server.client().put_object(
-        Bucket=s3_server.bucket, Key=f"models/{key}/{DELETED_MARKER}", Body=b"{}"
+        Bucket=s3_server.bucket, Key=deleted_marker_key(key), Body=b"{}"
     )
 
     def refused() -> dict:

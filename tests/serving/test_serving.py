@@ -6,91 +6,46 @@ loads it into the running replica.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from openai import OpenAI
 
-from service.processes import free_port
-from tests.serving.lora import build_lora_adapter, upload_adapter
+from tests.serving.lora import deployed, new_adapter, ray_env
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_ID = "tiny-llama"
 APP_NAME = "openft-serving-test"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def _ray_env(s3_server) -> dict[str, str]:
-    return dict(os.environ, **s3_server.env, RAY_AUTH_MODE="disabled")
-
-
 @pytest.fixture(scope="module")
 def adapter_key(tmp_path_factory, s3_server, tiny_model_dir) -> str:
-    key = f"ftkey-{uuid.uuid4().hex[:8]}"
-    adapter_dir = build_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter"))
-    upload_adapter(s3_server.client(), s3_server.bucket, adapter_dir, f"models/{key}")
-    return key
+    return new_adapter(s3_server, tiny_model_dir, tmp_path_factory.mktemp("adapter"))
 
 
 @pytest.fixture(scope="module")
 def second_adapter_key(tmp_path_factory, s3_server, tiny_model_dir) -> str:
-    key = f"ftkey-{uuid.uuid4().hex[:8]}"
-    out = tmp_path_factory.mktemp("adapter2")
-    adapter_dir = build_lora_adapter(tiny_model_dir, out, seed=2)
-    upload_adapter(s3_server.client(), s3_server.bucket, adapter_dir, f"models/{key}")
-    return key
+    return new_adapter(s3_server, tiny_model_dir, tmp_path_factory.mktemp("adapter2"), seed=2)
 
 
 @pytest.fixture(scope="module")
 def serving_url(s3_server, ray_head, tiny_model_dir, adapter_key) -> Iterator[str]:
     """Deploy through ``python -m serving.deploy``; shut Serve down afterwards."""
-    port = free_port()
     config = {
         "base_models": [{"id": BASE_ID, "path": str(tiny_model_dir)}],
         "s3_bucket": s3_server.bucket,
-        "port": port,
         "app_name": APP_NAME,
         "ready_timeout_s": 420,
     }
-    env = _ray_env(s3_server)
-    try:
-        deploy = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "serving.deploy",
-                "--config",
-                json.dumps(config),
-                "--address",
-                ray_head.gcs_address,
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=480,
-        )
-        assert deploy.returncode == 0, f"deploy failed:\n{deploy.stdout}\n{deploy.stderr[-4000:]}"
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        # Serve's controller is detached: stop it (and its replicas and proxy) from a
-        # short-lived driver so later tests on this Ray head start clean.
-        shutdown = (
-            "import ray; from ray import serve; "
-            f"ray.init(address={ray_head.gcs_address!r}, logging_level='ERROR'); serve.shutdown()"
-        )
-        subprocess.run([sys.executable, "-c", shutdown], env=env, timeout=120, check=False)
+    with deployed(config, ray_head, s3_server) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +137,7 @@ def test_training_sized_placement_group_fits_beside_serving(
     )
     result = subprocess.run(
         [sys.executable, "-c", script],
-        env=_ray_env(s3_server),
+        env=ray_env(s3_server),
         timeout=120,
         capture_output=True,
         text=True,
