@@ -8,6 +8,7 @@ must go to the other one (``on_each_replica``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TypeVar
@@ -25,6 +26,8 @@ pytestmark = pytest.mark.slow
 BASE_ID = "tiny-llama"
 APP_NAME = "openft-serving-lifecycle-test"
 MAX_MODEL_LEN = 1024  # the tiny model's max_position_embeddings
+ADAPTER_RECHECK_S = 1.0
+"""How stale a replica's knowledge of an adapter in S3 may be (``adapter_recheck_s``)."""
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 T = TypeVar("T")
 
@@ -51,7 +54,7 @@ def serving_url(s3_server, ray_head, tiny_model_dir) -> Iterator[str]:
         "max_adapters_per_replica": 1,
         "max_loras": 1,
         "max_cpu_loras": 1,
-        "adapter_recheck_s": 1.0,
+        "adapter_recheck_s": ADAPTER_RECHECK_S,
         "max_model_len": MAX_MODEL_LEN,
         "kv_cache_gib": 0.25,
         "ready_timeout_s": 420,
@@ -138,6 +141,9 @@ def test_deleted_adapter_answers_404_on_every_replica(
     s3_server.client().put_object(
         Bucket=s3_server.bucket, Key=deleted_marker_key(key), Body=b"{}"
     )
+    # The promise is "gone everywhere within adapter_recheck_s": a replica that checked S3
+    # less than that ago may still answer, so the assertions start once the period is over.
+    time.sleep(ADAPTER_RECHECK_S + 0.1)
 
     def refused() -> dict:
         with pytest.raises(openai.NotFoundError) as info:
