@@ -1,0 +1,238 @@
+"""Multi-LoRA ops for vLLM's CPU build that group tokens by adapter, installed as a vLLM plugin.
+
+Why: vLLM's CPU build (0.32) applies LoRA with the PyTorch-native punica ops in
+``vllm.lora.ops.torch_ops``. Each does ``lora_weights[lora_indices]``, a full copy of the
+adapter matrix for every token (512 prefill tokens x rank 16 x hidden 576 is 19 MB in fp32,
+per op, per layer), then an einsum token by token; with adapters, vLLM on CPU keeps only
+about 0.3x of the base model's throughput (bench/results/serving.md). The ops here compute
+the same thing with one matmul per distinct adapter in the batch (at most ``max_loras``),
+except when there are fewer than two tokens per adapter: then vLLM's per-token way is
+faster and is kept (bench/results/cpu_lora_ops.md).
+
+They are drop-in replacements: same signatures, same result up to float summation order.
+Kept from vLLM's versions on purpose:
+
+- An index picks ``lora_weights[index]`` with Python indexing, so the "no LoRA" index -1
+  reads the *last* slot, ``max_loras - 1``. That slot holds zeros while it is empty, but
+  once an adapter occupies it, vLLM's ops add that adapter's delta to no-LoRA tokens batched
+  with LoRA tokens. We reproduce this rather than fix it so that switching the plugin on
+  never changes an answer.
+- Weights and inputs are cast to the output tensor's dtype before the product; 4-D weights
+  ``[max_loras, 1, out, in]`` lose dim 1; a one-row input or index list broadcasts as
+  einsum does; the writes into the output (``scaling``, ``add_inputs``, ``bgmv_expand``'s
+  ``limit``/``common_len`` padding rule, slices) are vLLM's own lines.
+
+Installation: ``register()`` is a ``vllm.general_plugins`` entry point (pyproject.toml,
+``openft_cpu_lora``). vLLM 0.32 calls ``load_general_plugins()`` in every process it runs
+model or engine code in: the front-end process (``EngineArgs``), the EngineCore process
+(``EngineCore.__init__``) and each worker (``WorkerWrapperBase.init_worker``). It rebinds
+the six names in ``vllm.lora.punica_wrapper.punica_cpu``, where ``PunicaWrapperCPU`` looks
+them up, and only when vLLM's current platform is CPU.
+
+Turning it off: ``VLLM_PLUGINS`` is vLLM's allow-list of plugin entry-point names, read in
+each process (children inherit it). Unset, every installed general plugin loads. Any value
+that does not name ``openft_cpu_lora`` leaves the stock ops in place: ``VLLM_PLUGINS=""``
+loads no general plugin at all (vLLM's own LoRA resolvers included), while
+``VLLM_PLUGINS=lora_filesystem_resolver`` keeps that one and drops ours.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+# Under vLLM's logger tree so the line goes through vLLM's logging setup and shows up, with
+# the process's prefix, in the engine's log.
+logger = logging.getLogger("vllm.plugins.openft_cpu_lora")
+
+_PATCHED_NAMES = (
+    "bgmv_shrink",
+    "bgmv_expand",
+    "bgmv_expand_slice",
+    "sgmv_shrink",
+    "sgmv_expand",
+    "sgmv_expand_slice",
+)
+# Below this many tokens per distinct adapter, a per-token gather beats one matmul per adapter
+# (bench/cpu_lora_ops.py: 16 decode tokens over 16 adapters).
+_MIN_TOKENS_PER_ADAPTER = 2
+
+
+def _grouped_matmul(
+    inputs: torch.Tensor,
+    lora_weights: torch.Tensor,
+    lora_indices: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``out[t] = inputs[t] @ lora_weights[lora_indices[t]].T`` in ``dtype``: vLLM's
+    ``einsum("bi, boi -> bo", inputs, lora_weights[lora_indices])``, computed per adapter.
+
+    One adapter in the batch: one matmul, nothing copied. Several: tokens sorted by index
+    (stable), one matmul per contiguous block, results put back in token order. When the
+    adapters average fewer than ``_MIN_TOKENS_PER_ADAPTER`` tokens each (a decode step whose
+    sequences all use different adapters), every token needs its own matrix anyway and the
+    per-block overhead loses to vLLM's per-token gather, so that case keeps vLLM's einsum.
+    Indices are used as given: -1 reads the last slot, exactly as ``lora_weights[-1]`` does.
+    """
+    if lora_weights.dim() == 4:
+        lora_weights = lora_weights.squeeze(dim=1)
+    rows = torch.broadcast_shapes(inputs.shape[:1], lora_indices.shape)[0]
+    inputs = inputs.to(dtype=dtype).expand(rows, -1)
+    indices = lora_indices.expand(rows)
+    distinct, counts = torch.unique(indices, return_counts=True)
+    if distinct.numel() <= 1:
+        index = int(distinct[0]) if distinct.numel() else 0
+        return inputs @ lora_weights[index].to(dtype=dtype).T
+    if rows < _MIN_TOKENS_PER_ADAPTER * distinct.numel():
+        # index_select copies rows several times faster than lora_weights[indices] does here,
+        # but takes no negative indices.
+        slots = torch.where(indices < 0, indices + lora_weights.shape[0], indices)
+        selected = torch.index_select(lora_weights, 0, slots).to(dtype=dtype)
+        return torch.einsum("bi, boi -> bo", inputs, selected)
+    order = torch.argsort(indices, stable=True)
+    blocks = torch.index_select(inputs, 0, order).split(counts.tolist())
+    sorted_out = torch.cat(
+        [block @ lora_weights[index].to(dtype=dtype).T
+         for index, block in zip(distinct.tolist(), blocks, strict=True)]
+    )
+    return torch.empty_like(sorted_out).index_copy_(0, order, sorted_out)
+
+
+def bgmv_shrink(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    scaling: float = 1.0,
+) -> None:
+    """``output[:, :rank] = scaling * inputs @ A[idx].T`` per token (vLLM's ``bgmv_shrink``)."""
+    outputs = _grouped_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    output_tensor[:, : outputs.shape[1]] = scaling * outputs[:]
+
+
+def bgmv_expand(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    add_inputs: bool = True,
+) -> None:
+    """``output (+)= inputs @ B[idx].T`` per token, over the columns both have
+    (vLLM's ``bgmv_expand``)."""
+    outputs = _grouped_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+
+    limit = output_tensor.shape[0]
+    if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
+        limit = 1
+
+    # LoRA adapter and model may add different amounts of padding to output
+    common_len = min(outputs.shape[1], output_tensor.shape[1])
+
+    if add_inputs:
+        output_tensor[:, :common_len] += outputs[:limit, :common_len]
+    else:
+        output_tensor[:, :common_len] = outputs[:limit, :common_len]
+
+
+def bgmv_expand_slice(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool = True,
+) -> None:
+    """``output[:, offset:offset+size] (+)= inputs @ B[idx].T`` per token (vLLM's
+    ``bgmv_expand_slice``)."""
+    outputs = _grouped_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+
+    if add_inputs:
+        output_tensor[:, slice_offset : slice_offset + slice_size] += outputs[:]
+    else:
+        output_tensor[:, slice_offset : slice_offset + slice_size] = outputs[:]
+
+
+# The sgmv variants take one index per sequence; like vLLM's, they expand it to one per
+# token and reuse the bgmv op. b_seq_start_loc, batches, max_seq_length and token_nums are
+# unused, as in vLLM's torch ops.
+
+
+def sgmv_shrink(
+    inputs: torch.Tensor,
+    lora_a_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    b_seq_start_loc: torch.Tensor,
+    seq_len_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    batches: int,
+    max_seq_length: int,
+    token_nums: int,
+    scaling: float,
+) -> None:
+    """vLLM's ``sgmv_shrink``: ``bgmv_shrink`` with per-sequence indices."""
+    exploded_indices = torch.repeat_interleave(lora_indices_tensor, seq_len_tensor)
+    bgmv_shrink(inputs, lora_a_weights, output_tensor, exploded_indices, scaling)
+
+
+def sgmv_expand(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    b_seq_start_loc: torch.Tensor,
+    seq_len_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    batches: int,
+    max_seq_length: int,
+    token_nums: int,
+    add_inputs: bool = False,
+) -> None:
+    """vLLM's ``sgmv_expand``: ``bgmv_expand`` with per-sequence indices."""
+    exploded_indices = torch.repeat_interleave(lora_indices_tensor, seq_len_tensor)
+    bgmv_expand(inputs, lora_b_weights, output_tensor, exploded_indices, add_inputs)
+
+
+def sgmv_expand_slice(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    b_seq_start_loc: torch.Tensor,
+    seq_len_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    batches: int,
+    max_seq_length: int,
+    token_nums: int,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool = False,
+) -> None:
+    """vLLM's ``sgmv_expand_slice``: ``bgmv_expand_slice`` with per-sequence indices."""
+    exploded_indices = torch.repeat_interleave(lora_indices_tensor, seq_len_tensor)
+    bgmv_expand_slice(
+        inputs, lora_b_weights, output_tensor, exploded_indices, slice_offset, slice_size,
+        add_inputs,
+    )
+
+
+def register() -> None:
+    """vLLM general-plugin entry point: use these ops in ``PunicaWrapperCPU``, on CPU only.
+
+    vLLM may call it more than once per process; the second call changes nothing.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    from vllm.lora.punica_wrapper import punica_cpu
+
+    ours = globals()
+    if all(getattr(punica_cpu, name) is ours[name] for name in _PATCHED_NAMES):
+        return
+    for name in _PATCHED_NAMES:
+        setattr(punica_cpu, name, ours[name])
+    logger.info(
+        "openft_cpu_lora: grouped multi-LoRA ops installed in PunicaWrapperCPU (pid %d); "
+        "VLLM_PLUGINS without 'openft_cpu_lora' turns this off", os.getpid(),
+    )

@@ -1,0 +1,219 @@
+"""serving.cpu_lora: the grouped ops equal vLLM's torch ops, and a real engine answers the same
+with the plugin on and off."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from vllm.lora.ops import torch_ops as vllm_ops
+
+from serving import cpu_lora
+from tests.serving.lora import REPO_ROOT, build_lora_adapter
+
+SLOTS = 4  # max_loras: the weights' first dim; index -1 means "no adapter"
+HIDDEN, RANK = 64, 8
+
+INDEX_BATCHES = {
+    "one adapter": [2, 2, 2, 2, 2],
+    "mixed, with no-adapter tokens": [0, -1, 3, 3, 1, -1, 0, 2, 2, 1],
+    "no adapter only": [-1, -1, -1],
+    "one token per adapter": [3, 0, -1, 2, 1],  # the per-token path
+    "one token": [1],
+}
+# sgmv: (tokens per sequence, one index per sequence)
+SEQUENCE_BATCHES = {
+    "one adapter": ([5, 2], [1, 1]),
+    "mixed, with no-adapter sequences": ([3, 1, 4, 2, 6], [1, -1, 1, 3, 0]),
+}
+DTYPES = [torch.float32, torch.bfloat16]
+TOLERANCE = {torch.float32: {"rtol": 1e-5, "atol": 1e-5},
+             torch.bfloat16: {"rtol": 1.6e-2, "atol": 1.6e-2}}
+
+
+def _weights(out: int, inp: int, dtype: torch.dtype, four_d: bool) -> torch.Tensor:
+    """Stacked LoRA weights ``[SLOTS, (1,) out, inp]``; every slot non-zero, the last one too,
+    so a wrong reading of index -1 shows."""
+    w = torch.randn(SLOTS, 1, out, inp) / inp**0.5
+    return (w if four_d else w.squeeze(1)).to(dtype)
+
+
+def _assert_same(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    torch.testing.assert_close(ours, theirs, **TOLERANCE[ours.dtype])
+
+
+def _run_both(name: str, output: torch.Tensor, *args) -> None:
+    """Run vLLM's op and ours on copies of ``output``; assert the results agree."""
+    theirs, ours = output.clone(), output.clone()
+    getattr(vllm_ops, name)(args[0], args[1], theirs, *args[2:])
+    getattr(cpu_lora, name)(args[0], args[1], ours, *args[2:])
+    _assert_same(ours, theirs)
+
+
+@pytest.mark.parametrize("indices", INDEX_BATCHES.values(), ids=INDEX_BATCHES.keys())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("four_d", [False, True], ids=["3d", "4d"])
+def test_bgmv_shrink_matches_vllm(indices, dtype, four_d) -> None:
+    torch.manual_seed(0)
+    idx = torch.tensor(indices)
+    x = torch.randn(len(indices), HIDDEN, dtype=dtype)
+    a = _weights(RANK, HIDDEN, dtype, four_d)
+    # punica_cpu's buffer is fp32 whatever the model dtype; test the model dtype too.
+    for out_dtype in {torch.float32, dtype}:
+        _run_both("bgmv_shrink", torch.zeros(len(indices), RANK, dtype=out_dtype),
+                  x, a, idx, 0.5)
+
+
+@pytest.mark.parametrize("indices", INDEX_BATCHES.values(), ids=INDEX_BATCHES.keys())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("four_d", [False, True], ids=["3d", "4d"])
+@pytest.mark.parametrize("add_inputs", [True, False])
+@pytest.mark.parametrize("pad", [0, 6, -6], ids=["same width", "output wider", "lora wider"])
+def test_bgmv_expand_matches_vllm(indices, dtype, four_d, add_inputs, pad) -> None:
+    torch.manual_seed(0)
+    idx = torch.tensor(indices)
+    buffer = torch.randn(len(indices), RANK)  # fp32, as punica_cpu allocates it
+    b = _weights(HIDDEN, RANK, dtype, four_d)
+    y = torch.randn(len(indices), HIDDEN + pad, dtype=dtype)
+    _run_both("bgmv_expand", y, buffer, b, idx, add_inputs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("add_inputs", [True, False])
+def test_bgmv_expand_one_row_fills_every_output_row_like_vllm(dtype, add_inputs) -> None:
+    """vLLM's ``limit`` rule: a one-row result is broadcast over a taller output."""
+    torch.manual_seed(0)
+    y = torch.randn(3, HIDDEN, dtype=dtype)
+    _run_both("bgmv_expand", y, torch.randn(1, RANK), _weights(HIDDEN, RANK, dtype, True),
+              torch.tensor([-1]), add_inputs)
+
+
+@pytest.mark.parametrize("indices", INDEX_BATCHES.values(), ids=INDEX_BATCHES.keys())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("four_d", [False, True], ids=["3d", "4d"])
+@pytest.mark.parametrize("add_inputs", [True, False])
+@pytest.mark.parametrize("offset", [0, 32, 64])
+def test_bgmv_expand_slice_matches_vllm(indices, dtype, four_d, add_inputs, offset) -> None:
+    torch.manual_seed(0)
+    idx = torch.tensor(indices)
+    b = _weights(32, RANK, dtype, four_d)
+    y = torch.randn(len(indices), 96, dtype=dtype)
+    _run_both("bgmv_expand_slice", y, torch.randn(len(indices), RANK), b, idx, offset, 32,
+              add_inputs)
+
+
+def _sequence_meta(seq_lens: list[int], seq_indices: list[int]) -> tuple:
+    """The metadata tuple punica passes to sgmv ops (``prefill_metadata``)."""
+    lens = torch.tensor(seq_lens)
+    starts = torch.cumsum(lens, 0) - lens
+    return starts, lens, torch.tensor(seq_indices), len(seq_lens), max(seq_lens), sum(seq_lens)
+
+
+@pytest.mark.parametrize("batch", SEQUENCE_BATCHES.values(), ids=SEQUENCE_BATCHES.keys())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("four_d", [False, True], ids=["3d", "4d"])
+@pytest.mark.parametrize("add_inputs", [True, False])
+def test_sgmv_ops_match_vllm(batch, dtype, four_d, add_inputs) -> None:
+    torch.manual_seed(0)
+    meta = _sequence_meta(*batch)
+    tokens = meta[-1]
+    x = torch.randn(tokens, HIDDEN, dtype=dtype)
+    buffer = torch.randn(tokens, RANK)
+    _run_both("sgmv_shrink", torch.zeros(tokens, RANK), x, _weights(RANK, HIDDEN, dtype, four_d),
+              *meta, 2.0)
+    _run_both("sgmv_expand", torch.randn(tokens, HIDDEN, dtype=dtype), buffer,
+              _weights(HIDDEN, RANK, dtype, four_d), *meta, add_inputs)
+    _run_both("sgmv_expand_slice", torch.randn(tokens, 96, dtype=dtype), buffer,
+              _weights(32, RANK, dtype, four_d), *meta, 32, 32, add_inputs)
+
+
+def test_no_adapter_index_reads_the_last_slot_as_vllm_does() -> None:
+    """Index -1 is Python indexing into the weights, i.e. slot ``max_loras - 1``: a no-adapter
+    token gets that slot's delta (zero only while the slot is empty). Kept to stay drop-in."""
+    torch.manual_seed(0)
+    x = torch.randn(1, HIDDEN).expand(2, -1)  # one token, twice
+    a = _weights(RANK, HIDDEN, torch.float32, True)
+    y = torch.zeros(2, RANK)
+    cpu_lora.bgmv_shrink(x, a, y, torch.tensor([-1, SLOTS - 1]), 1.0)
+    _assert_same(y[0], y[1])
+    assert y.abs().sum() > 0
+
+
+# --- a real engine, plugin on and off -------------------------------------------------------
+
+ENGINE_SCRIPT = r'''
+import json, os, sys
+
+def patched_module(worker):
+    from vllm.lora.punica_wrapper import punica_cpu
+    return os.getpid(), punica_cpu.bgmv_shrink.__module__
+
+if __name__ == "__main__":
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    model, adapters = sys.argv[1], sys.argv[2:]
+    # One slot more than adapters: the last slot stays empty, so the no-adapter index -1
+    # (which reads the last slot, see serving.cpu_lora) adds nothing. With it occupied, base
+    # requests would get whichever adapter landed there, and slot order follows a set of
+    # LoRARequests hashed by name, i.e. it changes with PYTHONHASHSEED from run to run.
+    llm = LLM(model=model, dtype="float32", enable_lora=True, max_lora_rank=8,
+              max_loras=len(adapters) + 1, max_model_len=256, block_size=32,
+              kv_cache_memory_bytes=256 * 2**20, enforce_eager=True, seed=0)
+    prompts = ["What is the capital of France?", "Hello! How can I help you today?",
+               "Extract the name, age and city as JSON.", "The quick brown fox"]
+    loras = [None] + [LoRARequest(f"a{i}", i + 1, path) for i, path in enumerate(adapters)]
+    # Every prompt with every adapter and without one, in ONE batch: mixed indices.
+    requests = [(p, lora) for p in prompts for lora in loras]
+    greedy = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    outs = llm.generate([p for p, _ in requests], greedy,
+                        lora_request=[lora for _, lora in requests], use_tqdm=False)
+    base_alone = llm.generate(prompts, greedy, use_tqdm=False)
+    print("RESULT " + json.dumps({
+        "tokens": [list(o.outputs[0].token_ids) for o in outs],
+        "base_alone": [list(o.outputs[0].token_ids) for o in base_alone],
+        "driver_pid": os.getpid(),
+        "engine": llm.collective_rpc(patched_module),
+    }))
+'''
+
+
+def _engine_run(tmp: Path, model: Path, adapters: list[Path], plugins: str | None) -> dict:
+    script = tmp / "engine_run.py"
+    script.write_text(ENGINE_SCRIPT)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_ALLOW_INSECURE_SERIALIZATION="1")
+    env.pop("VLLM_PLUGINS", None)
+    if plugins is not None:
+        env["VLLM_PLUGINS"] = plugins
+    run = subprocess.run([sys.executable, str(script), str(model), *map(str, adapters)],
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    line = next(ln for ln in run.stdout.splitlines() if ln.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+@pytest.mark.slow
+def test_engine_answers_the_same_with_and_without_the_plugin(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    adapters = [build_lora_adapter(tiny_model_dir, tmp_path / f"a{seed}", seed=seed)
+                for seed in (1, 2)]
+    on = _engine_run(tmp_path, tiny_model_dir, adapters, plugins=None)
+    off = _engine_run(tmp_path, tiny_model_dir, adapters, plugins="lora_filesystem_resolver")
+
+    # The patch reached the process that runs the model, which is not the driver.
+    assert [module for _, module in on["engine"]] == ["serving.cpu_lora"]
+    assert all(pid != on["driver_pid"] for pid, _ in on["engine"])
+    assert [module for _, module in off["engine"]] == ["vllm.lora.ops.torch_ops.lora_ops"]
+
+    assert on["tokens"] == off["tokens"]
+    # Base requests batched with adapter requests answer as they do alone ...
+    per_prompt = [on["tokens"][i : i + 3] for i in range(0, len(on["tokens"]), 3)]
+    assert [base for base, _, _ in per_prompt] == on["base_alone"] == off["base_alone"]
+    # ... and the adapters are really applied: base, a1 and a2 answer differently.
+    assert all(len({tuple(t) for t in answers}) == 3 for answers in per_prompt)
