@@ -63,8 +63,8 @@ BUCKET = "openft"
 MAX_MODEL_LEN = 1024
 KV_CACHE_GIB = 1
 MAX_LORA_RANK = 16
-MAX_LORAS = 4
-MAX_CPU_LORAS = 8
+MAX_ADAPTERS = 16
+"""``max_adapters_per_replica``: serving gives vLLM ``max_loras`` = ``max_cpu_loras`` = this."""
 BLOCK_SIZE = 32
 
 TOPICS = ("the sea", "mountains", "bread", "trains", "winter", "bees", "libraries", "rain",
@@ -283,7 +283,7 @@ def openft_stack(data_dir: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
     env |= {"OPENFT_S3_ACCESS_KEY": S3_KEYS[0], "OPENFT_S3_SECRET_KEY": S3_KEYS[1],
             "OPENFT_S3_BUCKET": BUCKET, "OPENFT_SERVING_MAX_MODEL_LEN": str(MAX_MODEL_LEN),
             "OPENFT_SERVING_KV_CACHE_GIB": str(KV_CACHE_GIB),
-            "OPENFT_SERVING_MAX_LORAS": str(MAX_LORAS),
+            "OPENFT_SERVING_MAX_ADAPTERS_PER_REPLICA": str(MAX_ADAPTERS),
             "OPENFT_SERVING_MAX_LORA_RANK": str(MAX_LORA_RANK)}
     started = time.monotonic()
     print(f"starting the stack in {data_dir} (logs in {data_dir}/logs)", flush=True)
@@ -305,7 +305,7 @@ def vllm_server(base_dir: Path, model: str, log_dir: Path) -> Iterator[str]:
             "--max-model-len", str(MAX_MODEL_LEN), "--block-size", str(BLOCK_SIZE),
             "--dtype", "auto", "--enforce-eager",
             "--enable-lora", "--max-lora-rank", str(MAX_LORA_RANK),
-            "--max-loras", str(MAX_LORAS), "--max-cpu-loras", str(MAX_CPU_LORAS)]
+            "--max-loras", str(MAX_ADAPTERS), "--max-cpu-loras", str(MAX_ADAPTERS)]
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(KV_CACHE_GIB),
                VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1")
@@ -365,8 +365,8 @@ def run_bench(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         "others_busy_at_start": others_busy(),
         "settings": {"model": args.model, "max_model_len": MAX_MODEL_LEN,
                      "kv_cache_gib": KV_CACHE_GIB, "block_size": BLOCK_SIZE,
-                     "max_lora_rank": MAX_LORA_RANK, "max_loras": MAX_LORAS,
-                     "max_cpu_loras": MAX_CPU_LORAS, "adapter_rank": MAX_LORA_RANK,
+                     "max_lora_rank": MAX_LORA_RANK, "max_loras": MAX_ADAPTERS,
+                     "max_cpu_loras": MAX_ADAPTERS, "adapter_rank": MAX_LORA_RANK,
                      "requests": args.requests, "concurrency": args.concurrency,
                      "max_tokens": args.max_tokens, "prompts": len(PROMPTS),
                      "adapter_counts": args.adapter_counts},

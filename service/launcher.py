@@ -77,7 +77,9 @@ def serving_config(settings: Settings) -> dict:
         "replica_cpus": settings.serving_replica_cpus,
         "max_model_len": settings.serving_max_model_len,
         "kv_cache_gib": settings.serving_kv_cache_gib,
-        "max_loras": settings.serving_max_loras,
+        "num_replicas": settings.serving_num_replicas,
+        "autoscaling": settings.serving_autoscaling,
+        "max_adapters_per_replica": settings.serving_max_adapters_per_replica,
         "max_lora_rank": settings.serving_max_lora_rank,
     }
 

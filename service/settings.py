@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,7 +57,13 @@ class Settings(BaseSettings):
     """Ray CPUs each serving replica reserves (fractional so training still fits)."""
     serving_max_model_len: int = 1024
     serving_kv_cache_gib: int = 1
-    serving_max_loras: int = 4
+    serving_num_replicas: int = 1
+    """Engine replicas per base model (when ``serving_autoscaling`` is unset)."""
+    serving_autoscaling: dict[str, Any] | None = None
+    """Ray Serve ``autoscaling_config`` per base model, JSON:
+    ``{"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4}``."""
+    serving_max_adapters_per_replica: int = 16
+    """Adapters one serving replica keeps loaded (its LRU and vLLM's adapter slots)."""
     serving_max_lora_rank: int = 16
     serving_start_timeout_s: float = 600.0
 

@@ -53,8 +53,9 @@ def engine_kwargs(config: ServingConfig) -> dict[str, Any]:
     return {
         "enable_lora": True,
         "max_lora_rank": config.max_lora_rank,
-        "max_loras": config.max_loras,
-        "max_cpu_loras": config.max_cpu_loras,
+        "max_loras": config.batch_loras,
+        # vLLM's adapter cache holds exactly what the replica's LRU holds (serving.adapters).
+        "max_cpu_loras": config.max_adapters_per_replica,
         "max_model_len": config.max_model_len,
         "kv_cache_memory_bytes": int(config.kv_cache_gib * 2**30),
         "block_size": config.block_size,
@@ -70,8 +71,11 @@ def llm_config(config: ServingConfig, base: BaseModelSpec) -> LLMConfig:
 
     from serving.server import ADAPTER_RECHECK_KEY, OpenFTServer
 
-    deployment: dict[str, Any] = {"num_replicas": config.num_replicas,
-                                  "ray_actor_options": {"num_cpus": 0}}
+    deployment: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0}}
+    if config.autoscaling is not None:
+        deployment["autoscaling_config"] = dict(config.autoscaling)
+    else:
+        deployment["num_replicas"] = config.num_replicas
     if config.max_ongoing_requests is not None:
         deployment["max_ongoing_requests"] = config.max_ongoing_requests
     return LLMConfig(

@@ -7,6 +7,8 @@ run on, so no secret ever travels through a config file or the Serve controller.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
@@ -52,7 +54,13 @@ class ServingConfig(BaseModel):
     for whole CPUs and must still fit beside serving on a small head."""
 
     num_replicas: int = Field(default=1, ge=1)
-    """Engine replicas per base model."""
+    """Engine replicas per base model, when ``autoscaling`` is unset."""
+
+    autoscaling: dict[str, Any] | None = None
+    """Ray Serve's ``autoscaling_config`` for every base model's replicas (``min_replicas``,
+    ``max_replicas``, ``target_ongoing_requests``, ``upscale_delay_s``, ...), checked by Ray's
+    own ``AutoscalingConfig``; replaces ``num_replicas``. Each base model scales on its own
+    load, and a new replica loads adapters on demand like any other."""
 
     max_model_len: int = Field(default=1024, ge=32)
     """Longest prompt plus completion, in tokens."""
@@ -61,15 +69,17 @@ class ServingConfig(BaseModel):
     """KV cache size per engine, in GiB (vLLM's ``kv_cache_memory_bytes``). Without it vLLM's
     CPU backend tries to reserve most of the machine's memory."""
 
-    max_loras: int = Field(default=4, ge=1)
-    """Adapters that can take part in one engine batch."""
-
-    max_cpu_loras: int = Field(default=8, ge=1)
-    """Adapters whose weights an engine keeps in memory (its LRU); at least ``max_loras``."""
-
     max_adapters_per_replica: int = Field(default=16, ge=1)
-    """Adapters Serve keeps registered per replica before evicting the least recently used;
-    requests for a registered adapter are routed to the replica that has it."""
+    """Adapters one replica holds ready at once: its LRU (Serve routes requests for a held
+    adapter to the replica that has it), vLLM's in-memory adapter cache (``max_cpu_loras``)
+    and, unless ``max_loras`` says less, the adapters one engine batch can mix. One number on
+    purpose: when vLLM holds fewer than Serve routes to it, it swaps weights on every step
+    (about 40% of throughput with 16 adapters on CPU, bench/results/serving.md)."""
+
+    max_loras: int | None = Field(default=None, ge=1)
+    """Adapters one engine batch can mix; unset means ``max_adapters_per_replica``. Lower it
+    only to save accelerator memory: vLLM reserves a rank-``max_lora_rank`` slot per adapter
+    in every LoRA layer."""
 
     max_ongoing_requests: int | None = Field(default=None, ge=1)
     """Requests one engine replica takes at once; more wait for a free replica (Ray Serve's
@@ -91,6 +101,18 @@ class ServingConfig(BaseModel):
     ready_timeout_s: float = Field(default=600.0, gt=0)
     """How long ``serving.deploy`` waits for every base model to be listed."""
 
+    @field_validator("autoscaling")
+    @classmethod
+    def _check_autoscaling(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from ray.serve.config import AutoscalingConfig
+
+            unknown = sorted(set(value) - set(AutoscalingConfig.model_fields))
+            if unknown:  # Ray's model ignores them: a typo would silently not scale
+                raise ValueError(f"unknown autoscaling keys: {unknown}")
+            AutoscalingConfig(**value)
+        return value
+
     @field_validator("adapters_prefix")
     @classmethod
     def _strip_slashes(cls, value: str) -> str:
@@ -104,9 +126,14 @@ class ServingConfig(BaseModel):
         ids = [m.id for m in self.base_models]
         if len(set(ids)) != len(ids):
             raise ValueError(f"base model ids must be unique, got {ids}")
-        if self.max_cpu_loras < self.max_loras:
-            raise ValueError("max_cpu_loras must be at least max_loras")
+        if self.max_loras is not None and self.max_loras > self.max_adapters_per_replica:
+            raise ValueError("max_loras may not exceed max_adapters_per_replica")
         return self
+
+    @property
+    def batch_loras(self) -> int:
+        """vLLM's ``max_loras``: adapters mixed in one engine batch."""
+        return self.max_loras or self.max_adapters_per_replica
 
     @property
     def adapters_uri(self) -> str:

@@ -18,6 +18,7 @@ import asyncio
 import os
 import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -58,6 +59,44 @@ class AdapterLockingEngine(VLLMEngine):
     def _lock(self, model_id: str) -> asyncio.Lock:
         return self._adapter_locks.setdefault(model_id, asyncio.Lock())
 
+    def name_replica_in_fingerprint(self, replica: str) -> None:
+        """Append ``replica`` to vLLM's ``system_fingerprint`` (version and config hash).
+
+        OpenAI says a fingerprint tells when a seeded answer may change; with several
+        replicas that is per replica, and operators (and tests) learn which replica answered.
+        """
+        for serving in (self._oai_serving_chat, self._oai_serving_completion):
+            if serving is not None:
+                serving.system_fingerprint = f"{serving.system_fingerprint or 'vllm'}-{replica}"
+
+
+LORA_DIR_PREFIX = "openft-lora-"
+"""Adapter folders are ``<tmp>/openft-lora-<pid>-<random>``: the pid tells whose they are."""
+
+
+def replica_lora_root(tmp: Path | None = None) -> Path:
+    """A new adapter folder for this process, after removing those of processes that are gone.
+
+    A replica that stops cleanly removes its folder (``OpenFTServer.__del__``); one that was
+    killed cannot, so the next replica on the node does.
+    """
+    tmp = Path(tmp or tempfile.gettempdir())
+    for folder in tmp.glob(f"{LORA_DIR_PREFIX}*-*"):
+        pid = folder.name.removeprefix(LORA_DIR_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{LORA_DIR_PREFIX}{os.getpid()}-", dir=tmp))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive, and not ours to judge
+    return True
+
 
 class ReplicaAdapterLoader(LoraModelLoader):
     """Ray's S3 downloader, into a folder only this replica uses, with a way to forget.
@@ -67,11 +106,14 @@ class ReplicaAdapterLoader(LoraModelLoader):
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(lora_root=tempfile.mkdtemp(prefix="openft-lora-"), **kwargs)
+        super().__init__(lora_root=str(replica_lora_root()), **kwargs)
 
     def forget(self, model_id: str) -> None:
         self.disk_cache.pop(model_id, None)
         shutil.rmtree(self._model_dir_path(model_id), ignore_errors=True)
+
+    def remove_all(self) -> None:
+        shutil.rmtree(self.lora_root, ignore_errors=True)
 
 
 class OpenFTServer(LLMServer):
@@ -81,10 +123,13 @@ class OpenFTServer(LLMServer):
         kwargs.setdefault("engine_cls", AdapterLockingEngine)
         self._loader: ReplicaAdapterLoader | None = None
         self._s3: Any = None
-        kwargs.setdefault("model_downloader", self._make_loader)
-        await super().__init__(llm_config, **kwargs)
         self._adapters: ResidentAdapters | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        kwargs.setdefault("model_downloader", self._make_loader)
+        await super().__init__(llm_config, **kwargs)
+        if isinstance(self.engine, AdapterLockingEngine):
+            self.engine.name_replica_in_fingerprint(
+                serve.get_replica_context().replica_id.unique_id)
         lora = llm_config.lora_config
         if lora is not None:
             uri = urlparse(lora.dynamic_lora_loading_path)
@@ -97,6 +142,16 @@ class OpenFTServer(LLMServer):
                 unload=self._unregister,
             )
             self._sweeper = asyncio.create_task(self._adapters.sweep_forever())
+
+    async def __del__(self) -> None:
+        """Serve calls this when the replica stops: stop the engine, then drop the adapters."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        try:
+            await super().__del__()
+        finally:
+            if self._loader is not None:
+                self._loader.remove_all()
 
     def _make_loader(self, **kwargs: Any) -> ReplicaAdapterLoader:
         self._loader = ReplicaAdapterLoader(**kwargs)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,6 +67,7 @@ def deployed(config: dict, ray_head, s3_server) -> Iterator[str]:
     ``/v1`` URL; shut Serve down afterwards, even when the test failed."""
     port = free_port()
     env = ray_env(s3_server)
+    folders_before = replica_adapter_folders()
     try:
         deploy = subprocess.run(
             [sys.executable, "-m", "serving.deploy", "--config",
@@ -82,3 +84,13 @@ def deployed(config: dict, ray_head, s3_server) -> Iterator[str]:
             f"ray.init(address={ray_head.gcs_address!r}, logging_level='ERROR'); serve.shutdown()"
         )
         subprocess.run([sys.executable, "-c", shutdown], env=env, timeout=120, check=False)
+    # Reached only when the test passed: stopped replicas leave no adapter copies behind.
+    left = replica_adapter_folders() - folders_before
+    assert not left, f"stopped replicas left adapter folders: {sorted(left)}"
+
+
+def replica_adapter_folders() -> set[Path]:
+    """Adapter folders of serving replicas on this machine (``serving.server``)."""
+    from serving.server import LORA_DIR_PREFIX
+
+    return set(Path(tempfile.gettempdir()).glob(f"{LORA_DIR_PREFIX}*"))

@@ -3,14 +3,18 @@
 The deployment is small on purpose: each replica holds ONE adapter and takes ONE request at a
 time (``max_ongoing_requests=1``). That makes routing to a chosen replica deterministic
 without any private Ray API: a long streamed request occupies one replica, so the next request
-must go to the other one (``on_each_replica``).
+must go to the other one (``on_each_replica``). Each answer's ``system_fingerprint`` names the
+replica that gave it, so the tests check that both really answered.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 import httpx
@@ -25,7 +29,9 @@ pytestmark = pytest.mark.slow
 
 BASE_ID = "tiny-llama"
 APP_NAME = "openft-serving-lifecycle-test"
-MAX_MODEL_LEN = 1024  # the tiny model's max_position_embeddings
+MAX_MODEL_LEN = 4096
+"""This module's tiny model has a long context so that a busy stream (``MAX_MODEL_LEN - 64``
+tokens, tens of seconds) outlasts every routing step of ``on_each_replica``."""
 ADAPTER_RECHECK_S = 1.0
 """How stale a replica's knowledge of an adapter in S3 may be (``adapter_recheck_s``)."""
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -33,27 +39,33 @@ T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
-def upload(tmp_path_factory, s3_server, tiny_model_dir) -> Callable[[int], str]:
+def long_context_model_dir(tmp_path_factory) -> Path:
+    from tests.support.tiny_model import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-4k"), context=MAX_MODEL_LEN)
+
+
+@pytest.fixture(scope="module")
+def upload(tmp_path_factory, s3_server, long_context_model_dir) -> Callable[[int], str]:
     """Build an adapter with ``seed`` and put it in S3 under a fresh key; return the key."""
 
     def _upload(seed: int) -> str:
-        return new_adapter(s3_server, tiny_model_dir, tmp_path_factory.mktemp("a"), seed=seed)
+        return new_adapter(s3_server, long_context_model_dir, tmp_path_factory.mktemp("a"),
+                           seed=seed)
 
     return _upload
 
 
 @pytest.fixture(scope="module")
-def serving_url(s3_server, ray_head, tiny_model_dir) -> Iterator[str]:
+def serving_url(s3_server, ray_head, long_context_model_dir) -> Iterator[str]:
     config = {
-        "base_models": [{"id": BASE_ID, "path": str(tiny_model_dir)}],
+        "base_models": [{"id": BASE_ID, "path": str(long_context_model_dir)}],
         "s3_bucket": s3_server.bucket,
         "app_name": APP_NAME,
         "num_replicas": 2,
         "replica_cpus": 0.25,
         "max_ongoing_requests": 1,
         "max_adapters_per_replica": 1,
-        "max_loras": 1,
-        "max_cpu_loras": 1,
         "adapter_recheck_s": ADAPTER_RECHECK_S,
         "max_model_len": MAX_MODEL_LEN,
         "kv_cache_gib": 0.25,
@@ -70,14 +82,32 @@ def client(serving_url: str) -> OpenAI:
 
 @contextmanager
 def busy_replica(serving_url: str) -> Iterator[None]:
-    """Hold one replica with a long streamed completion until the block ends (then cancel)."""
+    """Hold one replica with a long streamed completion until the block ends (then cancel).
+
+    The stream is read all along, as a real client does: Ray Serve frees a replica's slot
+    early when the client stops reading, and the next request could land on it.
+    """
     body = {"model": BASE_ID, "prompt": "Hello", "max_tokens": MAX_MODEL_LEN - 64,
             "ignore_eos": True, "stream": True, "temperature": 0}
-    with httpx.Client(timeout=180) as http, \
-            http.stream("POST", f"{serving_url}/completions", json=body) as response:
-        assert response.status_code == 200
-        next(response.iter_lines())  # it is generating: that replica is full
-        yield
+    started, stop = threading.Event(), threading.Event()
+
+    def read() -> None:
+        with httpx.Client(timeout=180) as http, \
+                http.stream("POST", f"{serving_url}/completions", json=body) as response:
+            assert response.status_code == 200
+            for _ in response.iter_lines():
+                started.set()  # it is generating: that replica is full
+                if stop.is_set():
+                    return
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        reader = pool.submit(read)
+        try:
+            assert started.wait(timeout=180) or reader.result(timeout=0)
+            yield
+        finally:
+            stop.set()
+        reader.result()
 
 
 def on_each_replica(serving_url: str, call: Callable[[], T]) -> list[T]:
@@ -94,11 +124,16 @@ def on_each_replica(serving_url: str, call: Callable[[], T]) -> list[T]:
     return results
 
 
-def chat(client: OpenAI, model: str) -> str:
+def answer(client: OpenAI, model: str) -> tuple[str, str]:
+    """The greedy answer and the ``system_fingerprint`` of the replica that gave it."""
     response = client.chat.completions.create(
         model=model, messages=MESSAGES, max_tokens=12, temperature=0
     )
-    return response.choices[0].message.content or ""
+    return response.choices[0].message.content or "", response.system_fingerprint
+
+
+def chat(client: OpenAI, model: str) -> str:
+    return answer(client, model)[0]
 
 
 def test_fresh_adapter_is_loaded_from_s3_by_each_replica(
@@ -107,10 +142,12 @@ def test_fresh_adapter_is_loaded_from_s3_by_each_replica(
     base_text = chat(client, BASE_ID)
     model = f"{BASE_ID}:{upload(seed=11)}"  # uploaded after the replicas started
 
-    answers = on_each_replica(serving_url, lambda: chat(client, model))
+    (text_x, replica_x), (text_y, replica_y) = on_each_replica(
+        serving_url, lambda: answer(client, model))
 
-    assert answers[0] == answers[1]
-    assert answers[0].strip() and answers[0] != base_text
+    assert replica_x != replica_y  # both replicas answered
+    assert text_x == text_y
+    assert text_x.strip() and text_x != base_text
 
 
 def test_adapters_under_different_keys_answer_differently(client: OpenAI, upload) -> None:
@@ -135,7 +172,9 @@ def test_deleted_adapter_answers_404_on_every_replica(
 ) -> None:
     key = upload(seed=41)
     model = f"{BASE_ID}:{key}"
-    assert all(a.strip() for a in on_each_replica(serving_url, lambda: chat(client, model)))
+    answers = on_each_replica(serving_url, lambda: answer(client, model))
+    assert all(text.strip() for text, _ in answers)
+    assert answers[0][1] != answers[1][1]  # both replicas hold it
 
     # What DELETE /v1/models/{ft name} does on the serving side: the weights stay in S3.
     s3_server.client().put_object(

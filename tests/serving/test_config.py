@@ -30,7 +30,10 @@ def test_defaults_fit_beside_training() -> None:
         ({"base_models": [{"id": "a:b", "path": "/m"}]}, "id"),  # ':' starts an adapter name
         ({"base_models": [{"id": "a", "path": "/m"}, {"id": "a", "path": "/n"}]}, "unique"),
         ({"block_size": 16}, "block_size"),  # vLLM's CPU backend wants multiples of 32
-        ({"max_loras": 8, "max_cpu_loras": 4}, "max_cpu_loras"),
+        ({"max_adapters_per_replica": 4, "max_loras": 8}, "max_loras"),
+        ({"max_cpu_loras": 8}, "max_cpu_loras"),  # one number: max_adapters_per_replica
+        ({"autoscaling": {"min_replicas": 1, "max_replica": 2}}, "max_replica"),  # typo
+        ({"autoscaling": {"min_replicas": 3, "max_replicas": 2}}, "max_replicas"),
         ({"adapters_prefix": "/"}, "adapters_prefix"),
     ],
 )
@@ -69,3 +72,45 @@ def test_llm_config_reserves_only_replica_cpus_and_loads_adapters_from_s3() -> N
     assert llm.lora_config.dynamic_lora_loading_path == "s3://b/models"
     assert llm.placement_group_config == {"bundles": [{"CPU": 0.25}]}
     assert llm.deployment_config["ray_actor_options"]["num_cpus"] == 0
+
+
+def test_one_number_sizes_the_replica_lru_and_vllms_adapter_slots() -> None:
+    """Serve's LRU, vLLM's adapter cache and batch slots agree unless max_loras says less."""
+    config = ServingConfig.model_validate({**MINIMAL, "max_adapters_per_replica": 12})
+    llm = llm_config(config, config.base_models[0])
+
+    assert llm.lora_config.max_num_adapters_per_replica == 12
+    assert llm.engine_kwargs["max_cpu_loras"] == 12
+    assert llm.engine_kwargs["max_loras"] == 12
+
+    fewer_slots = ServingConfig.model_validate({**MINIMAL, "max_adapters_per_replica": 12,
+                                                "max_loras": 4})
+    assert engine_kwargs(fewer_slots)["max_loras"] == 4
+    assert engine_kwargs(fewer_slots)["max_cpu_loras"] == 12
+
+
+def test_replicas_are_fixed_or_autoscaled_from_the_config() -> None:
+    fixed = ServingConfig.model_validate({**MINIMAL, "num_replicas": 3})
+    assert llm_config(fixed, fixed.base_models[0]).deployment_config["num_replicas"] == 3
+
+    autoscaling = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2}
+    scaled = ServingConfig.model_validate({**MINIMAL, "autoscaling": autoscaling})
+    deployment = llm_config(scaled, scaled.base_models[0]).deployment_config
+    assert deployment["autoscaling_config"] == autoscaling
+    assert "num_replicas" not in deployment
+
+
+def test_operator_settings_reach_the_serving_config(monkeypatch, tmp_path) -> None:
+    """``OPENFT_SERVING_*`` variables become a ServingConfig that ``serving.deploy`` accepts."""
+    from service.launcher import serving_config
+    from service.settings import Settings
+
+    monkeypatch.setenv("OPENFT_SERVING_AUTOSCALING", '{"min_replicas": 1, "max_replicas": 3}')
+    monkeypatch.setenv("OPENFT_SERVING_MAX_ADAPTERS_PER_REPLICA", "24")
+    settings = Settings(data_dir=tmp_path, default_base_model=False,
+                        base_models={"a": tmp_path / "a", "b": tmp_path / "b"})
+    config = ServingConfig.model_validate(serving_config(settings))
+
+    assert [m.id for m in config.base_models] == ["a", "b"]
+    assert config.autoscaling == {"min_replicas": 1, "max_replicas": 3}
+    assert config.max_adapters_per_replica == 24

@@ -58,8 +58,9 @@ def build_tokenizer(out_dir: Path, vocab_size: int = 512):
     return fast
 
 
-def build_tiny_llama(out_dir: Path, seed: int = 0) -> Path:
-    """Save a randomly initialised 2-layer Llama (hidden 128) plus its tokenizer to ``out_dir``."""
+def build_tiny_llama(out_dir: Path, seed: int = 0, context: int = 1024) -> Path:
+    """Save a randomly initialised 2-layer Llama (hidden 128) plus its tokenizer to ``out_dir``;
+    ``context`` is its ``max_position_embeddings``."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -74,7 +75,7 @@ def build_tiny_llama(out_dir: Path, seed: int = 0) -> Path:
         num_attention_heads=2,
         num_key_value_heads=2,
         head_dim=64,
-        max_position_embeddings=1024,
+        max_position_embeddings=context,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
