@@ -9,18 +9,23 @@ the same thing with one matmul per distinct adapter in the batch (at most ``max_
 except when there are fewer than two tokens per adapter: then vLLM's per-token way is
 faster and is kept (bench/results/cpu_lora_ops.md).
 
-They are drop-in replacements: same signatures, same result up to float summation order.
-Kept from vLLM's versions on purpose:
+They are drop-in replacements (same signatures, same result up to float summation order) with
+one deliberate difference, a fix:
 
-- An index picks ``lora_weights[index]`` with Python indexing, so the "no LoRA" index -1
-  reads the *last* slot, ``max_loras - 1``. That slot holds zeros while it is empty, but
-  once an adapter occupies it, vLLM's ops add that adapter's delta to no-LoRA tokens batched
-  with LoRA tokens. We reproduce this rather than fix it so that switching the plugin on
-  never changes an answer.
-- Weights and inputs are cast to the output tensor's dtype before the product; 4-D weights
-  ``[max_loras, 1, out, in]`` lose dim 1; a one-row input or index list broadcasts as
-  einsum does; the writes into the output (``scaling``, ``add_inputs``, ``bgmv_expand``'s
-  ``limit``/``common_len`` padding rule, slices) are vLLM's own lines.
+- vLLM marks a token that uses no adapter with index -1, and its CUDA kernels skip such
+  tokens. vLLM's CPU ops instead index ``lora_weights[-1]``, the *last* slot
+  (``max_loras - 1``): harmless while that slot is empty (zeros), but once an adapter
+  occupies it, every base-model token batched with adapter tokens gets that adapter's delta.
+  A base-model request must answer the same whatever else is in the batch, so here a
+  negative index contributes nothing: a shrink writes zeros for that token, an expand adds
+  nothing to it (with ``add_inputs=False`` it writes zeros, the token's LoRA output).
+  Callers lose nothing by it: they zero the shrink buffer first and only add the expand.
+
+Kept from vLLM's versions on purpose: weights and inputs are cast to the output tensor's
+dtype before the product; 4-D weights ``[max_loras, 1, out, in]`` lose dim 1; a one-row input
+or index list broadcasts as einsum does; the writes into the output (``scaling``,
+``add_inputs``, ``bgmv_expand``'s ``limit``/``common_len`` padding rule, slices) are vLLM's
+own lines.
 
 Installation: ``register()`` is a ``vllm.general_plugins`` entry point (pyproject.toml,
 ``openft_cpu_lora``). vLLM 0.32 calls ``load_general_plugins()`` in every process it runs
@@ -66,15 +71,15 @@ def _grouped_matmul(
     lora_indices: torch.Tensor,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """``out[t] = inputs[t] @ lora_weights[lora_indices[t]].T`` in ``dtype``: vLLM's
-    ``einsum("bi, boi -> bo", inputs, lora_weights[lora_indices])``, computed per adapter.
+    """``out[t] = inputs[t] @ lora_weights[lora_indices[t]].T`` in ``dtype``, and zeros where
+    ``lora_indices[t] < 0`` (no adapter): vLLM's ``einsum("bi, boi -> bo", inputs,
+    lora_weights[lora_indices])`` without its reading of -1 as the last slot.
 
     One adapter in the batch: one matmul, nothing copied. Several: tokens sorted by index
     (stable), one matmul per contiguous block, results put back in token order. When the
     adapters average fewer than ``_MIN_TOKENS_PER_ADAPTER`` tokens each (a decode step whose
     sequences all use different adapters), every token needs its own matrix anyway and the
     per-block overhead loses to vLLM's per-token gather, so that case keeps vLLM's einsum.
-    Indices are used as given: -1 reads the last slot, exactly as ``lora_weights[-1]`` does.
     """
     if lora_weights.dim() == 4:
         lora_weights = lora_weights.squeeze(dim=1)
@@ -82,19 +87,22 @@ def _grouped_matmul(
     inputs = inputs.to(dtype=dtype).expand(rows, -1)
     indices = lora_indices.expand(rows)
     distinct, counts = torch.unique(indices, return_counts=True)
-    if distinct.numel() <= 1:
-        index = int(distinct[0]) if distinct.numel() else 0
-        return inputs @ lora_weights[index].to(dtype=dtype).T
+    if distinct.numel() == 0 or int(distinct[-1]) < 0:
+        return inputs.new_zeros(rows, lora_weights.shape[1])
+    if distinct.numel() == 1:
+        return inputs @ lora_weights[int(distinct[0])].to(dtype=dtype).T
     if rows < _MIN_TOKENS_PER_ADAPTER * distinct.numel():
         # index_select copies rows several times faster than lora_weights[indices] does here,
-        # but takes no negative indices.
-        slots = torch.where(indices < 0, indices + lora_weights.shape[0], indices)
-        selected = torch.index_select(lora_weights, 0, slots).to(dtype=dtype)
-        return torch.einsum("bi, boi -> bo", inputs, selected)
+        # but takes no negative indices: no-adapter rows read slot 0 and are zeroed after.
+        no_adapter = indices < 0
+        selected = torch.index_select(lora_weights, 0, indices.clamp(min=0)).to(dtype=dtype)
+        outputs = torch.einsum("bi, boi -> bo", inputs, selected)
+        return outputs.masked_fill_(no_adapter.unsqueeze(1), 0)
     order = torch.argsort(indices, stable=True)
     blocks = torch.index_select(inputs, 0, order).split(counts.tolist())
     sorted_out = torch.cat(
-        [block @ lora_weights[index].to(dtype=dtype).T
+        [block.new_zeros(block.shape[0], lora_weights.shape[1]) if index < 0
+         else block @ lora_weights[index].to(dtype=dtype).T
          for index, block in zip(distinct.tolist(), blocks, strict=True)]
     )
     return torch.empty_like(sorted_out).index_copy_(0, order, sorted_out)

@@ -1,5 +1,6 @@
-"""serving.cpu_lora: the grouped ops equal vLLM's torch ops, and a real engine answers the same
-with the plugin on and off."""
+"""serving.cpu_lora: the grouped ops equal vLLM's torch ops except that a no-adapter token (index
+-1) gets no LoRA delta, and on a real engine a base-model request answers the same alone and
+batched with adapter requests, while adapter requests answer as with vLLM's ops."""
 
 from __future__ import annotations
 
@@ -47,11 +48,24 @@ def _assert_same(ours: torch.Tensor, theirs: torch.Tensor) -> None:
     torch.testing.assert_close(ours, theirs, **TOLERANCE[ours.dtype])
 
 
+def _has_no_adapter_index(args: tuple) -> bool:
+    return any(isinstance(a, torch.Tensor) and not a.is_floating_point() and bool((a < 0).any())
+               for a in args)
+
+
 def _run_both(name: str, output: torch.Tensor, *args) -> None:
-    """Run vLLM's op and ours on copies of ``output``; assert the results agree."""
+    """Run vLLM's op and ours on copies of ``output``; assert the results agree.
+
+    With a no-adapter index in the batch the reference is vLLM's op on the weights plus one
+    all-zero slot at the end: its ``weights[-1]`` then reads zeros, i.e. "no adapter adds
+    nothing", which is what ours must do whatever the real last slot holds."""
+    inputs, weights, *rest = args
+    reference_weights = weights
+    if _has_no_adapter_index(tuple(rest)):
+        reference_weights = torch.cat([weights, torch.zeros_like(weights[:1])])
     theirs, ours = output.clone(), output.clone()
-    getattr(vllm_ops, name)(args[0], args[1], theirs, *args[2:])
-    getattr(cpu_lora, name)(args[0], args[1], ours, *args[2:])
+    getattr(vllm_ops, name)(inputs, reference_weights, theirs, *rest)
+    getattr(cpu_lora, name)(inputs, weights, ours, *rest)
     _assert_same(ours, theirs)
 
 
@@ -63,9 +77,10 @@ def test_bgmv_shrink_matches_vllm(indices, dtype, four_d) -> None:
     idx = torch.tensor(indices)
     x = torch.randn(len(indices), HIDDEN, dtype=dtype)
     a = _weights(RANK, HIDDEN, dtype, four_d)
-    # punica_cpu's buffer is fp32 whatever the model dtype; test the model dtype too.
+    # punica_cpu's buffer is fp32 whatever the model dtype; test the model dtype too. Not
+    # zeros, so that a row the op must overwrite (with zeros for no-adapter tokens) shows.
     for out_dtype in {torch.float32, dtype}:
-        _run_both("bgmv_shrink", torch.zeros(len(indices), RANK, dtype=out_dtype),
+        _run_both("bgmv_shrink", torch.randn(len(indices), RANK, dtype=out_dtype),
                   x, a, idx, 0.5)
 
 
@@ -124,7 +139,7 @@ def test_sgmv_ops_match_vllm(batch, dtype, four_d, add_inputs) -> None:
     tokens = meta[-1]
     x = torch.randn(tokens, HIDDEN, dtype=dtype)
     buffer = torch.randn(tokens, RANK)
-    _run_both("sgmv_shrink", torch.zeros(tokens, RANK), x, _weights(RANK, HIDDEN, dtype, four_d),
+    _run_both("sgmv_shrink", torch.randn(tokens, RANK), x, _weights(RANK, HIDDEN, dtype, four_d),
               *meta, 2.0)
     _run_both("sgmv_expand", torch.randn(tokens, HIDDEN, dtype=dtype), buffer,
               _weights(HIDDEN, RANK, dtype, four_d), *meta, add_inputs)
@@ -132,16 +147,23 @@ def test_sgmv_ops_match_vllm(batch, dtype, four_d, add_inputs) -> None:
               _weights(32, RANK, dtype, four_d), *meta, 32, 32, add_inputs)
 
 
-def test_no_adapter_index_reads_the_last_slot_as_vllm_does() -> None:
-    """Index -1 is Python indexing into the weights, i.e. slot ``max_loras - 1``: a no-adapter
-    token gets that slot's delta (zero only while the slot is empty). Kept to stay drop-in."""
+@pytest.mark.parametrize("add_inputs", [True, False])
+def test_no_adapter_tokens_get_no_delta_where_vllm_adds_the_last_slots(add_inputs) -> None:
+    """vLLM's CPU ops read index -1 as ``weights[-1]``, the last slot: a no-adapter token gets
+    that slot's adapter. Ours leave it alone; adapter tokens in the same batch are unchanged."""
     torch.manual_seed(0)
-    x = torch.randn(1, HIDDEN).expand(2, -1)  # one token, twice
-    a = _weights(RANK, HIDDEN, torch.float32, True)
-    y = torch.zeros(2, RANK)
-    cpu_lora.bgmv_shrink(x, a, y, torch.tensor([-1, SLOTS - 1]), 1.0)
-    _assert_same(y[0], y[1])
-    assert y.abs().sum() > 0
+    indices = torch.tensor([-1, SLOTS - 1, 0])
+    buffer = torch.randn(3, RANK)
+    b = _weights(HIDDEN, RANK, torch.float32, True)
+    y = torch.randn(3, HIDDEN)
+    theirs, ours = y.clone(), y.clone()
+    vllm_ops.bgmv_expand(buffer, b, theirs, indices, add_inputs)
+    cpu_lora.bgmv_expand(buffer, b, ours, indices, add_inputs)
+
+    no_adapter_row = y[0] if add_inputs else torch.zeros(HIDDEN)
+    _assert_same(ours[0], no_adapter_row)
+    assert not torch.allclose(theirs[0], no_adapter_row)
+    _assert_same(ours[1:], theirs[1:])
 
 
 # --- a real engine, plugin on and off -------------------------------------------------------
@@ -158,12 +180,10 @@ if __name__ == "__main__":
     from vllm.lora.request import LoRARequest
 
     model, adapters = sys.argv[1], sys.argv[2:]
-    # One slot more than adapters: the last slot stays empty, so the no-adapter index -1
-    # (which reads the last slot, see serving.cpu_lora) adds nothing. With it occupied, base
-    # requests would get whichever adapter landed there, and slot order follows a set of
-    # LoRARequests hashed by name, i.e. it changes with PYTHONHASHSEED from run to run.
+    # As many slots as adapters: every slot, the last one too, holds an adapter, which is
+    # where vLLM's CPU ops read the no-adapter index -1 (see serving.cpu_lora).
     llm = LLM(model=model, dtype="float32", enable_lora=True, max_lora_rank=8,
-              max_loras=len(adapters) + 1, max_model_len=256, block_size=32,
+              max_loras=len(adapters), max_model_len=256, block_size=32,
               kv_cache_memory_bytes=256 * 2**20, enforce_eager=True, seed=0)
     prompts = ["What is the capital of France?", "Hello! How can I help you today?",
                "Extract the name, age and city as JSON.", "The quick brown fox"]
@@ -198,7 +218,7 @@ def _engine_run(tmp: Path, model: Path, adapters: list[Path], plugins: str | Non
 
 
 @pytest.mark.slow
-def test_engine_answers_the_same_with_and_without_the_plugin(
+def test_base_requests_answer_the_same_whatever_the_batch_and_adapters_as_with_vllm_ops(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     adapters = [build_lora_adapter(tiny_model_dir, tmp_path / f"a{seed}", seed=seed)
@@ -211,9 +231,13 @@ def test_engine_answers_the_same_with_and_without_the_plugin(
     assert all(pid != on["driver_pid"] for pid, _ in on["engine"])
     assert [module for _, module in off["engine"]] == ["vllm.lora.ops.torch_ops.lora_ops"]
 
-    assert on["tokens"] == off["tokens"]
-    # Base requests batched with adapter requests answer as they do alone ...
-    per_prompt = [on["tokens"][i : i + 3] for i in range(0, len(on["tokens"]), 3)]
-    assert [base for base, _, _ in per_prompt] == on["base_alone"] == off["base_alone"]
-    # ... and the adapters are really applied: base, a1 and a2 answer differently.
-    assert all(len({tuple(t) for t in answers}) == 3 for answers in per_prompt)
+    # Per prompt: (base, a1, a2), all submitted in one batch.
+    on_batched = [on["tokens"][i : i + 3] for i in range(0, len(on["tokens"]), 3)]
+    off_batched = [off["tokens"][i : i + 3] for i in range(0, len(off["tokens"]), 3)]
+    # A base request batched with adapter requests answers as it does alone ...
+    assert [base for base, _, _ in on_batched] == on["base_alone"] == off["base_alone"]
+    # ... which vLLM's own CPU ops get wrong once the last slot holds an adapter.
+    assert [base for base, _, _ in off_batched] != off["base_alone"]
+    # Adapter requests answer as with vLLM's ops, and the adapters are really applied.
+    assert [adapted for _, *adapted in on_batched] == [adapted for _, *adapted in off_batched]
+    assert all(len({tuple(t) for t in answers}) == 3 for answers in on_batched)
