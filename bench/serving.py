@@ -66,6 +66,11 @@ MAX_LORA_RANK = 16
 MAX_ADAPTERS = 16
 """``max_adapters_per_replica``: serving gives vLLM ``max_loras`` = ``max_cpu_loras`` = this."""
 BLOCK_SIZE = 32
+STOCK_VLLM_PLUGINS = "lora_filesystem_resolver,lora_hf_hub_resolver"
+"""vLLM's own ``vllm.general_plugins`` (its dist-info entry points): the peer runs with these."""
+SYSTEMS = {"openft": "openft (Ray Serve LLM + vLLM + openft CPU LoRA ops)",
+           "vllm": "vLLM OpenAI server (stock)",
+           "vllm+ops": "vLLM OpenAI server + openft CPU LoRA ops"}
 
 TOPICS = ("the sea", "mountains", "bread", "trains", "winter", "bees", "libraries", "rain",
           "chess", "volcanoes", "gardens", "the moon", "bicycles", "coffee", "owls", "bridges")
@@ -294,8 +299,12 @@ def openft_stack(data_dir: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
 
 
 @contextmanager
-def vllm_server(base_dir: Path, model: str, log_dir: Path) -> Iterator[str]:
-    """vLLM's own OpenAI server with serving's engine settings; stopped by process group."""
+def vllm_server(base_dir: Path, model: str, log_dir: Path, openft_ops: bool) -> Iterator[str]:
+    """vLLM's own OpenAI server with serving's engine settings; stopped by process group.
+
+    ``openft_ops`` False is stock vLLM: ``VLLM_PLUGINS`` names only vLLM's own plugins, so
+    openft's CPU LoRA ops (``serving.cpu_lora``, installed in this venv) stay out.
+    """
     from service.processes import free_port, http_ok, start, wait_until
 
     port = free_port()
@@ -309,6 +318,8 @@ def vllm_server(base_dir: Path, model: str, log_dir: Path) -> Iterator[str]:
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(KV_CACHE_GIB),
                VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1")
+    if not openft_ops:
+        env["VLLM_PLUGINS"] = STOCK_VLLM_PLUGINS
     started = time.monotonic()
     proc = start("vllm", argv, log_dir, env)
     try:
@@ -382,10 +393,12 @@ def run_bench(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         names = [f"{args.model}:{a.name}" for a in adapters]
         loads = sweep("openft", serving_url, "unused", args.model, names, args)
     result["others_busy_between"] = others_busy()
-    with vllm_server(base_dir, args.model, data_dir / "logs") as vllm_url:
-        for a in adapters:
-            load_lora(vllm_url, a.name, a)
-        loads += sweep("vllm", vllm_url, "unused", args.model, [a.name for a in adapters], args)
+    for system, openft_ops in (("vllm", False), ("vllm+ops", True)):
+        with vllm_server(base_dir, args.model, data_dir / "logs", openft_ops) as vllm_url:
+            for a in adapters:
+                load_lora(vllm_url, a.name, a)
+            loads += sweep(system, vllm_url, "unused", args.model, [a.name for a in adapters],
+                           args)
     result["others_busy_at_end"] = others_busy()
     result["loads"] = [asdict(x) | {"tokens_per_s": round(x.tokens_per_s, 2),
                                     "requests_per_s": round(x.requests_per_s, 3)}
@@ -406,9 +419,8 @@ def tables(result: dict[str, Any]) -> str:
     lines = ["| system | adapters | requests | completion tokens | seconds | tokens/s | "
              "requests/s | ratio vs its own base |", "|---|---|---|---|---|---|---|---|"]
     for r in result["loads"]:
-        system = "openft (Ray Serve LLM + vLLM)" if r["system"] == "openft" else \
-            "vLLM OpenAI server"
-        lines.append(f"| {system} | {r['adapters'] or 'none (base)'} | {r['requests']} | "
+        lines.append(f"| {SYSTEMS[r['system']]} | {r['adapters'] or 'none (base)'} | "
+                     f"{r['requests']} | "
                      f"{r['completion_tokens']} | {r['seconds']} | {r['tokens_per_s']:.1f} | "
                      f"{r['requests_per_s']:.2f} | {r['ratio_vs_base']:.2f} |")
     a = result["first_token"]
@@ -456,7 +468,9 @@ Settings. Model {s['model']} (converted by `training.base_model`, bf16), the sam
 both systems. Engine: max_model_len {s['max_model_len']}, KV cache {s['kv_cache_gib']} GiB
 (`kv_cache_memory_bytes` in serving, `VLLM_CPU_KVCACHE_SPACE` for the peer), block size
 {s['block_size']}, eager, `max_lora_rank` {s['max_lora_rank']}, `max_loras` {s['max_loras']},
-`max_cpu_loras` {s['max_cpu_loras']} (serving's defaults, given to the peer too).
+`max_cpu_loras` {s['max_cpu_loras']} (serving's defaults, given to the peer too). The
+peer is stock vLLM (`VLLM_PLUGINS={STOCK_VLLM_PLUGINS}`); the third system is the same
+server with openft's CPU LoRA ops (`serving/cpu_lora.py`), which openft's replicas load.
 Load: {s['requests']} chat requests per row, {s['concurrency']} at a time,
 {s['prompts']} distinct short prompts, `max_tokens` {s['max_tokens']}, temperature 0,
 `ignore_eos` (every request makes exactly
