@@ -1,17 +1,20 @@
-"""vLLM's CPU multi-LoRA ops against serving/cpu_lora.py's grouped ones, one decoder layer::
+"""vLLM's CPU multi-LoRA ops against serving/cpu_lora.py's, one decoder layer::
 
-    nice .venv/bin/python -m bench.cpu_lora_ops        # ~30 s on 2 CPUs
+    nice .venv/bin/python -m bench.cpu_lora_ops        # ~1 min on 2 CPUs
 
 Shapes are SmolLM2-135M's (hidden 576, intermediate 1536, 9 query and 3 KV heads of 64) with
-rank-16 LoRA on every linear layer, bf16 weights and punica's fp32 buffer, called the way
-``PunicaWrapperCPU.add_lora_linear`` calls them in vLLM 0.32's V1 engine (always the sgmv
-ops): per layer 7 shrinks and 7 expand-slices (q, k, v, o, gate, up, down). Batches: decode
-(16 sequences of 1 token) and prefill (16 sequences of 32 tokens, 512 tokens), their
-sequences spread round-robin over 1, 4 or 16 adapters (16 LoRA slots). For scale, the last
-columns time the layer's base linear layers (the 7 bf16 matmuls) on the same tokens.
-Reported: best ms over repeats, the three interleaved; 1 torch thread unless ``--threads``
-(vLLM's worker uses all cores, but 2-thread timings swing widely while anything else runs).
-The table goes to stdout and bench/results/cpu_lora_ops.md.
+rank-16 LoRA on every linear layer, bf16 or fp32 weights. The ops are reached the way a Llama
+layer reaches them in vLLM 0.32's V1 engine: through ``PunicaWrapperCPU`` after
+``update_metadata`` with ``is_prefill=True`` (V1 always takes the sgmv ops), calling
+``add_lora_linear`` for qkv (3 slices) and gate_up (2), ``add_shrink`` + ``add_expand`` for o
+and down (RowParallelLinearWithLoRA): 7 shrinks and 7 expand-slices per layer. The two
+implementations are swapped by rebinding the op names in ``punica_cpu``, as the plugin does.
+Batches: decode (16 sequences of 1 token) and prefill (16 sequences of 32 tokens), their
+sequences spread round-robin over 1, 4 or 16 adapters (16 LoRA slots). For scale, "base" times
+the layer's 7 base linear layers on the same tokens. Reported: best ms over repeats, the three
+interleaved; 1 torch thread unless ``--threads`` (vLLM's worker uses all cores, but 2-thread
+timings swing widely while anything else runs). The table goes to stdout and
+bench/results/cpu_lora_ops.md.
 """
 
 from __future__ import annotations
@@ -20,54 +23,84 @@ import argparse
 import datetime as dt
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from types import ModuleType
 
 import torch
+from vllm.lora.layers import LoRAMapping
 from vllm.lora.ops import torch_ops as vllm_ops
+from vllm.lora.punica_wrapper import punica_cpu
+from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 from bench.json_extraction import code_version, machine
 from serving import cpu_lora
 
 RESULTS = Path(__file__).parent / "results" / "cpu_lora_ops.md"
 HIDDEN, INTERMEDIATE, KV, RANK, SLOTS = 576, 1536, 192, 16, 16
-# (input width, output width) of each LoRA'd projection in one decoder layer
-PROJECTIONS = {"q": (HIDDEN, HIDDEN), "k": (HIDDEN, KV), "v": (HIDDEN, KV), "o": (HIDDEN, HIDDEN),
-               "gate": (HIDDEN, INTERMEDIATE), "up": (HIDDEN, INTERMEDIATE),
-               "down": (INTERMEDIATE, HIDDEN)}
+# (input width, output widths of the slices) of each LoRA'd layer in one decoder layer
+LAYERS = {"qkv": (HIDDEN, (HIDDEN, KV, KV)), "o": (HIDDEN, (HIDDEN,)),
+          "gate_up": (HIDDEN, (INTERMEDIATE, INTERMEDIATE)), "down": (INTERMEDIATE, (HIDDEN,))}
+ROW_PARALLEL = {"o", "down"}
 BATCHES = {"decode": (16, 1), "prefill": (16, 32)}  # sequences, tokens per sequence
 ADAPTERS = (1, 4, 16)
-DTYPE = torch.bfloat16
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+OPS = {"vllm": vllm_ops, "ours": cpu_lora}
 
 
-def layer_step(seqs: int, seq_len: int, adapters: int) -> Callable[[ModuleType], None]:
-    """One decoder layer's LoRA calls for a batch; run it with vLLM's ops module or ours."""
+@contextmanager
+def punica_ops(ops: ModuleType) -> Iterator[None]:
+    """``PunicaWrapperCPU`` calls ``ops``' functions inside the block."""
+    saved = {name: getattr(punica_cpu, name) for name in cpu_lora._PATCHED_NAMES}
+    for name in saved:
+        setattr(punica_cpu, name, getattr(ops, name))
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(punica_cpu, name, fn)
+
+
+def layer_step(seqs: int, seq_len: int, adapters: int, dtype: torch.dtype) -> Callable[[], None]:
+    """One decoder layer's LoRA calls for a batch, as vLLM's LoRA layers make them."""
     tokens = seqs * seq_len
-    lens = torch.full((seqs,), seq_len)
-    meta = (torch.arange(seqs) * seq_len, lens, torch.arange(seqs) % adapters, seqs, seq_len,
-            tokens)
-    weights = {name: (torch.randn(SLOTS, 1, RANK, inp, dtype=DTYPE) / inp**0.5,
-                      torch.randn(SLOTS, 1, out, RANK, dtype=DTYPE) / RANK**0.5)
-               for name, (inp, out) in PROJECTIONS.items()}
-    inputs = {width: torch.randn(tokens, width, dtype=DTYPE) for width in (HIDDEN, INTERMEDIATE)}
+    lora_ids = [1 + seq % adapters for seq in range(seqs) for _ in range(seq_len)]
+    punica = PunicaWrapperCPU(tokens, seqs, device="cpu")
+    punica.update_metadata(LoRAMapping(lora_ids, lora_ids, is_prefill=True),
+                           list(range(1, SLOTS + 1)), SLOTS, vocab_size=49152)
+    weights = {name: (tuple(torch.randn(SLOTS, 1, RANK, inp, dtype=dtype) / inp**0.5
+                            for _ in outs),
+                      tuple(torch.randn(SLOTS, 1, out, RANK, dtype=dtype) / RANK**0.5
+                            for out in outs))
+               for name, (inp, outs) in LAYERS.items()}
+    inputs = {width: torch.randn(tokens, width, dtype=dtype) for width in (HIDDEN, INTERMEDIATE)}
 
-    def step(ops: ModuleType) -> None:
-        for name, (inp, out) in PROJECTIONS.items():
+    def step() -> None:
+        for name, (inp, outs) in LAYERS.items():
             a, b = weights[name]
-            buffer = torch.zeros(tokens, RANK)
-            y = torch.zeros(tokens, out, dtype=DTYPE)
-            ops.sgmv_shrink(inputs[inp], a, buffer, *meta, 1.0)
-            ops.sgmv_expand_slice(buffer, b, y, *meta, 0, out, True)
+            y = torch.zeros(tokens, sum(outs), dtype=dtype)
+            if name in ROW_PARALLEL:
+                buffer = torch.zeros(len(outs), tokens, RANK)
+                punica.add_shrink(buffer, inputs[inp], a, 1.0)
+                punica.add_expand(y, buffer, b, outs, offset_start=0, add_input=True)
+            else:
+                punica.add_lora_linear(y, inputs[inp], a, b, 1.0, outs)
 
     return step
 
 
-def base_step(tokens: int) -> Callable[[], None]:
-    """The same layer's base linear layers, for scale."""
-    weights = [torch.randn(out, inp, dtype=DTYPE) for inp, out in PROJECTIONS.values()]
-    inputs = {width: torch.randn(tokens, width, dtype=DTYPE) for width in (HIDDEN, INTERMEDIATE)}
+def with_ops(ops: ModuleType, step: Callable[[], None]) -> None:
+    with punica_ops(ops):
+        step()
+
+
+def base_step(tokens: int, dtype: torch.dtype) -> Callable[[], None]:
+    """The same layer's base linear layers (7 matmuls), for scale."""
+    weights = [torch.randn(out, inp, dtype=dtype)
+               for inp, outs in LAYERS.values() for out in outs]
+    inputs = {width: torch.randn(tokens, width, dtype=dtype) for width in (HIDDEN, INTERMEDIATE)}
 
     def step() -> None:
         for w in weights:
@@ -93,12 +126,15 @@ def best_ms(fns: dict[str, Callable[[], None]], budget_s: float) -> dict[str, fl
 def run(budget_s: float) -> list[dict[str, float | int | str]]:
     torch.manual_seed(0)
     rows: list[dict[str, float | int | str]] = []
-    for batch, (seqs, seq_len) in BATCHES.items():
-        for adapters in ADAPTERS:
-            step = layer_step(seqs, seq_len, adapters)
-            ms = best_ms({"vllm_ms": partial(step, vllm_ops), "ours_ms": partial(step, cpu_lora),
-                          "base_ms": base_step(seqs * seq_len)}, budget_s)
-            rows.append({"batch": batch, "tokens": seqs * seq_len, "adapters": adapters, **ms})
+    for dtype_name, dtype in DTYPES.items():
+        for batch, (seqs, seq_len) in BATCHES.items():
+            for adapters in ADAPTERS:
+                step = layer_step(seqs, seq_len, adapters, dtype)
+                ms = best_ms({f"{name}_ms": partial(with_ops, ops, step)
+                              for name, ops in OPS.items()}
+                             | {"base_ms": base_step(seqs * seq_len, dtype)}, budget_s)
+                rows.append({"dtype": dtype_name, "batch": batch, "tokens": seqs * seq_len,
+                             "adapters": adapters, **ms})
     return rows
 
 
@@ -110,19 +146,21 @@ def report(rows: list[dict[str, float | int | str]]) -> str:
         f" {machine()}, torch {torch.__version__} with {torch.get_num_threads()} threads, "
         f"load average {os.getloadavg()[0]:.2f} at the end; code at {code_version()}.",
         "",
-        "SmolLM2-135M shapes, rank-16 LoRA on q, k, v, o, gate, up, down (bf16, fp32 buffer);"
-        " per layer 7 `sgmv_shrink` + 7 `sgmv_expand_slice`, as vLLM 0.32's V1 engine calls"
-        " them. Best ms per layer over interleaved repeats; \"base\" is the layer's 7 base matmuls"
-        " on the same tokens.",
+        "SmolLM2-135M shapes, rank-16 LoRA on q, k, v, o, gate, up, down (fp32 shrink buffer);"
+        " per layer `PunicaWrapperCPU.add_lora_linear` for qkv and gate_up, `add_shrink` +"
+        " `add_expand` for o and down, i.e. 7 `sgmv_shrink` + 7 `sgmv_expand_slice`, as vLLM"
+        " 0.32's V1 engine calls them, with vLLM's ops or ours bound in `punica_cpu`. Best ms"
+        " per layer over interleaved repeats; \"base\" is the layer's 7 base matmuls on the"
+        " same tokens.",
         "",
-        "| batch | tokens | adapters | vLLM ops ms | grouped ops ms | speed-up "
-        "| base linears ms | LoRA/base, vLLM | LoRA/base, grouped |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| dtype | batch | tokens | adapters | vLLM ops ms | our ops ms | speed-up "
+        "| base linears ms | LoRA/base, vLLM | LoRA/base, ours |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         v, o, b = float(r["vllm_ms"]), float(r["ours_ms"]), float(r["base_ms"])
-        lines.append(f"| {r['batch']} | {r['tokens']} | {r['adapters']} | {v:.2f} | {o:.2f} "
-                     f"| {v / o:.1f}x | {b:.2f} | {v / b:.2f} | {o / b:.2f} |")
+        lines.append(f"| {r['dtype']} | {r['batch']} | {r['tokens']} | {r['adapters']} "
+                     f"| {v:.2f} | {o:.2f} | {v / o:.1f}x | {b:.2f} | {v / b:.2f} | {o / b:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -130,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("::")[0])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: steadier on a shared machine)")
-    parser.add_argument("--budget-s", type=float, default=2.0, help="timing per table row")
+    parser.add_argument("--budget-s", type=float, default=1.5, help="timing per table row")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     text = report(run(args.budget_s))

@@ -6,8 +6,10 @@ adapter matrix for every token (512 prefill tokens x rank 16 x hidden 576 is 19 
 per op, per layer), then an einsum token by token; with adapters, vLLM on CPU keeps only
 about 0.3x of the base model's throughput (bench/results/serving.md). The ops here compute
 the same thing with one matmul per distinct adapter in the batch (at most ``max_loras``),
-except when there are fewer than two tokens per adapter: then vLLM's per-token way is
-faster and is kept (bench/results/cpu_lora_ops.md).
+except when there are fewer than two tokens per adapter (decode): then each token gets its
+own matrix as in vLLM, but gathered with ``index_select``, multiplied row-vector-by-matrix,
+and without expanding or sorting indices punica already gives one per token; that is ~1.5x
+faster than vLLM's per-token einsum (bench/results/cpu_lora_ops.md).
 
 They are drop-in replacements (same signatures, same result up to float summation order) with
 one deliberate difference, a fix:
@@ -79,7 +81,7 @@ def _grouped_matmul(
     (stable), one matmul per contiguous block, results put back in token order. When the
     adapters average fewer than ``_MIN_TOKENS_PER_ADAPTER`` tokens each (a decode step whose
     sequences all use different adapters), every token needs its own matrix anyway and the
-    per-block overhead loses to vLLM's per-token gather, so that case keeps vLLM's einsum.
+    per-block overhead loses to a per-token gather (``_per_token_matmul``).
     """
     if lora_weights.dim() == 4:
         lora_weights = lora_weights.squeeze(dim=1)
@@ -92,12 +94,7 @@ def _grouped_matmul(
     if distinct.numel() == 1:
         return inputs @ lora_weights[int(distinct[0])].to(dtype=dtype).T
     if rows < _MIN_TOKENS_PER_ADAPTER * distinct.numel():
-        # index_select copies rows several times faster than lora_weights[indices] does here,
-        # but takes no negative indices: no-adapter rows read slot 0 and are zeroed after.
-        no_adapter = indices < 0
-        selected = torch.index_select(lora_weights, 0, indices.clamp(min=0)).to(dtype=dtype)
-        outputs = torch.einsum("bi, boi -> bo", inputs, selected)
-        return outputs.masked_fill_(no_adapter.unsqueeze(1), 0)
+        return _per_token_matmul(inputs, lora_weights, indices, dtype)
     order = torch.argsort(indices, stable=True)
     blocks = torch.index_select(inputs, 0, order).split(counts.tolist())
     sorted_out = torch.cat(
@@ -106,6 +103,76 @@ def _grouped_matmul(
          for index, block in zip(distinct.tolist(), blocks, strict=True)]
     )
     return torch.empty_like(sorted_out).index_copy_(0, order, sorted_out)
+
+
+def _per_token_matmul(
+    inputs: torch.Tensor,
+    lora_weights: torch.Tensor,
+    indices: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``_grouped_matmul`` for inputs and indices of equal length, one weight matrix per token.
+
+    index_select copies rows several times faster than ``lora_weights[indices]`` does, but
+    takes no negative indices: no-adapter rows read slot 0 and are zeroed after. A batch of
+    row-vector-times-matrix products runs 2-3x faster than einsum's matrix-times-column one
+    (bench/cpu_lora_ops.py, decode rows).
+    """
+    if lora_weights.dim() == 4:
+        lora_weights = lora_weights.squeeze(dim=1)
+    selected = torch.index_select(lora_weights, 0, indices.clamp(min=0)).to(dtype=dtype)
+    outputs = torch.matmul(inputs.to(dtype=dtype).unsqueeze(1), selected.transpose(1, 2))
+    return outputs.squeeze(1).masked_fill_((indices < 0).unsqueeze(1), 0)
+
+
+def _token_matmul(
+    inputs: torch.Tensor,
+    lora_weights: torch.Tensor,
+    seq_lens: torch.Tensor,
+    seq_indices: torch.Tensor,
+    segments: int,
+    tokens: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``_grouped_matmul`` for the sgmv ops' per-sequence indices. punica merges consecutive
+    tokens with the same index into one segment, so ``segments == tokens`` (a decode step
+    whose neighbours all use different adapters) means one token per index: no expanding,
+    and no sorting to find that every token needs its own matrix."""
+    if segments == tokens and inputs.shape[0] == tokens:
+        return _per_token_matmul(inputs, lora_weights, seq_indices, dtype)
+    indices = torch.repeat_interleave(seq_indices, seq_lens)
+    return _grouped_matmul(inputs, lora_weights, indices, dtype)
+
+
+def _write_shrink(outputs: torch.Tensor, output_tensor: torch.Tensor, scaling: float) -> None:
+    output_tensor[:, : outputs.shape[1]] = scaling * outputs[:]
+
+
+def _write_expand(outputs: torch.Tensor, output_tensor: torch.Tensor, add_inputs: bool) -> None:
+    limit = output_tensor.shape[0]
+    if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
+        limit = 1
+
+    # LoRA adapter and model may add different amounts of padding to output
+    common_len = min(outputs.shape[1], output_tensor.shape[1])
+
+    if add_inputs:
+        output_tensor[:, :common_len] += outputs[:limit, :common_len]
+    else:
+        output_tensor[:, :common_len] = outputs[:limit, :common_len]
+
+
+def _write_expand_slice(
+    outputs: torch.Tensor,
+    output_tensor: torch.Tensor,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool,
+) -> None:
+    if add_inputs:
+        output_tensor[:, slice_offset : slice_offset + slice_size] += outputs[:]
+    else:
+        output_tensor[:, slice_offset : slice_offset + slice_size] = outputs[:]
 
 
 def bgmv_shrink(
@@ -117,7 +184,7 @@ def bgmv_shrink(
 ) -> None:
     """``output[:, :rank] = scaling * inputs @ A[idx].T`` per token (vLLM's ``bgmv_shrink``)."""
     outputs = _grouped_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    output_tensor[:, : outputs.shape[1]] = scaling * outputs[:]
+    _write_shrink(outputs, output_tensor, scaling)
 
 
 def bgmv_expand(
@@ -130,18 +197,7 @@ def bgmv_expand(
     """``output (+)= inputs @ B[idx].T`` per token, over the columns both have
     (vLLM's ``bgmv_expand``)."""
     outputs = _grouped_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-
-    limit = output_tensor.shape[0]
-    if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
-        limit = 1
-
-    # LoRA adapter and model may add different amounts of padding to output
-    common_len = min(outputs.shape[1], output_tensor.shape[1])
-
-    if add_inputs:
-        output_tensor[:, :common_len] += outputs[:limit, :common_len]
-    else:
-        output_tensor[:, :common_len] = outputs[:limit, :common_len]
+    _write_expand(outputs, output_tensor, add_inputs)
 
 
 def bgmv_expand_slice(
@@ -156,15 +212,12 @@ def bgmv_expand_slice(
     """``output[:, offset:offset+size] (+)= inputs @ B[idx].T`` per token (vLLM's
     ``bgmv_expand_slice``)."""
     outputs = _grouped_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-
-    if add_inputs:
-        output_tensor[:, slice_offset : slice_offset + slice_size] += outputs[:]
-    else:
-        output_tensor[:, slice_offset : slice_offset + slice_size] = outputs[:]
+    _write_expand_slice(outputs, output_tensor, slice_offset, slice_size, add_inputs)
 
 
-# The sgmv variants take one index per sequence; like vLLM's, they expand it to one per
-# token and reuse the bgmv op. b_seq_start_loc, batches, max_seq_length and token_nums are
+# The sgmv variants take one index per sequence (per segment of consecutive tokens with the
+# same index); vLLM's expand it to one per token and reuse the bgmv op, ours skip that where
+# every segment is one token (see _token_matmul). b_seq_start_loc and max_seq_length are
 # unused, as in vLLM's torch ops.
 
 
@@ -181,8 +234,9 @@ def sgmv_shrink(
     scaling: float,
 ) -> None:
     """vLLM's ``sgmv_shrink``: ``bgmv_shrink`` with per-sequence indices."""
-    exploded_indices = torch.repeat_interleave(lora_indices_tensor, seq_len_tensor)
-    bgmv_shrink(inputs, lora_a_weights, output_tensor, exploded_indices, scaling)
+    outputs = _token_matmul(inputs, lora_a_weights, seq_len_tensor, lora_indices_tensor,
+                            batches, token_nums, output_tensor.dtype)
+    _write_shrink(outputs, output_tensor, scaling)
 
 
 def sgmv_expand(
@@ -198,8 +252,9 @@ def sgmv_expand(
     add_inputs: bool = False,
 ) -> None:
     """vLLM's ``sgmv_expand``: ``bgmv_expand`` with per-sequence indices."""
-    exploded_indices = torch.repeat_interleave(lora_indices_tensor, seq_len_tensor)
-    bgmv_expand(inputs, lora_b_weights, output_tensor, exploded_indices, add_inputs)
+    outputs = _token_matmul(inputs, lora_b_weights, seq_len_tensor, lora_indices_tensor,
+                            batches, token_nums, output_tensor.dtype)
+    _write_expand(outputs, output_tensor, add_inputs)
 
 
 def sgmv_expand_slice(
@@ -217,11 +272,9 @@ def sgmv_expand_slice(
     add_inputs: bool = False,
 ) -> None:
     """vLLM's ``sgmv_expand_slice``: ``bgmv_expand_slice`` with per-sequence indices."""
-    exploded_indices = torch.repeat_interleave(lora_indices_tensor, seq_len_tensor)
-    bgmv_expand_slice(
-        inputs, lora_b_weights, output_tensor, exploded_indices, slice_offset, slice_size,
-        add_inputs,
-    )
+    outputs = _token_matmul(inputs, lora_b_weights, seq_len_tensor, lora_indices_tensor,
+                            batches, token_nums, output_tensor.dtype)
+    _write_expand_slice(outputs, output_tensor, slice_offset, slice_size, add_inputs)
 
 
 def register() -> None:

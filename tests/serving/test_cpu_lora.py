@@ -31,6 +31,8 @@ INDEX_BATCHES = {
 SEQUENCE_BATCHES = {
     "one adapter": ([5, 2], [1, 1]),
     "mixed, with no-adapter sequences": ([3, 1, 4, 2, 6], [1, -1, 1, 3, 0]),
+    "one token per sequence": ([1, 1, 1, 1], [2, 0, 3, 1]),  # decode: the per-token path
+    "one token per sequence, with no-adapter ones": ([1, 1, 1, 1, 1], [2, -1, 0, 3, -1]),
 }
 DTYPES = [torch.float32, torch.bfloat16]
 TOLERANCE = {torch.float32: {"rtol": 1e-5, "atol": 1e-5},
