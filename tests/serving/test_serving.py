@@ -42,6 +42,9 @@ def serving_url(s3_server, ray_head, tiny_model_dir, adapter_key) -> Iterator[st
         "base_models": [{"id": BASE_ID, "path": str(tiny_model_dir)}],
         "s3_bucket": s3_server.bucket,
         "app_name": APP_NAME,
+        # Two slots for the two adapters of this module: the last slot gets occupied, which
+        # is what test_base_answers_are_unchanged_when_batched_with_adapters needs.
+        "max_adapters_per_replica": 2,
         "ready_timeout_s": 420,
     }
     with deployed(config, ray_head, s3_server) as url:
@@ -65,8 +68,14 @@ def test_models_lists_the_base_model(client: OpenAI) -> None:
     assert BASE_ID in {m.id for m in client.models.list().data}
 
 
-def test_base_model_answers_a_chat(client: OpenAI) -> None:
-    assert _chat(client, BASE_ID).strip()
+@pytest.fixture(scope="module")
+def base_answer(client: OpenAI) -> str:
+    """The base model's answer before any adapter took a slot (first test of the module)."""
+    return _chat(client, BASE_ID)
+
+
+def test_base_model_answers_a_chat(base_answer: str) -> None:
+    assert base_answer.strip()
 
 
 def test_adapter_is_loaded_from_s3_on_first_use_and_changes_the_answer(
@@ -91,6 +100,26 @@ def test_concurrent_first_requests_for_an_adapter_all_succeed(
     assert len(set(answers)) == 1
     assert answers[0].strip()
     assert answers[0] != _chat(client, BASE_ID)
+
+
+def test_base_answers_are_unchanged_when_adapters_fill_every_slot(
+    client: OpenAI, base_answer: str, adapter_key: str, second_adapter_key: str
+) -> None:
+    """Base answers stay the base model's once adapters take every slot, alone or batched.
+
+    Stock vLLM on CPU reads the "no adapter" index -1 as the last adapter slot and gives base
+    requests that adapter's answers; openft's CPU LoRA ops (``serving.cpu_lora``) do not.
+    """
+    models = [BASE_ID, f"{BASE_ID}:{adapter_key}", f"{BASE_ID}:{second_adapter_key}"]
+    alone = {m: _chat(client, m) for m in models}  # both adapters loaded: both slots taken
+    assert alone[BASE_ID] == base_answer
+    assert len(set(alone.values())) == 3
+
+    mixed = [m for _ in range(4) for m in models]
+    with ThreadPoolExecutor(max_workers=len(mixed)) as pool:
+        answers = list(pool.map(lambda m: _chat(client, m), mixed))
+
+    assert answers == [alone[m] for m in mixed]
 
 
 def test_chat_streams_several_chunks(client: OpenAI, adapter_key: str) -> None:
