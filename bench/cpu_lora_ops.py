@@ -7,11 +7,12 @@ rank-16 LoRA on every linear layer, bf16 or fp32 weights. The ops are reached th
 layer reaches them in vLLM 0.32's V1 engine: through ``PunicaWrapperCPU`` after
 ``update_metadata`` with ``is_prefill=True`` (V1 always takes the sgmv ops), calling
 ``add_lora_linear`` for qkv (3 slices) and gate_up (2), ``add_shrink`` + ``add_expand`` for o
-and down (RowParallelLinearWithLoRA): 7 shrinks and 7 expand-slices per layer. The two
-implementations are swapped by rebinding the op names in ``punica_cpu``, as the plugin does.
+and down (RowParallelLinearWithLoRA): 7 shrinks and 7 expand-slices per layer. The three
+implementations: vLLM's wrapper and ops; vLLM's wrapper with our ops rebound in
+``punica_cpu``; our ``GroupedPunicaWrapperCPU`` (what the plugin installs).
 Batches: decode (16 sequences of 1 token) and prefill (16 sequences of 32 tokens), their
 sequences spread round-robin over 1, 4 or 16 adapters (16 LoRA slots). For scale, "base" times
-the layer's 7 base linear layers on the same tokens. Reported: best ms over repeats, the three
+the layer's 7 base linear layers on the same tokens. Reported: best ms over repeats, all four
 interleaved; 1 torch thread unless ``--threads`` (vLLM's worker uses all cores, but 2-thread
 timings swing widely while anything else runs). The table goes to stdout and
 bench/results/cpu_lora_ops.md.
@@ -47,7 +48,10 @@ ROW_PARALLEL = {"o", "down"}
 BATCHES = {"decode": (16, 1), "prefill": (16, 32)}  # sequences, tokens per sequence
 ADAPTERS = (1, 4, 16)
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-OPS = {"vllm": vllm_ops, "ours": cpu_lora}
+# (punica wrapper class, ops bound in punica_cpu) per implementation
+IMPLEMENTATIONS = {"vllm": (PunicaWrapperCPU, vllm_ops),
+                   "ops": (PunicaWrapperCPU, cpu_lora),
+                   "ours": (cpu_lora.GroupedPunicaWrapperCPU, cpu_lora)}
 
 
 @contextmanager
@@ -63,32 +67,39 @@ def punica_ops(ops: ModuleType) -> Iterator[None]:
             setattr(punica_cpu, name, fn)
 
 
-def layer_step(seqs: int, seq_len: int, adapters: int, dtype: torch.dtype) -> Callable[[], None]:
-    """One decoder layer's LoRA calls for a batch, as vLLM's LoRA layers make them."""
+def layer_steps(seqs: int, seq_len: int, adapters: int,
+                dtype: torch.dtype) -> dict[str, Callable[[], None]]:
+    """One decoder layer's LoRA calls for a batch, as vLLM's LoRA layers make them, per
+    implementation, on the same weights and inputs."""
     tokens = seqs * seq_len
     lora_ids = [1 + seq % adapters for seq in range(seqs) for _ in range(seq_len)]
-    punica = PunicaWrapperCPU(tokens, seqs, device="cpu")
-    punica.update_metadata(LoRAMapping(lora_ids, lora_ids, is_prefill=True),
-                           list(range(1, SLOTS + 1)), SLOTS, vocab_size=49152)
     weights = {name: (tuple(torch.randn(SLOTS, 1, RANK, inp, dtype=dtype) / inp**0.5
                             for _ in outs),
                       tuple(torch.randn(SLOTS, 1, out, RANK, dtype=dtype) / RANK**0.5
                             for out in outs))
                for name, (inp, outs) in LAYERS.items()}
     inputs = {width: torch.randn(tokens, width, dtype=dtype) for width in (HIDDEN, INTERMEDIATE)}
+    steps = {}
+    for impl, (wrapper_cls, ops) in IMPLEMENTATIONS.items():
+        punica = wrapper_cls(tokens, seqs, device="cpu")
+        punica.update_metadata(LoRAMapping(lora_ids, lora_ids, is_prefill=True),
+                               list(range(1, SLOTS + 1)), SLOTS, vocab_size=49152)
+        steps[f"{impl}_ms"] = partial(with_ops, ops, partial(_step, punica, weights, inputs,
+                                                              tokens, dtype))
+    return steps
 
-    def step() -> None:
-        for name, (inp, outs) in LAYERS.items():
-            a, b = weights[name]
-            y = torch.zeros(tokens, sum(outs), dtype=dtype)
-            if name in ROW_PARALLEL:
-                buffer = torch.zeros(len(outs), tokens, RANK)
-                punica.add_shrink(buffer, inputs[inp], a, 1.0)
-                punica.add_expand(y, buffer, b, outs, offset_start=0, add_input=True)
-            else:
-                punica.add_lora_linear(y, inputs[inp], a, b, 1.0, outs)
 
-    return step
+def _step(punica: PunicaWrapperCPU, weights: dict, inputs: dict, tokens: int,
+          dtype: torch.dtype) -> None:
+    for name, (inp, outs) in LAYERS.items():
+        a, b = weights[name]
+        y = torch.zeros(tokens, sum(outs), dtype=dtype)
+        if name in ROW_PARALLEL:
+            buffer = torch.zeros(len(outs), tokens, RANK)
+            punica.add_shrink(buffer, inputs[inp], a, 1.0)
+            punica.add_expand(y, buffer, b, outs, offset_start=0, add_input=True)
+        else:
+            punica.add_lora_linear(y, inputs[inp], a, b, 1.0, outs)
 
 
 def with_ops(ops: ModuleType, step: Callable[[], None]) -> None:
@@ -129,9 +140,7 @@ def run(budget_s: float) -> list[dict[str, float | int | str]]:
     for dtype_name, dtype in DTYPES.items():
         for batch, (seqs, seq_len) in BATCHES.items():
             for adapters in ADAPTERS:
-                step = layer_step(seqs, seq_len, adapters, dtype)
-                ms = best_ms({f"{name}_ms": partial(with_ops, ops, step)
-                              for name, ops in OPS.items()}
+                ms = best_ms(layer_steps(seqs, seq_len, adapters, dtype)
                              | {"base_ms": base_step(seqs * seq_len, dtype)}, budget_s)
                 rows.append({"dtype": dtype_name, "batch": batch, "tokens": seqs * seq_len,
                              "adapters": adapters, **ms})
@@ -149,18 +158,23 @@ def report(rows: list[dict[str, float | int | str]]) -> str:
         "SmolLM2-135M shapes, rank-16 LoRA on q, k, v, o, gate, up, down (fp32 shrink buffer);"
         " per layer `PunicaWrapperCPU.add_lora_linear` for qkv and gate_up, `add_shrink` +"
         " `add_expand` for o and down, i.e. 7 `sgmv_shrink` + 7 `sgmv_expand_slice`, as vLLM"
-        " 0.32's V1 engine calls them, with vLLM's ops or ours bound in `punica_cpu`. Best ms"
+        " 0.32's V1 engine calls them. \"vLLM\": vLLM's `PunicaWrapperCPU` and ops;"
+        " \"our ops\": vLLM's wrapper with serving/cpu_lora.py's ops bound in `punica_cpu`;"
+        " \"our wrapper\": `GroupedPunicaWrapperCPU` (one bmm per slice for shrink and"
+        " expand over the step's slots), what the plugin installs. Speed-up: vLLM / our"
+        " wrapper. Best ms"
         " per layer over interleaved repeats; \"base\" is the layer's 7 base matmuls on the"
         " same tokens.",
         "",
-        "| dtype | batch | tokens | adapters | vLLM ops ms | our ops ms | speed-up "
-        "| base linears ms | LoRA/base, vLLM | LoRA/base, ours |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| dtype | batch | tokens | adapters | vLLM ms | our ops ms | our wrapper ms "
+        "| speed-up | base linears ms | LoRA/base: vLLM | our ops | our wrapper |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        v, o, b = float(r["vllm_ms"]), float(r["ours_ms"]), float(r["base_ms"])
+        v, p, o, b = (float(r[k]) for k in ("vllm_ms", "ops_ms", "ours_ms", "base_ms"))
         lines.append(f"| {r['dtype']} | {r['batch']} | {r['tokens']} | {r['adapters']} "
-                     f"| {v:.2f} | {o:.2f} | {v / o:.1f}x | {b:.2f} | {v / b:.2f} | {o / b:.2f} |")
+                     f"| {v:.2f} | {p:.2f} | {o:.2f} | {v / o:.1f}x | {b:.2f} "
+                     f"| {v / b:.2f} | {p / b:.2f} | {o / b:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -47,8 +47,11 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 # Under vLLM's logger tree so the line goes through vLLM's logging setup and shows up, with
 # the process's prefix, in the engine's log.
@@ -277,6 +280,206 @@ def sgmv_expand_slice(
     _write_expand_slice(outputs, output_tensor, slice_offset, slice_size, add_inputs)
 
 
+# --- the wrapper: one bmm per slice over the step's adapter slots -------------------------
+
+# Padded rows allowed per token before a step falls back to the per-op path above (adapters
+# spread over far-apart slots, or very uneven token counts per adapter).
+_MAX_PADDED_ROWS_PER_TOKEN = 2
+_PADDED_ROWS_SLACK = 64
+
+
+@dataclass(frozen=True)
+class _SlotBatches:
+    """A step's tokens laid out as ``[slots, per_slot]`` rows for bmm over the slots
+    ``first .. first + slots - 1``: row ``r * per_slot + j`` holds the j-th token using slot
+    ``first + r``. Rows no token fills are zeroed before the product; no-adapter tokens get
+    no row, hence no delta."""
+
+    tokens: int
+    first: int
+    slots: int
+    per_slot: int
+    row_token: torch.Tensor | None  # token of each row (0 for empty rows); None: row t = token t
+    token_row: torch.Tensor | None  # row of each token (0 for no-adapter ones); None: same
+    empty_rows: torch.Tensor | None  # [rows, 1] True where no token; None when there are none
+    no_adapter: torch.Tensor | None  # [tokens, 1] True for index -1; None when there are none
+
+    @property
+    def any_adapter(self) -> bool:
+        return self.slots > 0
+
+
+def slot_batches(indices: torch.Tensor) -> _SlotBatches | None:
+    """The layout of a step's per-token slot indices (-1: no adapter), or None when padding
+    would cost more than ``_MAX_PADDED_ROWS_PER_TOKEN`` rows per token."""
+    tokens = indices.shape[0]
+    has_adapter = indices >= 0
+    token_ids = has_adapter.nonzero().squeeze(1)
+    adapted = token_ids.shape[0]
+    if adapted == 0:
+        return _SlotBatches(tokens, 0, 0, 0, None, None, None, None)
+    slots_used = indices[token_ids]
+    first = int(slots_used.min())
+    counts = torch.bincount(slots_used - first)
+    slots, per_slot = counts.shape[0], int(counts.max())
+    rows = slots * per_slot
+    if rows > _MAX_PADDED_ROWS_PER_TOKEN * tokens + _PADDED_ROWS_SLACK:
+        return None
+    order = torch.argsort(slots_used, stable=True)
+    sorted_slots = slots_used[order] - first
+    starts = torch.cumsum(counts, 0) - counts
+    token_rows = sorted_slots * per_slot + torch.arange(adapted) - starts[sorted_slots]
+    sorted_tokens = token_ids[order]
+    row_token = torch.zeros(rows, dtype=torch.long).index_copy_(0, token_rows, sorted_tokens)
+    token_row = torch.zeros(tokens, dtype=torch.long).index_copy_(0, sorted_tokens, token_rows)
+    identity = rows == tokens == adapted and bool((row_token == torch.arange(rows)).all())
+    empty_rows = None
+    if rows > adapted:
+        empty_rows = torch.ones(rows, 1, dtype=torch.bool).index_fill_(0, token_rows, False)
+    return _SlotBatches(
+        tokens, first, slots, per_slot,
+        row_token=None if identity else row_token,
+        token_row=None if identity else token_row,
+        empty_rows=empty_rows,
+        no_adapter=None if adapted == tokens else ~has_adapter.unsqueeze(1),
+    )
+
+
+def _slot_range(weights: torch.Tensor, batches: _SlotBatches) -> torch.Tensor:
+    """``[slots, out, in]`` view of the step's slots in ``[max_loras, (1,) out, in]``."""
+    if weights.dim() == 4:
+        weights = weights[:, 0]
+    return weights[batches.first : batches.first + batches.slots]
+
+
+def _to_rows(x: torch.Tensor, batches: _SlotBatches, dtype: torch.dtype) -> torch.Tensor:
+    """``x [tokens, width]`` as ``[slots, per_slot, width]`` in ``dtype``."""
+    rows = x if batches.row_token is None else torch.index_select(x, 0, batches.row_token)
+    rows = rows.to(dtype=dtype)
+    if batches.empty_rows is not None:
+        rows = rows.masked_fill(batches.empty_rows, 0)
+    return rows.view(batches.slots, batches.per_slot, x.shape[1])
+
+
+def _shrink_rows(rows: torch.Tensor, lora_a: torch.Tensor, batches: _SlotBatches,
+                 scale: float) -> torch.Tensor:
+    shrunk = torch.bmm(rows, _slot_range(lora_a, batches).transpose(1, 2))
+    return shrunk if scale == 1.0 else shrunk.mul_(scale)
+
+
+def _add_expanded(y: torch.Tensor, rows: torch.Tensor, lora_b: torch.Tensor,
+                  batches: _SlotBatches, offset: int, size: int) -> None:
+    """``y[:, offset:offset+size] += rows @ B[slot].T`` back in token order."""
+    expanded = torch.bmm(rows, _slot_range(lora_b, batches).transpose(1, 2)).view(-1, size)
+    target = y[:, offset : offset + size]
+    if batches.row_token is None:
+        target += expanded
+    else:
+        # Empty rows are zero and go to token 0: adding zeros.
+        target.index_add_(0, batches.row_token, expanded)
+
+
+class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
+    """vLLM's ``PunicaWrapperCPU`` with its linear-layer LoRA done in a handful of torch ops.
+
+    vLLM's wrapper calls one shrink and one expand op per slice (qkv: 3, gate_up: 2), each a
+    dozen small torch ops; in a decode step the fixed cost of those ops, not the arithmetic,
+    made LoRA cost more than the base layer. Here ``update_metadata`` lays the step's tokens
+    out by adapter slot once (``slot_batches``), and each slice is one bmm for the shrink and
+    one for the expand over the contiguous range of slots the step uses, reading the stacked
+    weights in place (nothing cached, so an adapter loaded into a slot is used at once).
+
+    Semantics are vLLM's wrapper's (scale, slices and offsets, ``add_inputs``, the fp32
+    buffer ``add_shrink`` writes, ``no_lora`` in prefill), with the same fix as the ops above:
+    a no-adapter token gets no delta. One difference in rounding: ``add_lora_linear`` keeps
+    the rank-wide intermediate in the model dtype, where vLLM's fp32 buffer is rounded to it
+    before the expand anyway. Anything else (a caller's buffer, ``add_inputs=False``, mixed
+    dtypes, a layout padding would make wasteful, embeddings, logits) takes vLLM's path,
+    which uses the ops above.
+    """
+
+    _batches: _SlotBatches | None = None
+
+    def update_metadata(self, mapping: Any, lora_index_to_id: list[int | None],
+                        max_loras: int, vocab_size: int, **kwargs: Any) -> None:
+        super().update_metadata(mapping, lora_index_to_id, max_loras, vocab_size, **kwargs)
+        self._batches = slot_batches(self.token_lora_indices)
+
+    def _step_batches(self, x: torch.Tensor, *weights: torch.Tensor) -> _SlotBatches | None:
+        batches = self._batches
+        if batches is None or x.shape[0] != batches.tokens:
+            return None
+        if any(w.dtype != weights[0].dtype for w in weights):
+            return None
+        if not batches.any_adapter and not self.is_prefill:
+            return None  # vLLM's bgmv ops run here even without adapters; keep their writes
+        return batches
+
+    def add_shrink(self, y: tuple[torch.Tensor, ...] | torch.Tensor, x: torch.Tensor,
+                   lora_a_stacked: tuple[torch.Tensor, ...], scale: float,
+                   **kwargs: Any) -> None:
+        x = x.view(-1, x.shape[-1])
+        batches = self._step_batches(x, *lora_a_stacked)
+        if batches is None or x.dtype != lora_a_stacked[0].dtype:
+            return super().add_shrink(y, x, lora_a_stacked, scale, **kwargs)
+        if not batches.any_adapter:
+            return None  # prefill with no_lora: vLLM skips the op
+        rows = _to_rows(x, batches, x.dtype)
+        for out, lora_a in zip(y, lora_a_stacked, strict=False):
+            shrunk = _shrink_rows(rows, lora_a, batches, scale).view(-1, lora_a.shape[-2])
+            if batches.token_row is not None:
+                shrunk = torch.index_select(shrunk, 0, batches.token_row)
+            out = out.view(-1, out.shape[-1])[:, : shrunk.shape[1]]
+            out.copy_(shrunk)
+            if batches.no_adapter is not None:
+                out.masked_fill_(batches.no_adapter, 0)
+        return None
+
+    def add_expand(self, y: torch.Tensor, x: tuple[torch.Tensor, ...] | torch.Tensor,
+                   lora_b_stacked: tuple[torch.Tensor, ...], output_slices: tuple[int, ...],
+                   offset_start: int = 0, add_inputs: bool = True, **kwargs: Any) -> None:
+        y2 = y.view(-1, y.shape[-1])
+        batches = self._step_batches(y2, *lora_b_stacked)
+        if batches is None or not add_inputs or y.dtype != lora_b_stacked[0].dtype:
+            return super().add_expand(y, x, lora_b_stacked, output_slices, offset_start,
+                                      add_inputs, **kwargs)
+        if not batches.any_adapter:
+            return None  # nothing to add
+        offset = offset_start
+        for shrunk, lora_b, size in zip(x, lora_b_stacked, output_slices, strict=False):
+            rows = _to_rows(shrunk.view(-1, shrunk.shape[-1]), batches, y.dtype)
+            _add_expanded(y2, rows, lora_b, batches, offset, size)
+            offset += size
+        return None
+
+    def add_lora_linear(self, y: torch.Tensor, x: torch.Tensor,
+                        lora_a_stacked: tuple[torch.Tensor, ...],
+                        lora_b_stacked: tuple[torch.Tensor, ...], scale: float,
+                        output_slices: tuple[int, ...], *,
+                        buffer: tuple[torch.Tensor, ...] | None = None,
+                        **kwargs: Any) -> None:
+        batches = self._step_batches(x, *lora_a_stacked, *lora_b_stacked)
+        if (batches is None or buffer is not None or kwargs
+                or not x.dtype == y.dtype == lora_a_stacked[0].dtype):
+            return super().add_lora_linear(y, x, lora_a_stacked, lora_b_stacked, scale,
+                                           output_slices, buffer=buffer, **kwargs)
+        assert len(lora_a_stacked) == len(lora_b_stacked) == len(output_slices)
+        if not batches.any_adapter:
+            return None
+        y2 = y.view(-1, y.shape[-1])
+        rows = _to_rows(x, batches, x.dtype)
+        offset = 0
+        for lora_a, lora_b, size in zip(lora_a_stacked, lora_b_stacked, output_slices,
+                                        strict=True):
+            _add_expanded(y2, _shrink_rows(rows, lora_a, batches, scale), lora_b, batches,
+                          offset, size)
+            offset += size
+        return None
+
+
+_WRAPPER = f"{GroupedPunicaWrapperCPU.__module__}.{GroupedPunicaWrapperCPU.__qualname__}"
+
+
 def register() -> None:
     """vLLM general-plugin entry point: use these ops in ``PunicaWrapperCPU``, on CPU only.
 
@@ -289,10 +492,14 @@ def register() -> None:
     from vllm.lora.punica_wrapper import punica_cpu
 
     ours = globals()
-    if all(getattr(punica_cpu, name) is ours[name] for name in _PATCHED_NAMES):
+    platform = type(current_platform)
+    if (all(getattr(punica_cpu, name) is ours[name] for name in _PATCHED_NAMES)
+            and platform.get_punica_wrapper() == _WRAPPER):
         return
     for name in _PATCHED_NAMES:
         setattr(punica_cpu, name, ours[name])
+    # vLLM builds the wrapper class this names (punica_selector.get_punica_wrapper).
+    platform.get_punica_wrapper = classmethod(lambda cls: _WRAPPER)  # type: ignore[method-assign]
     logger.info(
         "openft_cpu_lora: grouped multi-LoRA ops installed in PunicaWrapperCPU (pid %d); "
         "VLLM_PLUGINS without 'openft_cpu_lora' turns this off", os.getpid(),

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from vllm.lora.layers import LoRAMapping
 from vllm.lora.ops import torch_ops as vllm_ops
+from vllm.lora.punica_wrapper import punica_cpu
+from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 from serving import cpu_lora
 from tests.serving.lora import REPO_ROOT, build_lora_adapter
@@ -168,6 +171,151 @@ def test_no_adapter_tokens_get_no_delta_where_vllm_adds_the_last_slots(add_input
     _assert_same(ours[1:], theirs[1:])
 
 
+# --- the wrapper: GroupedPunicaWrapperCPU against vLLM's PunicaWrapperCPU --------------------
+
+WRAPPER_SLOTS = 16
+# lora ids per token (0: no adapter; id i sits in slot i - 1), as LoRAMapping takes them
+STEPS = {
+    "decode, 1 adapter": [3] * 16,
+    "decode, 4 adapters": [1 + t % 4 for t in range(16)],
+    "decode, 16 adapters": [16 - t for t in range(16)],
+    "decode, slot order": list(range(1, 17)),  # rows need no reordering
+    "decode, no-adapter tokens": [0, 2, 0, 7, 7, 1, 0, 2],
+    "decode, far-apart slots": [1, 16, 1, 16, 1, 16],
+    "decode, no adapter": [0, 0, 0],
+    "prefill, 4 adapters": [1 + (t // 32) % 4 for t in range(256)],
+    "prefill, uneven": [1] * 60 + [0] * 10 + [2] * 3 + [16] * 30,  # padding too costly: vLLM's path
+}
+SLICES = {"qkv": (48, 16, 16), "o": (48,), "gate_up": (64, 64)}
+
+
+def _wrappers(lora_ids: list[int]) -> tuple[PunicaWrapperCPU, PunicaWrapperCPU]:
+    """vLLM's wrapper and ours after the same ``update_metadata`` (V1: always is_prefill)."""
+    wrappers = []
+    for cls in (PunicaWrapperCPU, cpu_lora.GroupedPunicaWrapperCPU):
+        wrapper = cls(len(lora_ids), len(lora_ids), device="cpu")
+        wrapper.update_metadata(LoRAMapping(lora_ids, lora_ids, is_prefill=True),
+                                list(range(1, WRAPPER_SLOTS + 1)), WRAPPER_SLOTS,
+                                vocab_size=128)
+        wrappers.append(wrapper)
+    return wrappers[0], wrappers[1]
+
+
+def _stacked(slices: tuple[int, ...], dtype: torch.dtype) -> tuple[tuple, tuple]:
+    """Per slice ``lora_a [slots, 1, rank, in]`` and ``lora_b [slots, 1, out, rank]``, every
+    slot non-zero (the last one too, where vLLM's ops read index -1)."""
+    a = tuple(torch.randn(WRAPPER_SLOTS, 1, RANK, HIDDEN, dtype=dtype) / HIDDEN**0.5
+              for _ in slices)
+    b = tuple(torch.randn(WRAPPER_SLOTS, 1, out, RANK, dtype=dtype) / RANK**0.5
+              for out in slices)
+    return a, b
+
+
+@pytest.fixture
+def stock_ops_with_zero_for_no_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's wrapper with our ops: vLLM's arithmetic, and no delta for index -1 (the fix,
+    tested against vLLM's ops above), so the two wrappers must agree everywhere."""
+    for name in cpu_lora._PATCHED_NAMES:
+        monkeypatch.setattr(punica_cpu, name, getattr(cpu_lora, name))
+
+
+@pytest.mark.usefixtures("stock_ops_with_zero_for_no_adapter")
+@pytest.mark.parametrize("lora_ids", STEPS.values(), ids=STEPS.keys())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layer", ["qkv", "gate_up"])
+def test_add_lora_linear_matches_vllm_wrapper(lora_ids, dtype, layer) -> None:
+    torch.manual_seed(0)
+    theirs, ours = _wrappers(lora_ids)
+    slices = SLICES[layer]
+    a, b = _stacked(slices, dtype)
+    x = torch.randn(len(lora_ids), HIDDEN, dtype=dtype)
+    y = torch.randn(len(lora_ids), sum(slices), dtype=dtype)
+    y_theirs, y_ours = y.clone(), y.clone()
+    theirs.add_lora_linear(y_theirs, x, a, b, 0.5, slices)
+    ours.add_lora_linear(y_ours, x, a, b, 0.5, slices)
+    _assert_same(y_ours, y_theirs)
+    no_adapter = torch.tensor(lora_ids) == 0
+    _assert_same(y_ours[no_adapter], y[no_adapter])
+
+
+@pytest.mark.usefixtures("stock_ops_with_zero_for_no_adapter")
+@pytest.mark.parametrize("lora_ids", STEPS.values(), ids=STEPS.keys())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layer", ["o", "qkv"])
+def test_add_shrink_then_add_expand_match_vllm_wrapper(lora_ids, dtype, layer) -> None:
+    """As RowParallelLinearWithLoRA calls them: an fp32 ``[slices, tokens, rank]`` buffer,
+    then ``add_expand`` from it at an offset (and with vLLM's ``add_input`` spelling)."""
+    torch.manual_seed(0)
+    theirs, ours = _wrappers(lora_ids)
+    slices = SLICES[layer]
+    a, b = _stacked(slices, dtype)
+    tokens = len(lora_ids)
+    x = torch.randn(tokens, HIDDEN, dtype=dtype)
+    buffer = torch.randn(len(slices), tokens, RANK)  # rows the shrink must overwrite
+    buffers = [buffer.clone(), buffer.clone()]
+    y = torch.randn(tokens, sum(slices) + 8, dtype=dtype)
+    outputs = [y.clone(), y.clone()]
+    for wrapper, buffer, out in zip((theirs, ours), buffers, outputs, strict=True):
+        wrapper.add_shrink(buffer, x, a, 2.0)
+        wrapper.add_expand(out, buffer, b, slices, offset_start=8, add_input=True)
+    if dtype == torch.bfloat16:  # ours rounds the shrink to bf16 first; vLLM's expand does
+        buffers = [buf.to(dtype) for buf in buffers]
+    _assert_same(buffers[1], buffers[0])
+    _assert_same(outputs[1], outputs[0])
+
+
+@pytest.mark.usefixtures("stock_ops_with_zero_for_no_adapter")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_add_expand_without_add_inputs_matches_vllm_wrapper(dtype) -> None:
+    torch.manual_seed(0)
+    lora_ids = STEPS["decode, no-adapter tokens"]
+    theirs, ours = _wrappers(lora_ids)
+    _, b = _stacked(SLICES["gate_up"], dtype)
+    buffer = torch.randn(2, len(lora_ids), RANK)
+    y = torch.randn(len(lora_ids), 128, dtype=dtype)
+    y_theirs, y_ours = y.clone(), y.clone()
+    theirs.add_expand(y_theirs, buffer, b, SLICES["gate_up"], add_inputs=False)
+    ours.add_expand(y_ours, buffer, b, SLICES["gate_up"], add_inputs=False)
+    _assert_same(y_ours, y_theirs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_adapter_loaded_into_a_slot_is_used_at_the_next_call(dtype) -> None:
+    """vLLM loads an adapter by copying into the stacked weights in place; nothing stale."""
+    torch.manual_seed(0)
+    _, ours = _wrappers(STEPS["decode, 4 adapters"])
+    a, b = _stacked(SLICES["qkv"], dtype)
+    x = torch.randn(16, HIDDEN, dtype=dtype)
+    before = torch.zeros(16, sum(SLICES["qkv"]), dtype=dtype)
+    ours.add_lora_linear(before, x, a, b, 1.0, SLICES["qkv"])
+    for weights in b:
+        weights[2].zero_()  # slot 2, lora id 3: tokens 2, 6, 10, 14
+    after = torch.zeros_like(before)
+    ours.add_lora_linear(after, x, a, b, 1.0, SLICES["qkv"])
+    unloaded = torch.arange(16) % 4 == 2
+    assert bool(after[unloaded].eq(0).all()) and not bool(before[unloaded].eq(0).all())
+    _assert_same(after[~unloaded], before[~unloaded])
+
+
+def test_register_installs_the_wrapper_once() -> None:
+    from vllm.lora.punica_wrapper.punica_selector import get_punica_wrapper
+    from vllm.platforms import current_platform
+
+    platform = type(current_platform)
+    saved_ops = {name: getattr(punica_cpu, name) for name in cpu_lora._PATCHED_NAMES}
+    saved_wrapper = platform.__dict__["get_punica_wrapper"]
+    try:
+        cpu_lora.register()
+        cpu_lora.register()
+        wrapper = get_punica_wrapper(8, 8, device="cpu")
+        assert type(wrapper) is cpu_lora.GroupedPunicaWrapperCPU
+        assert punica_cpu.bgmv_shrink is cpu_lora.bgmv_shrink
+    finally:
+        platform.get_punica_wrapper = saved_wrapper
+        for name, fn in saved_ops.items():
+            setattr(punica_cpu, name, fn)
+
+
 # --- a real engine, plugin on and off -------------------------------------------------------
 
 ENGINE_SCRIPT = r'''
@@ -175,7 +323,8 @@ import json, os, sys
 
 def patched_module(worker):
     from vllm.lora.punica_wrapper import punica_cpu
-    return os.getpid(), punica_cpu.bgmv_shrink.__module__
+    from vllm.platforms import current_platform
+    return os.getpid(), punica_cpu.bgmv_shrink.__module__, current_platform.get_punica_wrapper()
 
 if __name__ == "__main__":
     from vllm import LLM, SamplingParams
@@ -229,9 +378,12 @@ def test_base_requests_answer_the_same_whatever_the_batch_and_adapters_as_with_v
     off = _engine_run(tmp_path, tiny_model_dir, adapters, plugins="lora_filesystem_resolver")
 
     # The patch reached the process that runs the model, which is not the driver.
-    assert [module for _, module in on["engine"]] == ["serving.cpu_lora"]
-    assert all(pid != on["driver_pid"] for pid, _ in on["engine"])
-    assert [module for _, module in off["engine"]] == ["vllm.lora.ops.torch_ops.lora_ops"]
+    assert [(module, wrapper) for _, module, wrapper in on["engine"]] == [
+        ("serving.cpu_lora", "serving.cpu_lora.GroupedPunicaWrapperCPU")]
+    assert all(pid != on["driver_pid"] for pid, *_ in on["engine"])
+    assert [(module, wrapper) for _, module, wrapper in off["engine"]] == [
+        ("vllm.lora.ops.torch_ops.lora_ops",
+         "vllm.lora.punica_wrapper.punica_cpu.PunicaWrapperCPU")]
 
     # Per prompt: (base, a1, a2), all submitted in one batch.
     on_batched = [on["tokens"][i : i + 3] for i in range(0, len(on["tokens"]), 3)]
