@@ -70,7 +70,10 @@ def stack_env(settings: Settings) -> dict[str, str]:
 
 def serving_config(settings: Settings) -> dict:
     return {
-        "base_models": [{"id": k, "path": str(v)} for k, v in settings.base_model_dirs().items()],
+        "base_models": [
+            {"id": k, "path": str(v), "tool_call_parser": settings.serving_tool_call_parsers.get(k)}
+            for k, v in settings.base_model_dirs().items()
+        ],
         "s3_bucket": settings.s3_bucket,
         "host": "127.0.0.1",
         "port": settings.serving_port,

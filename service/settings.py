@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     serving_autoscaling: dict[str, Any] | None = None
     """Ray Serve ``autoscaling_config`` per base model, JSON:
     ``{"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4}``."""
+    serving_tool_call_parsers: dict[str, str] = Field(default_factory=dict)
+    """Per base model id, vLLM's tool-call parser (``{"Qwen2.5-7B-Instruct": "hermes"}``):
+    enables ``tool_choice: "auto"`` for that model and its fine-tunes."""
     serving_max_adapters_per_replica: int = 16
     """Adapters one serving replica keeps loaded (its LRU and vLLM's adapter slots)."""
     serving_max_lora_rank: int = 16

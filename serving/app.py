@@ -65,6 +65,13 @@ def engine_kwargs(config: ServingConfig) -> dict[str, Any]:
     }
 
 
+def tool_kwargs(base: BaseModelSpec) -> dict[str, Any]:
+    """vLLM's front-end arguments for ``tool_choice: "auto"`` on a model with a parser."""
+    if base.tool_call_parser is None:
+        return {}
+    return {"enable_auto_tool_choice": True, "tool_call_parser": base.tool_call_parser}
+
+
 def llm_config(config: ServingConfig, base: BaseModelSpec) -> LLMConfig:
     """The Ray Serve LLM config of one base model and its adapters."""
     from ray.serve.llm import LLMConfig
@@ -90,7 +97,7 @@ def llm_config(config: ServingConfig, base: BaseModelSpec) -> LLMConfig:
             "dynamic_lora_loading_path": config.adapters_uri,
             "max_num_adapters_per_replica": config.max_adapters_per_replica,
         },
-        engine_kwargs=engine_kwargs(config),
+        engine_kwargs=engine_kwargs(config) | tool_kwargs(base),
         runtime_env={"env_vars": dict(_REPLICA_ENV)},
         experimental_configs={ADAPTER_RECHECK_KEY: config.adapter_recheck_s},
         log_engine_metrics=False,

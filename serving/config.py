@@ -24,6 +24,11 @@ class BaseModelSpec(BaseModel):
     path: str = Field(min_length=1)
     """Local Hugging Face model folder (config.json, weights, tokenizer) on every Ray node."""
 
+    tool_call_parser: str | None = None
+    """vLLM's parser for this model's tool-call format (``hermes`` for Qwen2.5, ``llama3_json``,
+    ``mistral``, ...). Set, ``tool_choice: "auto"`` works; unset it answers 400. ``tools`` reach
+    the chat template and a named or ``required`` ``tool_choice`` works either way."""
+
 
 class ServingConfig(BaseModel):
     """Everything ``serving.app.build_app`` and ``python -m serving.deploy`` read."""
