@@ -415,8 +415,6 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
             return None
         if any(w.dtype != weights[0].dtype for w in weights):
             return None
-        if not batches.any_adapter and not self.is_prefill:
-            return None  # vLLM's bgmv ops run here even without adapters; keep their writes
         return batches
 
     def add_shrink(self, y: tuple[torch.Tensor, ...] | torch.Tensor, x: torch.Tensor,
@@ -427,7 +425,12 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         if batches is None or x.dtype != lora_a_stacked[0].dtype:
             return super().add_shrink(y, x, lora_a_stacked, scale, **kwargs)
         if not batches.any_adapter:
-            return None  # prefill with no_lora: vLLM skips the op
+            # A step of base-model tokens only. vLLM skips prefill; its decode ops run anyway
+            # and write zeros for them here: write those zeros without the products.
+            if not self.is_prefill:
+                for out, lora_a in zip(y, lora_a_stacked, strict=False):
+                    out.view(-1, out.shape[-1])[:, : lora_a.shape[-2]].zero_()
+            return None
         rows = _to_rows(x, batches, x.dtype)
         for out, lora_a in zip(y, lora_a_stacked, strict=False):
             shrunk = _shrink_rows(rows, lora_a, batches, scale).view(-1, lora_a.shape[-2])
@@ -448,7 +451,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
             return super().add_expand(y, x, lora_b_stacked, output_slices, offset_start,
                                       add_inputs, **kwargs)
         if not batches.any_adapter:
-            return None  # nothing to add
+            return None  # base-model tokens only: nothing to add
         offset = offset_start
         for shrunk, lora_b, size in zip(x, lora_b_stacked, output_slices, strict=False):
             rows = _to_rows(shrunk.view(-1, shrunk.shape[-1]), batches, y.dtype)
