@@ -36,7 +36,7 @@ from vllm.lora.ops import torch_ops as vllm_ops
 from vllm.lora.punica_wrapper import punica_cpu
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-from bench.json_extraction import code_version, machine
+from bench.environment import code_version, machine
 from serving import cpu_lora
 
 RESULTS = Path(__file__).parent / "results" / "cpu_lora_ops.md"

