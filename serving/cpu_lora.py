@@ -74,6 +74,11 @@ _PATCHED_NAMES = (
 _MIN_TOKENS_PER_ADAPTER = 2
 
 
+def _stacked(weights: torch.Tensor) -> torch.Tensor:
+    """``[max_loras, out, in]``: vLLM stacks some layers' weights as ``[max_loras, 1, out, in]``."""
+    return weights[:, 0] if weights.dim() == 4 else weights
+
+
 def _grouped_matmul(
     inputs: torch.Tensor,
     lora_weights: torch.Tensor,
@@ -90,8 +95,7 @@ def _grouped_matmul(
     sequences all use different adapters), every token needs its own matrix anyway and the
     per-block overhead loses to a per-token gather (``_per_token_matmul``).
     """
-    if lora_weights.dim() == 4:
-        lora_weights = lora_weights.squeeze(dim=1)
+    lora_weights = _stacked(lora_weights)
     rows = torch.broadcast_shapes(inputs.shape[:1], lora_indices.shape)[0]
     inputs = inputs.to(dtype=dtype).expand(rows, -1)
     indices = lora_indices.expand(rows)
@@ -125,9 +129,7 @@ def _per_token_matmul(
     row-vector-times-matrix products runs 2-3x faster than einsum's matrix-times-column one
     (bench/cpu_lora_ops.py, decode rows).
     """
-    if lora_weights.dim() == 4:
-        lora_weights = lora_weights.squeeze(dim=1)
-    selected = torch.index_select(lora_weights, 0, indices.clamp(min=0)).to(dtype=dtype)
+    selected = torch.index_select(_stacked(lora_weights), 0, indices.clamp(min=0)).to(dtype=dtype)
     outputs = torch.matmul(inputs.to(dtype=dtype).unsqueeze(1), selected.transpose(1, 2))
     return outputs.squeeze(1).masked_fill_((indices < 0).unsqueeze(1), 0)
 
@@ -351,9 +353,7 @@ def slot_batches(indices: torch.Tensor) -> _SlotBatches | None:
 
 def _slot_range(weights: torch.Tensor, batches: _SlotBatches) -> torch.Tensor:
     """``[slots, out, in]`` view of the step's slots in ``[max_loras, (1,) out, in]``."""
-    if weights.dim() == 4:
-        weights = weights[:, 0]
-    return weights[batches.first : batches.first + batches.slots]
+    return _stacked(weights)[batches.first : batches.first + batches.slots]
 
 
 def _to_rows(x: torch.Tensor, batches: _SlotBatches, dtype: torch.dtype) -> torch.Tensor:
@@ -508,6 +508,6 @@ def register() -> None:
     # vLLM builds the wrapper class this names (punica_selector.get_punica_wrapper).
     platform.get_punica_wrapper = classmethod(lambda cls: _WRAPPER)  # type: ignore[method-assign]
     logger.info(
-        "openft_cpu_lora: grouped multi-LoRA ops installed in PunicaWrapperCPU (pid %d); "
+        "openft_cpu_lora: grouped multi-LoRA ops and GroupedPunicaWrapperCPU installed (pid %d); "
         "VLLM_PLUGINS without 'openft_cpu_lora' turns this off", os.getpid(),
     )

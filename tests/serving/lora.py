@@ -13,11 +13,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from openai import OpenAI
+
 from service.processes import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def serving_client(serving_url: str, timeout: float = 180) -> OpenAI:
+    """The official SDK on the serving app's ``/v1``, without the SDK's own retries."""
+    return OpenAI(base_url=serving_url, api_key="x", max_retries=0, timeout=timeout)
+
+
+def answer(client: OpenAI, model: str, max_tokens: int = 12) -> tuple[str, str]:
+    """The greedy answer to ``MESSAGES`` and the ``system_fingerprint`` naming the replica
+    that gave it."""
+    response = client.chat.completions.create(model=model, messages=MESSAGES,
+                                              max_tokens=max_tokens, temperature=0)
+    return response.choices[0].message.content or "", response.system_fingerprint
 
 
 def build_lora_adapter(base_dir: Path, out_dir: Path, rank: int = 8, seed: int = 1) -> Path:

@@ -22,7 +22,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.serving.lora import deployed, new_adapter
+from tests.serving.lora import MESSAGES, answer, deployed, new_adapter, serving_client
 from training.spec import deleted_marker_key
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,6 @@ MAX_MODEL_LEN = 4096
 tokens, tens of seconds) outlasts every routing step of ``on_each_replica``."""
 ADAPTER_RECHECK_S = 1.0
 """How stale a replica's knowledge of an adapter in S3 may be (``adapter_recheck_s``)."""
-MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 T = TypeVar("T")
 
 
@@ -77,7 +76,7 @@ def serving_url(s3_server, ray_head, long_context_model_dir) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def client(serving_url: str) -> OpenAI:
-    return OpenAI(base_url=serving_url, api_key="x", max_retries=0, timeout=180)
+    return serving_client(serving_url)
 
 
 @contextmanager
@@ -103,7 +102,9 @@ def busy_replica(serving_url: str) -> Iterator[None]:
     with ThreadPoolExecutor(max_workers=1) as pool:
         reader = pool.submit(read)
         try:
-            assert started.wait(timeout=180) or reader.result(timeout=0)
+            if not started.wait(timeout=180):
+                reader.result(timeout=0)  # raises what went wrong in the reader, if anything
+                pytest.fail("the busy stream sent nothing within 180 s")
             yield
         finally:
             stop.set()
@@ -122,14 +123,6 @@ def on_each_replica(serving_url: str, call: Callable[[], T]) -> list[T]:
         second.close()
         results.append(call())  # only Y is free
     return results
-
-
-def answer(client: OpenAI, model: str) -> tuple[str, str]:
-    """The greedy answer and the ``system_fingerprint`` of the replica that gave it."""
-    response = client.chat.completions.create(
-        model=model, messages=MESSAGES, max_tokens=12, temperature=0
-    )
-    return response.choices[0].message.content or "", response.system_fingerprint
 
 
 def chat(client: OpenAI, model: str) -> str:

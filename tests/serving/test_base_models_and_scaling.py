@@ -21,13 +21,12 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.serving.lora import deployed, new_adapter
+from tests.serving.lora import MESSAGES, answer, deployed, new_adapter, serving_client
 
 pytestmark = pytest.mark.slow
 
 APP_NAME = "openft-serving-scaling-test"
 BASE_A, BASE_B = "tiny-a", "tiny-b"
-MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 AUTOSCALING = {
     "min_replicas": 1,
     "max_replicas": 2,
@@ -87,14 +86,7 @@ def serving_url(s3_server, ray_head, tiny_model_dir, second_model_dir) -> Iterat
 
 @pytest.fixture(scope="module")
 def client(serving_url: str) -> OpenAI:
-    return OpenAI(base_url=serving_url, api_key="x", max_retries=0, timeout=180)
-
-
-def chat(client: OpenAI, model: str, max_tokens: int = 12) -> tuple[str, str]:
-    """Greedy answer and the fingerprint naming the replica that gave it."""
-    response = client.chat.completions.create(model=model, messages=MESSAGES,
-                                              max_tokens=max_tokens, temperature=0)
-    return response.choices[0].message.content or "", response.system_fingerprint
+    return serving_client(serving_url)
 
 
 def running_replicas(ray_head) -> dict[str, int]:
@@ -121,9 +113,9 @@ def test_each_base_model_answers_with_its_own_weights_and_adapters(
     listed = {m.id for m in client.models.list().data}
     assert {BASE_A, BASE_B} <= listed
 
-    base_a, base_b = chat(client, BASE_A)[0], chat(client, BASE_B)[0]
-    tuned_a = chat(client, f"{BASE_A}:{adapters[BASE_A]}")[0]
-    tuned_b = chat(client, f"{BASE_B}:{adapters[BASE_B]}")[0]
+    base_a, base_b = answer(client, BASE_A)[0], answer(client, BASE_B)[0]
+    tuned_a = answer(client, f"{BASE_A}:{adapters[BASE_A]}")[0]
+    tuned_b = answer(client, f"{BASE_B}:{adapters[BASE_B]}")[0]
 
     assert all(t.strip() for t in (base_a, base_b, tuned_a, tuned_b))
     assert base_a != base_b  # two engines with different weights
@@ -179,7 +171,7 @@ def test_load_on_one_base_model_scales_only_its_replicas_up_then_down(
         # Bounded: it stops when the test says so or after SCALE_BOUND_S, whichever is first.
         deadline = time.monotonic() + SCALE_BOUND_S
         while not stop.is_set() and time.monotonic() < deadline:
-            text, replica = chat(client, models[worker % 2], max_tokens=200)
+            text, replica = answer(client, models[worker % 2], max_tokens=200)
             assert text.strip()
             answered_by.add(replica)
 
@@ -198,4 +190,4 @@ def test_load_on_one_base_model_scales_only_its_replicas_up_then_down(
 
     assert len(answered_by) == 2  # the new replica served, its adapter loaded on demand
     wait_for_replicas(ray_head, {BASE_A: 1, BASE_B: 1})
-    assert chat(client, f"{BASE_A}:{adapters[BASE_A]}")[0].strip()
+    assert answer(client, f"{BASE_A}:{adapters[BASE_A]}")[0].strip()

@@ -16,13 +16,12 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.serving.lora import deployed, new_adapter, ray_env
+from tests.serving.lora import MESSAGES, deployed, new_adapter, ray_env, serving_client
 
 pytestmark = pytest.mark.slow
 
 BASE_ID = "tiny-llama"
 APP_NAME = "openft-serving-test"
-MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +52,7 @@ def serving_url(s3_server, ray_head, tiny_model_dir, adapter_key) -> Iterator[st
 
 @pytest.fixture(scope="module")
 def client(serving_url: str) -> OpenAI:
-    return OpenAI(base_url=serving_url, api_key="x", max_retries=0, timeout=120)
+    return serving_client(serving_url, timeout=120)
 
 
 def _chat(client: OpenAI, model: str) -> str:
