@@ -201,9 +201,31 @@ def download_adapter(spec: TrainingSpec) -> str:
     return str(out)
 
 
-def build_engine(spec: TrainingSpec, plan: StepPlan, world_size: int) -> Any:
-    import deepspeed
+DEEPSPEED_SHM_OP = "deepspeed_shm_comm"
+"""DeepSpeed's shared-memory all-reduce op for CPU (``ShareMemCommBuilder.NAME``)."""
 
+
+def initialize_deepspeed(**kwargs: Any) -> Any:
+    """``deepspeed.initialize(**kwargs)``'s engine, without building DeepSpeed's shm op.
+
+    On CPU, DeepSpeed's comm backend JIT-compiles ``deepspeed_shm_comm`` when it starts, under
+    a lock file in the user's torch extensions folder (``~/.cache/torch_extensions``) that
+    every worker of every job on the machine takes, even when nothing needs compiling. A
+    worker killed while it holds the lock (a cancelled or paused run, a failed worker, a
+    stopped stack) leaves the file behind, and every later worker waits on it forever:
+    training never starts again on that machine. The op serves only
+    ``inference_all_reduce`` (DeepSpeed inference's tensor parallelism), never training;
+    marked incompatible, DeepSpeed skips it (and the first job its 30 s compile).
+    """
+    import deepspeed
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[DEEPSPEED_SHM_OP] = False
+    engine, *_ = deepspeed.initialize(**kwargs)
+    return engine
+
+
+def build_engine(spec: TrainingSpec, plan: StepPlan, world_size: int) -> Any:
     model = build_model(spec)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
@@ -211,13 +233,12 @@ def build_engine(spec: TrainingSpec, plan: StepPlan, world_size: int) -> Any:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, plan.total_steps, warmup, spec.lr_scheduler)
     )
-    engine, *_ = deepspeed.initialize(
+    return initialize_deepspeed(
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
         config=deepspeed_config(spec.zero_stage, plan.grad_accum, world_size, use_bf16(spec)),
     )
-    return engine
 
 
 @contextlib.contextmanager
