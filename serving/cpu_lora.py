@@ -373,8 +373,10 @@ def _shrink_rows(rows: torch.Tensor, lora_a: torch.Tensor, batches: _SlotBatches
 
 def _add_expanded(y: torch.Tensor, rows: torch.Tensor, lora_b: torch.Tensor,
                   batches: _SlotBatches, offset: int, size: int) -> None:
-    """``y[:, offset:offset+size] += rows @ B[slot].T`` back in token order."""
+    """``y[:, offset:offset+size] += rows @ B[slot].T`` back in token order, computed in the
+    weights' dtype and added in ``y``'s."""
     expanded = torch.bmm(rows, _slot_range(lora_b, batches).transpose(1, 2)).view(-1, size)
+    expanded = expanded.to(dtype=y.dtype)
     target = y[:, offset : offset + size]
     if batches.row_token is None:
         target += expanded
@@ -393,13 +395,18 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
     one for the expand over the contiguous range of slots the step uses, reading the stacked
     weights in place (nothing cached, so an adapter loaded into a slot is used at once).
 
+    Products are computed in the adapter weights' dtype (vLLM's ``lora_dtype``) and added to
+    the layer's output in its own. Serving keeps the weights in fp32 on CPU
+    (``ServingConfig.lora_dtype``): at adapter shapes a bf16 bmm is several times slower than
+    an fp32 one on CPUs, and the activations' casts cost little (bench/results/cpu_lora_ops.md).
+
     Semantics are vLLM's wrapper's (scale, slices and offsets, ``add_inputs``, the fp32
     buffer ``add_shrink`` writes, ``no_lora`` in prefill), with the same fix as the ops above:
     a no-adapter token gets no delta. One difference in rounding: ``add_lora_linear`` keeps
-    the rank-wide intermediate in the model dtype, where vLLM's fp32 buffer is rounded to it
-    before the expand anyway. Anything else (a caller's buffer, ``add_inputs=False``, mixed
-    dtypes, a layout padding would make wasteful, embeddings, logits) takes vLLM's path,
-    which uses the ops above.
+    the rank-wide intermediate in the weights' dtype, where vLLM's fp32 buffer is rounded to
+    the model dtype before the expand. Anything else (a caller's buffer, ``add_inputs=False``,
+    input and output of different dtypes, a layout padding would make wasteful, embeddings,
+    logits) takes vLLM's path, which uses the ops above.
     """
 
     _batches: _SlotBatches | None = None
@@ -422,7 +429,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
                    **kwargs: Any) -> None:
         x = x.view(-1, x.shape[-1])
         batches = self._step_batches(x, *lora_a_stacked)
-        if batches is None or x.dtype != lora_a_stacked[0].dtype:
+        if batches is None:
             return super().add_shrink(y, x, lora_a_stacked, scale, **kwargs)
         if not batches.any_adapter:
             # A step of base-model tokens only. vLLM skips prefill; its decode ops run anyway
@@ -431,7 +438,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
                 for out, lora_a in zip(y, lora_a_stacked, strict=False):
                     out.view(-1, out.shape[-1])[:, : lora_a.shape[-2]].zero_()
             return None
-        rows = _to_rows(x, batches, x.dtype)
+        rows = _to_rows(x, batches, lora_a_stacked[0].dtype)
         for out, lora_a in zip(y, lora_a_stacked, strict=False):
             shrunk = _shrink_rows(rows, lora_a, batches, scale).view(-1, lora_a.shape[-2])
             if batches.token_row is not None:
@@ -447,14 +454,14 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
                    offset_start: int = 0, add_inputs: bool = True, **kwargs: Any) -> None:
         y2 = y.view(-1, y.shape[-1])
         batches = self._step_batches(y2, *lora_b_stacked)
-        if batches is None or not add_inputs or y.dtype != lora_b_stacked[0].dtype:
+        if batches is None or not add_inputs:
             return super().add_expand(y, x, lora_b_stacked, output_slices, offset_start,
                                       add_inputs, **kwargs)
         if not batches.any_adapter:
             return None  # base-model tokens only: nothing to add
         offset = offset_start
         for shrunk, lora_b, size in zip(x, lora_b_stacked, output_slices, strict=False):
-            rows = _to_rows(shrunk.view(-1, shrunk.shape[-1]), batches, y.dtype)
+            rows = _to_rows(shrunk.view(-1, shrunk.shape[-1]), batches, lora_b.dtype)
             _add_expanded(y2, rows, lora_b, batches, offset, size)
             offset += size
         return None
@@ -466,15 +473,14 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
                         buffer: tuple[torch.Tensor, ...] | None = None,
                         **kwargs: Any) -> None:
         batches = self._step_batches(x, *lora_a_stacked, *lora_b_stacked)
-        if (batches is None or buffer is not None or kwargs
-                or not x.dtype == y.dtype == lora_a_stacked[0].dtype):
+        if batches is None or buffer is not None or kwargs or x.dtype != y.dtype:
             return super().add_lora_linear(y, x, lora_a_stacked, lora_b_stacked, scale,
                                            output_slices, buffer=buffer, **kwargs)
         assert len(lora_a_stacked) == len(lora_b_stacked) == len(output_slices)
         if not batches.any_adapter:
             return None
         y2 = y.view(-1, y.shape[-1])
-        rows = _to_rows(x, batches, x.dtype)
+        rows = _to_rows(x, batches, lora_a_stacked[0].dtype)
         offset = 0
         for lora_a, lora_b, size in zip(lora_a_stacked, lora_b_stacked, output_slices,
                                         strict=True):

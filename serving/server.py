@@ -116,10 +116,27 @@ class ReplicaAdapterLoader(LoraModelLoader):
         shutil.rmtree(self.lora_root, ignore_errors=True)
 
 
+def with_torch_lora_dtype(llm_config: Any) -> Any:
+    """``llm_config``, its ``engine_kwargs["lora_dtype"]`` made a ``torch.dtype``.
+
+    ``ServingConfig.lora_dtype`` is a name; vLLM's ``LoRAConfig`` takes only ``auto``,
+    ``float16`` and ``bfloat16`` by name and fp32 (serving's CPU default) only as
+    ``torch.float32``. The replica has torch; the deploy driver need not import it.
+    ``update_engine_kwargs`` also updates the engine config Ray caches on the LLMConfig.
+    """
+    name = llm_config.engine_kwargs.get("lora_dtype")
+    if isinstance(name, str) and name != "auto":
+        import torch
+
+        llm_config.update_engine_kwargs(lora_dtype=getattr(torch, name))
+    return llm_config
+
+
 class OpenFTServer(LLMServer):
     """``LLMServer`` running ``AdapterLockingEngine`` with adapters kept by ``ResidentAdapters``."""
 
     async def __init__(self, llm_config: Any, **kwargs: Any) -> None:
+        llm_config = with_torch_lora_dtype(llm_config)
         kwargs.setdefault("engine_cls", AdapterLockingEngine)
         self._loader: ReplicaAdapterLoader | None = None
         self._s3: Any = None

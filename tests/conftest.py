@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,17 @@ from service.processes import ManagedProcess, free_port, start_ray_head, start_s
 S3_ACCESS_KEY = "test-access"
 S3_SECRET_KEY = "test-secret"
 S3_BUCKET = "openft-test"
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM (a CI time-out, ``kill <pid>``) unwinds the run like Ctrl-C, so the fixtures
+    below still stop the Ray heads, SeaweedFS and API processes they started; by default it
+    ends pytest at once and leaves them all running."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
 
 # Ray Train reports faster with a short health-check interval (see STACK-NOTES).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
@@ -58,6 +70,8 @@ class RayHead:
     dashboard_url: str
     gcs_address: str
     process: ManagedProcess
+    temp_dir: Path
+    """Ray's ``--temp-dir``: sessions and their logs (``session_latest/logs``)."""
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +93,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> I
     env = dict(os.environ, **s3_server.env)
     proc = start_ray_head(root, gcs_port, dash_port, num_cpus=4, log_dir=root, env=env)
     try:
-        yield RayHead(f"http://127.0.0.1:{dash_port}", f"127.0.0.1:{gcs_port}", proc)
+        yield RayHead(f"http://127.0.0.1:{dash_port}", f"127.0.0.1:{gcs_port}", proc, root)
     finally:
         proc.stop()
         shutil.rmtree(root, ignore_errors=True)

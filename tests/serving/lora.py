@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -103,6 +104,28 @@ def deployed(config: dict, ray_head, s3_server) -> Iterator[str]:
     # Reached only when the test passed: stopped replicas leave no adapter copies behind.
     left = replica_adapter_folders() - folders_before
     assert not left, f"stopped replicas left adapter folders: {sorted(left)}"
+
+
+def adapter_events(ray_head, app_name: str) -> list[tuple[str, str, str]]:
+    """What the replicas of ``app_name`` logged about their adapters (``serving.adapters``),
+    in order, as ``(replica id, model, event)``; ``event`` is ``loaded from S3`` or
+    ``unloaded: <why>``.
+
+    Read where an operator finds them: Serve's line format (``<app>_<deployment> <replica>
+    <request> -- <message>``) in the Ray session's logs. Once vLLM has set up its logging in a
+    replica, those lines reach the worker's stderr file (``logs/worker-*.err``), no longer
+    ``logs/serve/replica_*.log``; both are read, each line once.
+    """
+    line_re = re.compile(rf"^\S+ (\S+ \S+) {re.escape(app_name)}_\S+ (\S+) .*-- adapter (\S+) "
+                         r"(loaded from S3|unloaded: .+?)\s*$")
+    logs = Path(ray_head.temp_dir) / "session_latest" / "logs"
+    seen: dict[str, tuple[str, str, str, str]] = {}
+    for path in [*logs.glob("worker-*.err"), *(logs / "serve").glob(f"replica_{app_name}_*.log")]:
+        for line in path.read_text(errors="replace").splitlines():
+            if match := line_re.search(line):
+                stamp, replica, model, event = match.groups()
+                seen.setdefault(line, (stamp, replica, model, event))
+    return [(replica, model, event) for _, replica, model, event in sorted(seen.values())]
 
 
 def replica_adapter_folders() -> set[Path]:

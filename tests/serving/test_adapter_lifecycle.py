@@ -22,7 +22,14 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.serving.lora import MESSAGES, answer, deployed, new_adapter, serving_client
+from tests.serving.lora import (
+    MESSAGES,
+    adapter_events,
+    answer,
+    deployed,
+    new_adapter,
+    serving_client,
+)
 from training.spec import deleted_marker_key
 
 pytestmark = pytest.mark.slow
@@ -130,7 +137,7 @@ def chat(client: OpenAI, model: str) -> str:
 
 
 def test_fresh_adapter_is_loaded_from_s3_by_each_replica(
-    client: OpenAI, serving_url: str, upload
+    client: OpenAI, serving_url: str, upload, ray_head
 ) -> None:
     base_text = chat(client, BASE_ID)
     model = f"{BASE_ID}:{upload(seed=11)}"  # uploaded after the replicas started
@@ -141,6 +148,11 @@ def test_fresh_adapter_is_loaded_from_s3_by_each_replica(
     assert replica_x != replica_y  # both replicas answered
     assert text_x == text_y
     assert text_x.strip() and text_x != base_text
+    # ... each after fetching it from S3 itself, once
+    loaded_by = [replica for replica, m, event in adapter_events(ray_head, APP_NAME)
+                 if m == model and event == "loaded from S3"]
+    assert sorted(loaded_by) == sorted({replica_x.rsplit("-", 1)[-1],
+                                        replica_y.rsplit("-", 1)[-1]}), loaded_by
 
 
 def test_adapters_under_different_keys_answer_differently(client: OpenAI, upload) -> None:
@@ -150,14 +162,26 @@ def test_adapters_under_different_keys_answer_differently(client: OpenAI, upload
 
 
 def test_lru_of_one_adapter_per_replica_reloads_an_evicted_adapter(
-    client: OpenAI, upload
+    client: OpenAI, upload, ray_head
 ) -> None:
-    """Three adapters over two replicas holding one each: evictions happen, answers stay."""
+    """Three adapters over two replicas holding one each: evictions happen, answers stay.
+
+    Four rounds over the three: whichever replica Serve sends each new adapter to, some
+    replica must then load an adapter it evicted before (three rounds have routings that
+    avoid it, four do not)."""
     models = [f"{BASE_ID}:{upload(seed=s)}" for s in (31, 32, 33)]
     first = {m: chat(client, m) for m in models}
-    for m in [*models, *models]:
+    for m in models * 3:
         assert chat(client, m) == first[m]
     assert len(set(first.values())) == 3
+
+    # Some replica evicted one of them and later loaded it from S3 again.
+    events = [e for e in adapter_events(ray_head, APP_NAME) if e[1] in models]
+    evicted = {(replica, m) for replica, m, event in events
+               if event == "unloaded: least recently used"}
+    reloaded = [(replica, m) for replica, m in evicted
+                if events.count((replica, m, "loaded from S3")) >= 2]
+    assert reloaded, events
 
 
 def test_deleted_adapter_answers_404_on_every_replica(

@@ -62,6 +62,7 @@ def test_engine_settings_follow_the_config() -> None:
     assert kwargs["max_lora_rank"] == 32
     assert kwargs["kv_cache_memory_bytes"] == 2**29
     assert kwargs["block_size"] % 32 == 0
+    assert kwargs["lora_dtype"] == "float32"  # fast LoRA products on CPU (serving.cpu_lora)
 
 
 def test_llm_config_reserves_only_replica_cpus_and_loads_adapters_from_s3() -> None:
@@ -114,3 +115,20 @@ def test_operator_settings_reach_the_serving_config(monkeypatch, tmp_path) -> No
     assert [m.id for m in config.base_models] == ["a", "b"]
     assert config.autoscaling == {"min_replicas": 1, "max_replicas": 3}
     assert config.max_adapters_per_replica == 24
+
+
+@pytest.mark.parametrize(("name", "dtype"), [("float32", "torch.float32"), ("auto", "auto")])
+def test_vllm_accepts_the_lora_dtype_serving_asks_for(name: str, dtype: str) -> None:
+    """vLLM's LoRAConfig refuses the name "float32" (it takes fp32 only as a torch dtype)."""
+    from vllm.config.lora import LoRAConfig
+
+    from serving.server import with_torch_lora_dtype
+
+    config = ServingConfig.model_validate({**MINIMAL, "lora_dtype": name})
+    llm = llm_config(config, config.base_models[0])
+    llm.get_engine_config()  # Ray caches it on the LLMConfig as the deployment is built
+    llm = with_torch_lora_dtype(llm)
+
+    for kwargs in (llm.engine_kwargs, llm.get_engine_config().engine_kwargs):
+        lora = LoRAConfig(max_lora_rank=16, lora_dtype=kwargs["lora_dtype"])
+        assert str(lora.lora_dtype) == dtype

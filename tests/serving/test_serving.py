@@ -16,7 +16,14 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.serving.lora import MESSAGES, deployed, new_adapter, ray_env, serving_client
+from tests.serving.lora import (
+    MESSAGES,
+    adapter_events,
+    deployed,
+    new_adapter,
+    ray_env,
+    serving_client,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -89,8 +96,8 @@ def test_adapter_is_loaded_from_s3_on_first_use_and_changes_the_answer(
     assert _chat(client, adapter_model) == adapter_text  # greedy and stable once loaded
 
 
-def test_concurrent_first_requests_for_an_adapter_all_succeed(
-    client: OpenAI, second_adapter_key: str
+def test_concurrent_first_requests_for_an_adapter_load_it_once(
+    client: OpenAI, second_adapter_key: str, ray_head
 ) -> None:
     model = f"{BASE_ID}:{second_adapter_key}"
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -99,6 +106,9 @@ def test_concurrent_first_requests_for_an_adapter_all_succeed(
     assert len(set(answers)) == 1
     assert answers[0].strip()
     assert answers[0] != _chat(client, BASE_ID)
+    # One replica, four simultaneous first requests: one download and registration.
+    loads = [e for e in adapter_events(ray_head, APP_NAME) if e[1:] == (model, "loaded from S3")]
+    assert len(loads) == 1, loads
 
 
 def test_base_answers_are_unchanged_when_adapters_fill_every_slot(
