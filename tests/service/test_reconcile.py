@@ -29,7 +29,7 @@ def second_ray_head(s3_server) -> Iterator[RayHead]:
     proc = start_ray_head(root, gcs, dash, num_cpus=4, log_dir=root,
                           env=dict(os.environ, **s3_server.env))
     try:
-        yield RayHead(f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs}", proc)
+        yield RayHead(f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs}", proc, root)
     finally:
         proc.stop()
 
