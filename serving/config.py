@@ -105,11 +105,10 @@ class ServingConfig(BaseModel):
 
     lora_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     """dtype of the adapter weights in vLLM's slots (``auto``: the engine's). fp32 on CPU on
-    purpose: at adapter shapes (rank 16 against the hidden size) a bf16 matmul takes 3-5x as
-    long as an fp32 one there, so a bf16 model's LoRA products run in fp32
-    (``serving.cpu_lora``; bench/results/cpu_lora_ops.md), and more precisely. It doubles the
-    slots' memory: rank 16 on every linear layer of SmolLM2-135M is 20 MB a slot. On a GPU,
-    take ``auto``."""
+    purpose: a bf16 model's LoRA products then run in fp32 (``serving.cpu_lora``), more
+    precisely and, in decode steps, 30-40% faster than in bf16 (long prefills are slower
+    where the CPU has AMX; bench/results/cpu_lora_ops.md). It doubles the slots' memory:
+    rank 16 on every linear layer of SmolLM2-135M is 20 MB a slot. On a GPU, take ``auto``."""
 
     ready_timeout_s: float = Field(default=600.0, gt=0)
     """How long ``serving.deploy`` waits for every base model to be listed."""

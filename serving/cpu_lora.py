@@ -351,21 +351,6 @@ def slot_batches(indices: torch.Tensor) -> _SlotBatches | None:
     )
 
 
-# Rows per slot from which the products run in the model's dtype rather than the adapter
-# weights' (fp32, serving's lora_dtype): a bf16 matmul of many rows uses the CPU's bf16 units
-# (AMX, AVX512-BF16) and beats fp32, one of a few rows does not. Measured per layer on an AMX
-# Xeon (bench/cpu_lora_ops.py): 32 rows a slot (prefill, 16 adapters) 4.1 ms in bf16 against
-# 6.8 in fp32; 16 rows (decode, 1 adapter) 0.63 against 0.44.
-_MODEL_DTYPE_ROWS = 32
-
-
-def _compute_dtype(model: torch.dtype, weights: torch.dtype,
-                   batches: _SlotBatches) -> torch.dtype:
-    """The dtype of a step's LoRA products: the weights' for decode-sized steps, the model's
-    for prefill-sized ones (``_MODEL_DTYPE_ROWS``)."""
-    return model if batches.per_slot >= _MODEL_DTYPE_ROWS else weights
-
-
 def _slot_range(weights: torch.Tensor, batches: _SlotBatches) -> torch.Tensor:
     """``[slots, out, in]`` view of the step's slots in ``[max_loras, (1,) out, in]``."""
     return _stacked(weights)[batches.first : batches.first + batches.slots]
@@ -382,7 +367,7 @@ def _to_rows(x: torch.Tensor, batches: _SlotBatches, dtype: torch.dtype) -> torc
 
 def _shrink_rows(rows: torch.Tensor, lora_a: torch.Tensor, batches: _SlotBatches,
                  scale: float) -> torch.Tensor:
-    shrunk = torch.bmm(rows, _slot_range(lora_a, batches).to(rows.dtype).transpose(1, 2))
+    shrunk = torch.bmm(rows, _slot_range(lora_a, batches).transpose(1, 2))
     return shrunk if scale == 1.0 else shrunk.mul_(scale)
 
 
@@ -390,8 +375,7 @@ def _add_expanded(y: torch.Tensor, rows: torch.Tensor, lora_b: torch.Tensor,
                   batches: _SlotBatches, offset: int, size: int) -> None:
     """``y[:, offset:offset+size] += rows @ B[slot].T`` back in token order, computed in the
     weights' dtype and added in ``y``'s."""
-    weights = _slot_range(lora_b, batches).to(rows.dtype)
-    expanded = torch.bmm(rows, weights.transpose(1, 2)).view(-1, size)
+    expanded = torch.bmm(rows, _slot_range(lora_b, batches).transpose(1, 2)).view(-1, size)
     expanded = expanded.to(dtype=y.dtype)
     target = y[:, offset : offset + size]
     if batches.row_token is None:
@@ -411,10 +395,13 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
     one for the expand over the contiguous range of slots the step uses, reading the stacked
     weights in place (nothing cached, so an adapter loaded into a slot is used at once).
 
-    Serving keeps the adapter weights in fp32 on CPU (``ServingConfig.lora_dtype``): a decode
-    step's products (a few rows per adapter) then run in fp32, faster than in bf16 on CPUs,
-    while a prefill-sized step's run in the model's dtype, where bf16 units win
-    (``_compute_dtype``); either way they are added to the layer's output in its own dtype.
+    Products are computed in the adapter weights' dtype (vLLM's ``lora_dtype``) and added to
+    the layer's output in its own. Serving keeps the weights in fp32 on CPU
+    (``ServingConfig.lora_dtype``): a decode step's products (a few rows per adapter) run
+    faster in fp32 than in bf16 on CPUs, while a long prefill's run slower where the CPU has
+    bf16 units (AMX), bench/results/cpu_lora_ops.md. One dtype for every step on purpose:
+    computing large steps in bf16 made an adapter's greedy answer depend on what it was
+    batched with (the serving tests caught it).
 
     Semantics are vLLM's wrapper's (scale, slices and offsets, ``add_inputs``, the fp32
     buffer ``add_shrink`` writes, ``no_lora`` in prefill), with the same fix as the ops above:
@@ -454,7 +441,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
                 for out, lora_a in zip(y, lora_a_stacked, strict=False):
                     out.view(-1, out.shape[-1])[:, : lora_a.shape[-2]].zero_()
             return None
-        rows = _to_rows(x, batches, _compute_dtype(x.dtype, lora_a_stacked[0].dtype, batches))
+        rows = _to_rows(x, batches, lora_a_stacked[0].dtype)
         for out, lora_a in zip(y, lora_a_stacked, strict=False):
             shrunk = _shrink_rows(rows, lora_a, batches, scale).view(-1, lora_a.shape[-2])
             if batches.token_row is not None:
@@ -477,8 +464,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
             return None  # base-model tokens only: nothing to add
         offset = offset_start
         for shrunk, lora_b, size in zip(x, lora_b_stacked, output_slices, strict=False):
-            dtype = _compute_dtype(y.dtype, lora_b.dtype, batches)
-            rows = _to_rows(shrunk.view(-1, shrunk.shape[-1]), batches, dtype)
+            rows = _to_rows(shrunk.view(-1, shrunk.shape[-1]), batches, lora_b.dtype)
             _add_expanded(y2, rows, lora_b, batches, offset, size)
             offset += size
         return None
@@ -497,7 +483,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         if not batches.any_adapter:
             return None
         y2 = y.view(-1, y.shape[-1])
-        rows = _to_rows(x, batches, _compute_dtype(x.dtype, lora_a_stacked[0].dtype, batches))
+        rows = _to_rows(x, batches, lora_a_stacked[0].dtype)
         offset = 0
         for lora_a, lora_b, size in zip(lora_a_stacked, lora_b_stacked, output_slices,
                                         strict=True):

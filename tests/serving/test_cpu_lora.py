@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -218,24 +217,16 @@ def _stacked(slices: tuple[int, ...], dtype: torch.dtype) -> tuple[tuple, tuple]
 
 
 def _assert_rounded_from(ours: torch.Tensor, exact: torch.Tensor, before: torch.Tensor,
-                         vllm: Callable[[bool], torch.Tensor], lora_ids: list[int]) -> None:
+                         vllm: torch.Tensor, lora_ids: list[int]) -> None:
     """``ours`` equals ``exact`` (vLLM's wrapper computed in the adapters' dtype) as
-    ``_assert_same`` does. For fp32 adapters on a bf16 model, by the step's size:
-
-    - decode-sized steps run in fp32: within the two bf16 roundings the products need on
-      their way into the layer's output (the delta, then the sum);
-    - prefill-sized ones (``_MODEL_DTYPE_ROWS`` rows per slot) run in bf16: equal to vLLM's
-      wrapper on the weights cast to bf16 (``vllm(True)``), as in the bf16 case;
-    - where padding would cost too much, ours is vLLM's path: equal to vLLM's wrapper on the
-      same tensors (``vllm(False)``).
-    """
+    ``_assert_same`` does. For fp32 adapters on a bf16 model: within the two bf16 roundings
+    the fp32 products need on their way into the layer's output (the delta, then the sum);
+    where ours takes vLLM's path (padding would cost too much), equal to ``vllm``: vLLM's
+    wrapper on the same tensors, which casts the weights to bf16 first."""
     if exact.dtype == ours.dtype:
         return _assert_same(ours, exact)
-    batches = cpu_lora.slot_batches(torch.tensor(lora_ids) - 1)
-    if batches is None:
-        return _assert_same(ours, vllm(False))
-    if batches.per_slot >= cpu_lora._MODEL_DTYPE_ROWS:
-        return _assert_same(ours, vllm(True))
+    if lora_ids is STEPS["prefill, uneven"]:
+        return _assert_same(ours, vllm)
     delta = exact - before.to(exact.dtype)
     error = (ours.to(exact.dtype) - exact).abs()
     assert bool((error <= 2**-7 * (delta.abs() + exact.abs()) + 1e-6).all()), error.max()
@@ -262,16 +253,11 @@ def test_add_lora_linear_matches_vllm_wrapper(lora_ids, dtypes, layer) -> None:
     x = torch.randn(len(lora_ids), HIDDEN, dtype=dtype)
     y = torch.randn(len(lora_ids), sum(slices), dtype=dtype)
     # vLLM's wrapper in the adapters' dtype throughout: with the model's, the same arithmetic
-    y_theirs, y_ours = y.to(lora_dtype), y.clone()
+    y_theirs, y_ours, y_vllm = y.to(lora_dtype), y.clone(), y.clone()
     theirs.add_lora_linear(y_theirs, x.to(lora_dtype), a, b, 0.5, slices)
     ours.add_lora_linear(y_ours, x, a, b, 0.5, slices)
-
-    def vllm(cast: bool) -> torch.Tensor:
-        out, to = y.clone(), (lambda ws: tuple(w.to(dtype) for w in ws)) if cast else tuple
-        theirs.add_lora_linear(out, x, to(a), to(b), 0.5, slices)
-        return out
-
-    _assert_rounded_from(y_ours, y_theirs, y, vllm, lora_ids)
+    theirs.add_lora_linear(y_vllm, x, a, b, 0.5, slices)
+    _assert_rounded_from(y_ours, y_theirs, y, y_vllm, lora_ids)
     no_adapter = torch.tensor(lora_ids) == 0
     _assert_same(y_ours[no_adapter], y[no_adapter])
 
@@ -294,28 +280,17 @@ def test_add_shrink_then_add_expand_match_vllm_wrapper(lora_ids, dtypes, layer) 
     buffers = [buffer.clone(), buffer.clone()]
     y = torch.randn(tokens, sum(slices) + 8, dtype=dtype)
     # vLLM's wrapper in the adapters' dtype, as in test_add_lora_linear_matches_vllm_wrapper
-    outputs = [y.to(lora_dtype), y.clone()]
-    for wrapper, buf, x_in, out in zip((theirs, ours), buffers, (x.to(lora_dtype), x),
-                                       outputs, strict=True):
-        wrapper.add_shrink(buf, x_in, a, 2.0)
-        wrapper.add_expand(out, buf, b, slices, offset_start=8, add_input=True)
-
-    def vllm(cast: bool) -> torch.Tensor:
-        to = (lambda ws: tuple(w.to(dtype) for w in ws)) if cast else tuple
-        buf, out = buffer.clone(), y.clone()
-        theirs.add_shrink(buf, x, to(a), 2.0)
-        theirs.add_expand(out, buf, to(b), slices, offset_start=8, add_input=True)
-        return out
-
-    # ours computes the shrink in bf16 (then vLLM's expand rounds it so too) for bf16 weights,
-    # and for fp32 weights in a prefill-sized step it does not leave to vLLM's path
-    batches = cpu_lora.slot_batches(torch.tensor(lora_ids) - 1)
-    if lora_dtype == torch.bfloat16 or (
-            dtype != lora_dtype and batches is not None
-            and batches.per_slot >= cpu_lora._MODEL_DTYPE_ROWS):
-        buffers = [buf.to(torch.bfloat16) for buf in buffers]
+    outputs = [y.to(lora_dtype), y.clone(), y.clone()]
+    inputs = [x.to(lora_dtype), x, x]
+    buffers.append(buffer.clone())
+    for wrapper, buffer, x_in, out in zip((theirs, ours, theirs), buffers, inputs, outputs,
+                                          strict=True):
+        wrapper.add_shrink(buffer, x_in, a, 2.0)
+        wrapper.add_expand(out, buffer, b, slices, offset_start=8, add_input=True)
+    if lora_dtype == torch.bfloat16:  # ours rounds the shrink to bf16 first; vLLM's expand does
+        buffers = [buf.to(lora_dtype) for buf in buffers]
     _assert_same(buffers[1], buffers[0])
-    _assert_rounded_from(outputs[1], outputs[0], y, vllm, lora_ids)
+    _assert_rounded_from(outputs[1], outputs[0], y, outputs[2], lora_ids)
 
 
 @pytest.mark.usefixtures("stock_ops_with_zero_for_no_adapter")
