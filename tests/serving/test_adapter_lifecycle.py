@@ -36,9 +36,10 @@ pytestmark = pytest.mark.slow
 
 BASE_ID = "tiny-llama"
 APP_NAME = "openft-serving-lifecycle-test"
-MAX_MODEL_LEN = 4096
+MAX_MODEL_LEN = 16384
 """This module's tiny model has a long context so that a busy stream (``MAX_MODEL_LEN - 64``
-tokens, tens of seconds) outlasts every routing step of ``on_each_replica``."""
+tokens) outlasts every routing step of ``on_each_replica``. 4096 tokens took about 10 s on an
+Intel Xeon, short enough to end on its own while a step waited, freeing its replica early."""
 ADAPTER_RECHECK_S = 1.0
 """How stale a replica's knowledge of an adapter in S3 may be (``adapter_recheck_s``)."""
 T = TypeVar("T")
@@ -48,7 +49,7 @@ T = TypeVar("T")
 def long_context_model_dir(tmp_path_factory) -> Path:
     from tests.support.tiny_model import build_tiny_llama
 
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-4k"), context=MAX_MODEL_LEN)
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-long"), context=MAX_MODEL_LEN)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,8 @@ def busy_replica(serving_url: str) -> Iterator[None]:
                 started.set()  # it is generating: that replica is full
                 if stop.is_set():
                     return
+        # Ended by itself: its replica was free for part of the block, routing not forced.
+        raise AssertionError("the busy stream ended before the block did")
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         reader = pool.submit(read)
