@@ -116,8 +116,8 @@ class ReplicaAdapterLoader(LoraModelLoader):
         shutil.rmtree(self.lora_root, ignore_errors=True)
 
 
-def with_torch_lora_dtype(llm_config: Any) -> Any:
-    """``llm_config``, its ``engine_kwargs["lora_dtype"]`` made a ``torch.dtype``.
+def use_torch_lora_dtype(llm_config: Any) -> None:
+    """Make ``llm_config.engine_kwargs["lora_dtype"]`` a ``torch.dtype``, in place.
 
     ``ServingConfig.lora_dtype`` is a name; vLLM's ``LoRAConfig`` takes only ``auto``,
     ``float16`` and ``bfloat16`` by name and fp32 (serving's CPU default) only as
@@ -129,14 +129,13 @@ def with_torch_lora_dtype(llm_config: Any) -> Any:
         import torch
 
         llm_config.update_engine_kwargs(lora_dtype=getattr(torch, name))
-    return llm_config
 
 
 class OpenFTServer(LLMServer):
     """``LLMServer`` running ``AdapterLockingEngine`` with adapters kept by ``ResidentAdapters``."""
 
     async def __init__(self, llm_config: Any, **kwargs: Any) -> None:
-        llm_config = with_torch_lora_dtype(llm_config)
+        use_torch_lora_dtype(llm_config)
         kwargs.setdefault("engine_cls", AdapterLockingEngine)
         self._loader: ReplicaAdapterLoader | None = None
         self._s3: Any = None

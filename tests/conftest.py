@@ -17,6 +17,7 @@ S3_ACCESS_KEY = "test-access"
 S3_SECRET_KEY = "test-secret"
 S3_BUCKET = "openft-test"
 
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 

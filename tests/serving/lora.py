@@ -37,6 +37,12 @@ def answer(client: OpenAI, model: str, max_tokens: int = 12) -> tuple[str, str]:
     return response.choices[0].message.content or "", response.system_fingerprint
 
 
+def replica_id(fingerprint: str) -> str:
+    """The Serve replica id that ``serving.server`` appends to vLLM's ``system_fingerprint``
+    (``<vllm fingerprint>-<replica id>``), as the replicas' log lines name it."""
+    return fingerprint.rsplit("-", 1)[-1]
+
+
 def build_lora_adapter(base_dir: Path, out_dir: Path, rank: int = 8, seed: int = 1) -> Path:
     """Save a peft LoRA (rank ``rank``, all linear layers) with random non-zero ``lora_B``.
 

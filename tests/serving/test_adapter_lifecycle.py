@@ -28,6 +28,7 @@ from tests.serving.lora import (
     answer,
     deployed,
     new_adapter,
+    replica_id,
     serving_client,
 )
 from training.spec import deleted_marker_key
@@ -154,8 +155,7 @@ def test_fresh_adapter_is_loaded_from_s3_by_each_replica(
     # ... each after fetching it from S3 itself, once
     loaded_by = [replica for replica, m, event in adapter_events(ray_head, APP_NAME)
                  if m == model and event == "loaded from S3"]
-    assert sorted(loaded_by) == sorted({replica_x.rsplit("-", 1)[-1],
-                                        replica_y.rsplit("-", 1)[-1]}), loaded_by
+    assert sorted(loaded_by) == sorted({replica_id(replica_x), replica_id(replica_y)}), loaded_by
 
 
 def test_adapters_under_different_keys_answer_differently(client: OpenAI, upload) -> None:

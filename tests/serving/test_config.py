@@ -122,12 +122,12 @@ def test_vllm_accepts_the_lora_dtype_serving_asks_for(name: str, dtype: str) -> 
     """vLLM's LoRAConfig refuses the name "float32" (it takes fp32 only as a torch dtype)."""
     from vllm.config.lora import LoRAConfig
 
-    from serving.server import with_torch_lora_dtype
+    from serving.server import use_torch_lora_dtype
 
     config = ServingConfig.model_validate({**MINIMAL, "lora_dtype": name})
     llm = llm_config(config, config.base_models[0])
     llm.get_engine_config()  # Ray caches it on the LLMConfig as the deployment is built
-    llm = with_torch_lora_dtype(llm)
+    use_torch_lora_dtype(llm)
 
     for kwargs in (llm.engine_kwargs, llm.get_engine_config().engine_kwargs):
         lora = LoRAConfig(max_lora_rank=16, lora_dtype=kwargs["lora_dtype"])
