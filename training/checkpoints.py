@@ -9,7 +9,8 @@ uploads all of them into one folder, ``jobs/{job_id}/checkpoints/step-{step:08d}
     rng/rank-{r}.pt       each rank's torch RNG state (LoRA dropout draws from it)
     adapter/              adapter_config.json + adapter_model.safetensors (rank 0)
 
-Once every rank's upload is done, rank 0 copies the adapter to
+Once every rank's upload is done and Ray Train's controller holds every rank's report (a
+restart then starts from this checkpoint), rank 0 copies the adapter to
 ``models/{model_key}-step-{step:08d}/`` and only then emits the ``checkpoint`` event.
 """
 
@@ -139,7 +140,8 @@ class Checkpointer:
                 checkpoint=ray.train.Checkpoint.from_directory(out),
                 checkpoint_dir_name=checkpoint_dir_name(step),
             )
-            barrier()  # report returns once this rank's files are up; the event needs all
+            wait_until_taken()
+            barrier()  # every rank's report is with the controller: the checkpoint is Ray's
             if rank == 0:
                 if not spec.full_finetune:
                     name = checkpoint_model_key(spec.model_key, step)
@@ -179,6 +181,23 @@ def save_state(engine: Any, out: Path, state: TrainerState, rank: int) -> None:
     torch.save(rng_state(), rng / f"rank-{rank}.pt")
     if rank == 0:
         (out / STATE_FILE).write_text(state.to_json())
+
+
+def wait_until_taken() -> None:
+    """Block until Ray Train's controller has taken this rank's last report.
+
+    ``ray.train.report`` returns once this rank's files are up and its report waits in the
+    worker's queue; the controller takes it at its next health-check poll
+    (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``) and registers the checkpoint only once it holds
+    every rank's report. A rank killed before that poll takes the checkpoint with it: the
+    restart would begin from the one before, or from step 0, although the user was told this
+    one was saved. Ray marks the queue's item done when the poll takes it (the two-phase commit
+    its worker's TODO asks for), so ``join`` waits exactly that long. The queue is Ray
+    Train's internal one; ``tests/training/test_fault_tolerance.py`` fails when it moves.
+    """
+    from ray.train.v2._internal.execution.context import get_train_context
+
+    get_train_context().get_result_queue().join()
 
 
 def barrier() -> None:

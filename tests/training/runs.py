@@ -33,8 +33,10 @@ def chat_line(country: str, city: str) -> str:
     )
 
 
-def start(ray_head, s3_server, spec: TrainingSpec, attempt: int = 0):
+def start(ray_head, s3_server, spec: TrainingSpec, attempt: int = 0, env: dict | None = None):
     """Upload the spec and start the driver as the service does; returns ``(client, id)``.
+
+    ``env`` adds to (or overrides) the service's environment of the run.
 
     No ``working_dir`` or ``PYTHONPATH``: ``make`` installs openft into the venv
     (``pip install -e .``), whose interpreter runs the entrypoint and the Ray workers.
@@ -57,6 +59,7 @@ def start(ray_head, s3_server, spec: TrainingSpec, attempt: int = 0):
                 "RAY_API_SERVER_ADDRESS": ray_head.dashboard_url,
                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
                 "PYTHONUNBUFFERED": "1",
+                **(env or {}),
             }
         },
     )

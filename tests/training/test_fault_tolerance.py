@@ -34,6 +34,14 @@ FIELDS = dict(n_epochs=12, zero_stage=2, checkpoint_every_steps=4, max_failures=
 """36 steps, a checkpoint every 4 steps and at every epoch end (3 steps)."""
 
 
+SLOW_CONTROLLER = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}
+"""Ray's default poll interval (the service sets 0.2 s). Ray Train's controller takes the
+workers' reports, and so registers a checkpoint, only when it polls them; the test kills the
+worker as soon as the checkpoint event is in S3. Were that event emitted before the poll, the
+kill would mostly land inside this window and the restart begin from scratch, although the
+user was shown the checkpoint (CI once caught it at 0.2 s on a loaded machine)."""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("rank", [0, 1])
 def test_a_killed_worker_restarts_from_the_last_checkpoint_and_the_job_succeeds(
@@ -43,16 +51,18 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint_and_the_job_succeeds(
     collective. Either way the job ends as the uninterrupted run does, bit for bit."""
     reference_spec, reference_run = reference
     spec = make_spec(s3_server, tiny_model_dir, reference_spec.training_file_key, **FIELDS)
-    client, submission_id = start(ray_head, s3_server, spec)
+    client, submission_id = start(ray_head, s3_server, spec, env=SLOW_CONTROLLER)
+    pid = wait_for_worker_pid(ray_head, client, submission_id, rank)
     first_checkpoint = wait_for_checkpoint(s3_server, spec.job_id)
-    pid = train_worker_pid(ray_head, client, submission_id, rank)
     os.kill(pid, signal.SIGKILL)
     status, logs = wait(client, submission_id)
 
     assert status == "SUCCEEDED", logs[-5000:]
     assert "[FailurePolicy] RETRY" in logs, logs[-5000:]  # Ray Train's own decision
     _, events = read_events(s3_server, spec.job_id)
-    [restart] = [e for e in events if e["message"].startswith("Training restarted")]
+    restarts = [e for e in events if e["message"].startswith("Training restarted")]
+    assert len(restarts) == 1, ([e["message"] for e in events], logs[-5000:])
+    [restart] = restarts
     step = restart["data"]["step"]
     assert restart["message"] == restart_message(step)
     before, after = split_at(events, restart)
@@ -112,8 +122,21 @@ def wait_for_checkpoint(s3_server, job_id: str, timeout_s: float = 300) -> int:
         _, events = read_events(s3_server, job_id)
         if checkpoints := of_type(events, "checkpoint"):
             return int(checkpoints[0]["step"])
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise TimeoutError(f"no checkpoint from {job_id} in {timeout_s}s")
+
+
+def wait_for_worker_pid(ray_head, client, submission_id: str, rank: int,
+                        timeout_s: float = 120) -> int:
+    """``train_worker_pid`` once the run's worker group is up (before its first checkpoint:
+    the kill then follows the checkpoint event without a state-API round trip)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            return train_worker_pid(ray_head, client, submission_id, rank)
+        except ValueError:  # not started yet: no such rank among the live actors
+            time.sleep(0.5)
+    raise TimeoutError(f"no rank {rank} worker in {submission_id} in {timeout_s}s")
 
 
 def train_worker_pid(ray_head, client, submission_id: str, rank: int) -> int:
