@@ -309,22 +309,41 @@ def test_add_expand_without_add_inputs_matches_vllm_wrapper(dtype) -> None:
 
 
 @pytest.mark.parametrize("dtypes", WRAPPER_DTYPES.values(), ids=WRAPPER_DTYPES.keys())
-def test_adapter_loaded_into_a_slot_is_used_at_the_next_call(dtypes) -> None:
-    """vLLM loads an adapter by copying into the stacked weights in place; nothing stale."""
+@pytest.mark.parametrize("layer", ["qkv", "o"])
+def test_adapter_loaded_into_a_slot_is_used_at_the_next_call(dtypes, layer) -> None:
+    """vLLM loads an adapter by copying it into the stacked weights in place (``set_lora``)
+    and unloads it by zeroing the slot (``reset_lora``): the next step must use the new
+    weights, or none, for that slot's tokens and leave the other slots' alone."""
     dtype, lora_dtype = dtypes
     torch.manual_seed(0)
-    _, ours = _wrappers(STEPS["decode, 4 adapters"])
-    a, b = _stacked(SLICES["qkv"], lora_dtype)
+    lora_ids = STEPS["decode, 4 adapters"]
+    _, ours = _wrappers(lora_ids)
+    slices = SLICES[layer]
+    a, b = _stacked(slices, lora_dtype)
     x = torch.randn(16, HIDDEN, dtype=dtype)
-    before = torch.zeros(16, sum(SLICES["qkv"]), dtype=dtype)
-    ours.add_lora_linear(before, x, a, b, 1.0, SLICES["qkv"])
-    for weights in b:
-        weights[2].zero_()  # slot 2, lora id 3: tokens 2, 6, 10, 14
-    after = torch.zeros_like(before)
-    ours.add_lora_linear(after, x, a, b, 1.0, SLICES["qkv"])
-    unloaded = torch.arange(16) % 4 == 2
-    assert bool(after[unloaded].eq(0).all()) and not bool(before[unloaded].eq(0).all())
-    _assert_same(after[~unloaded], before[~unloaded])
+
+    def delta(wrapper: PunicaWrapperCPU) -> torch.Tensor:
+        out = torch.zeros(16, sum(slices), dtype=dtype)
+        wrapper.add_lora_linear(out, x, a, b, 1.0, slices)
+        return out
+
+    before = delta(ours)
+    slot = 2  # lora id 3: tokens 2, 6, 10, 14
+    reloaded = torch.arange(16) % 4 == slot
+    new_a, new_b = _stacked(slices, lora_dtype)
+    for i in range(len(slices)):  # as vLLM's set_lora writes a new adapter into the slot
+        a[i][slot, 0, :, :].copy_(new_a[i][slot, 0])
+        b[i][slot, 0, :, :].copy_(new_b[i][slot, 0])
+    after = delta(ours)
+    _assert_same(after, delta(_wrappers(lora_ids)[1]))  # a wrapper that never saw the old one
+    assert not torch.allclose(after[reloaded], before[reloaded])
+    _assert_same(after[~reloaded], before[~reloaded])
+    for i in range(len(slices)):  # vLLM's reset_lora
+        a[i][slot] = 0
+        b[i][slot] = 0
+    unloaded = delta(ours)
+    assert bool(unloaded[reloaded].eq(0).all())
+    _assert_same(unloaded[~reloaded], before[~reloaded])
 
 
 def test_register_installs_the_wrapper_once() -> None:
