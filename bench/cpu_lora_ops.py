@@ -10,7 +10,8 @@ layer reaches them in vLLM 0.32's V1 engine: through ``PunicaWrapperCPU`` after
 and down (RowParallelLinearWithLoRA): 7 shrinks and 7 expand-slices per layer. The three
 implementations: vLLM's wrapper and ops; vLLM's wrapper with our ops rebound in
 ``punica_cpu``; our ``GroupedPunicaWrapperCPU`` (what the plugin installs).
-Batches: decode (16 sequences of 1 token) and prefill (16 sequences of 32 tokens), their
+A second table times the LM head's LoRA (``add_lora_logits``) on a decode step's 16 sampled
+rows. Batches: decode (16 sequences of 1 token) and prefill (16 sequences of 32 tokens), their
 sequences spread round-robin over 1, 4 or 16 adapters (16 LoRA slots). For scale, "base" times
 the layer's 7 base linear layers on the same tokens. Reported: best ms over repeats, all four
 interleaved; 1 torch thread unless ``--threads`` (vLLM's worker uses all cores, but 2-thread
@@ -40,7 +41,7 @@ from bench.environment import code_version, machine
 from serving import cpu_lora
 
 RESULTS = Path(__file__).parent / "results" / "cpu_lora_ops.md"
-HIDDEN, INTERMEDIATE, KV, RANK, SLOTS = 576, 1536, 192, 16, 16
+HIDDEN, INTERMEDIATE, KV, RANK, SLOTS, VOCAB = 576, 1536, 192, 16, 16, 49152
 # (input width, output widths of the slices) of each LoRA'd layer in one decoder layer
 LAYERS = {"qkv": (HIDDEN, (HIDDEN, KV, KV)), "o": (HIDDEN, (HIDDEN,)),
           "gate_up": (HIDDEN, (INTERMEDIATE, INTERMEDIATE)), "down": (INTERMEDIATE, (HIDDEN,))}
@@ -87,7 +88,7 @@ def layer_steps(seqs: int, seq_len: int, adapters: int, dtype: torch.dtype,
     for impl, (wrapper_cls, ops) in IMPLEMENTATIONS.items():
         punica = wrapper_cls(tokens, seqs, device="cpu")
         punica.update_metadata(LoRAMapping(lora_ids, lora_ids, is_prefill=True),
-                               list(range(1, SLOTS + 1)), SLOTS, vocab_size=49152)
+                               list(range(1, SLOTS + 1)), SLOTS, vocab_size=VOCAB)
         steps[f"{impl}_ms"] = partial(with_ops, ops, partial(_step, punica, weights, inputs,
                                                               tokens, dtype))
     return steps
@@ -104,6 +105,33 @@ def _step(punica: PunicaWrapperCPU, weights: dict, inputs: dict, tokens: int,
             punica.add_expand(y, buffer, b, outs, offset_start=0, add_input=True)
         else:
             punica.add_lora_linear(y, inputs[inp], a, b, 1.0, outs)
+
+
+def lm_head_steps(adapters: int, dtype: torch.dtype,
+                  lora_dtype: torch.dtype) -> dict[str, Callable[[], None]]:
+    """A decode step's LM-head LoRA (``add_lora_logits``, 16 sampled rows), per
+    implementation; ours twice: adapters that left the LM head alone (zeros in their slots,
+    PEFT's "all-linear") and adapters that trained it."""
+    seqs = BATCHES["decode"][0]
+    lora_ids = [1 + seq % adapters for seq in range(seqs)]
+    trained = (torch.randn(SLOTS, 1, RANK, HIDDEN, dtype=lora_dtype) / HIDDEN**0.5,
+               torch.randn(SLOTS, 1, VOCAB, RANK, dtype=lora_dtype) / RANK**0.5)
+    untrained = (torch.zeros_like(trained[0]), torch.zeros_like(trained[1]))
+    x = torch.randn(seqs, HIDDEN, dtype=dtype)
+    logits = torch.zeros(seqs, VOCAB, dtype=dtype)
+    cases = {"vllm_ms": ("vllm", untrained), "ops_ms": ("ops", untrained),
+             "ours_ms": ("ours", untrained), "ours_trained_ms": ("ours", trained)}
+    steps = {}
+    for name, (impl, (a, b)) in cases.items():
+        wrapper_cls, ops = IMPLEMENTATIONS[impl]
+        punica = wrapper_cls(seqs, seqs, device="cpu")
+        punica.update_metadata(LoRAMapping(lora_ids, lora_ids, is_prefill=True),
+                               list(range(1, SLOTS + 1)), SLOTS, vocab_size=VOCAB)
+        steps[name] = partial(with_ops, ops, partial(punica.add_lora_logits, logits, x, a, b,
+                                                      1.0))
+    head = torch.randn(VOCAB, HIDDEN, dtype=dtype)
+    steps["base_ms"] = partial(torch.nn.functional.linear, x, head)
+    return steps
 
 
 def with_ops(ops: ModuleType, step: Callable[[], None]) -> None:
@@ -138,20 +166,28 @@ def best_ms(fns: dict[str, Callable[[], None]], budget_s: float) -> dict[str, fl
     return {name: 1000 * min(ts) for name, ts in times.items()}
 
 
-def run(budget_s: float) -> list[dict[str, float | int | str]]:
+Row = dict[str, float | int | str]
+
+
+def run(budget_s: float) -> tuple[list[Row], list[Row]]:
+    """Rows of the decoder-layer table and of the LM-head table."""
     torch.manual_seed(0)
-    rows: list[dict[str, float | int | str]] = []
+    layer_rows: list[Row] = []
+    head_rows: list[Row] = []
     for dtype_name, (dtype, lora_dtype) in DTYPES.items():
         for batch, (seqs, seq_len) in BATCHES.items():
             for adapters in ADAPTERS:
                 ms = best_ms(layer_steps(seqs, seq_len, adapters, dtype, lora_dtype)
                              | {"base_ms": base_step(seqs * seq_len, dtype)}, budget_s)
-                rows.append({"dtype": dtype_name, "batch": batch, "tokens": seqs * seq_len,
-                             "adapters": adapters, **ms})
-    return rows
+                layer_rows.append({"dtype": dtype_name, "batch": batch,
+                                   "tokens": seqs * seq_len, "adapters": adapters, **ms})
+        for adapters in ADAPTERS:
+            ms = best_ms(lm_head_steps(adapters, dtype, lora_dtype), budget_s)
+            head_rows.append({"dtype": dtype_name, "adapters": adapters, **ms})
+    return layer_rows, head_rows
 
 
-def report(rows: list[dict[str, float | int | str]]) -> str:
+def report(rows: list[Row], head_rows: list[Row]) -> str:
     lines = [
         "# vLLM's CPU multi-LoRA ops vs serving/cpu_lora.py (one decoder layer)",
         "",
@@ -181,6 +217,26 @@ def report(rows: list[dict[str, float | int | str]]) -> str:
         lines.append(f"| {r['dtype']} | {r['batch']} | {r['tokens']} | {r['adapters']} "
                      f"| {v:.2f} | {p:.2f} | {o:.2f} | {v / o:.1f}x | {b:.2f} "
                      f"| {v / b:.2f} | {p / b:.2f} | {o / b:.2f} |")
+    lines += [
+        "",
+        "## The LM head",
+        "",
+        "vLLM wraps the LM head for LoRA whenever LoRA is on and calls"
+        " `PunicaWrapperCPU.add_lora_logits` on every step's sampled rows (here a decode step:"
+        f" 16 rows, vocab {VOCAB}). \"untrained\": the adapters in the slots left the LM head"
+        " alone (zeros, as after vLLM's `set_lora` of a PEFT \"all-linear\" adapter), the case"
+        " of every adapter openft trains by default; \"trained\": random LM-head LoRA in every"
+        " slot, our wrapper only. \"base\": the LM head's own matmul on the same rows.",
+        "",
+        "| dtype | adapters | vLLM ms | our ops ms | our wrapper ms | speed-up "
+        "| our wrapper, trained head ms | base LM head ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in head_rows:
+        v, p, o, t, b = (float(r[k]) for k in ("vllm_ms", "ops_ms", "ours_ms",
+                                               "ours_trained_ms", "base_ms"))
+        lines.append(f"| {r['dtype']} | {r['adapters']} | {v:.2f} | {p:.2f} | {o:.3f} "
+                     f"| {v / o:.0f}x | {t:.2f} | {b:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -191,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-s", type=float, default=1.5, help="timing per table row")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    text = report(run(args.budget_s))
+    text = report(*run(args.budget_s))
     print(text)
     RESULTS.write_text(text)
 

@@ -346,6 +346,70 @@ def test_adapter_loaded_into_a_slot_is_used_at_the_next_call(dtypes, layer) -> N
     _assert_same(unloaded[~reloaded], before[~reloaded])
 
 
+VOCAB = 300
+
+
+def _lm_head(dtype: torch.dtype, dead_slots: tuple[int, ...] = ()) -> tuple[torch.Tensor, ...]:
+    """LogitsProcessorWithLoRA's stacked weights: ``[slots, 1, rank, hidden]`` and
+    ``[slots, 1, vocab, rank]``; ``dead_slots`` hold adapters that leave the LM head alone
+    (zeros, as vLLM's set_lora leaves them)."""
+    a = torch.randn(WRAPPER_SLOTS, 1, RANK, HIDDEN, dtype=dtype) / HIDDEN**0.5
+    b = torch.randn(WRAPPER_SLOTS, 1, VOCAB, RANK, dtype=dtype) / RANK**0.5
+    for slot in dead_slots:
+        a[slot], b[slot] = 0, 0
+    return a, b
+
+
+@pytest.mark.usefixtures("stock_ops_with_zero_for_no_adapter")
+@pytest.mark.parametrize("lora_ids", STEPS.values(), ids=STEPS.keys())
+@pytest.mark.parametrize("dtypes", WRAPPER_DTYPES.values(), ids=WRAPPER_DTYPES.keys())
+@pytest.mark.parametrize("dead_slots", [(), (0, 1, 2, 15)], ids=["trained", "some untrained"])
+def test_add_lora_logits_matches_vllm_wrapper(lora_ids, dtypes, dead_slots) -> None:
+    """The LM head's LoRA on the sampled rows, with slots whose adapter did not train it."""
+    dtype, lora_dtype = dtypes
+    torch.manual_seed(0)
+    theirs, ours = _wrappers(lora_ids)
+    a, b = _lm_head(lora_dtype, dead_slots)
+    x = torch.randn(len(lora_ids), HIDDEN, dtype=dtype)
+    logits = torch.randn(len(lora_ids), VOCAB, dtype=dtype)
+    exact, y_ours, y_vllm = logits.to(lora_dtype), logits.clone(), logits.clone()
+    theirs.add_lora_logits(exact, x.to(lora_dtype), a, b, 1.0)
+    ours.add_lora_logits(y_ours, x, a, b, 1.0)
+    theirs.add_lora_logits(y_vllm, x, a, b, 1.0)
+    _assert_rounded_from(y_ours, exact, logits, y_vllm, lora_ids)
+    untouched = torch.isin(torch.tensor(lora_ids) - 1, torch.tensor([-1, *dead_slots]))
+    assert bool(y_ours[untouched].eq(logits[untouched]).all())
+
+
+@pytest.mark.parametrize("dtypes", WRAPPER_DTYPES.values(), ids=WRAPPER_DTYPES.keys())
+def test_lm_head_adapter_loaded_into_an_untrained_slot_is_used_at_the_next_call(dtypes) -> None:
+    """The zero-slot check is kept until vLLM writes into the stacked weights again."""
+    dtype, lora_dtype = dtypes
+    torch.manual_seed(0)
+    lora_ids = STEPS["decode, 16 adapters"]
+    _, ours = _wrappers(lora_ids)
+    a, b = _lm_head(lora_dtype, dead_slots=(3,))
+    x = torch.randn(16, HIDDEN, dtype=dtype)
+
+    def delta(wrapper: PunicaWrapperCPU) -> torch.Tensor:
+        out = torch.zeros(16, VOCAB, dtype=dtype)
+        wrapper.add_lora_logits(out, x, a, b, 1.0)
+        return out
+
+    slot_3 = torch.tensor(lora_ids) == 4
+    before = delta(ours)
+    assert bool(before[slot_3].eq(0).all()) and not bool(before[~slot_3].eq(0).any())
+    new_a, new_b = _lm_head(lora_dtype)
+    a[3, 0].copy_(new_a[3, 0])  # vLLM's set_lora
+    b[3, 0].copy_(new_b[3, 0])
+    after = delta(ours)
+    _assert_same(after, delta(_wrappers(lora_ids)[1]))
+    assert not bool(after[slot_3].eq(0).all())
+    _assert_same(after[~slot_3], before[~slot_3])
+    a[3], b[3] = 0, 0  # vLLM's reset_lora
+    assert bool(delta(ours)[slot_3].eq(0).all())
+
+
 def test_register_installs_the_wrapper_once() -> None:
     from vllm.lora.punica_wrapper.punica_selector import get_punica_wrapper
     from vllm.platforms import current_platform
