@@ -85,13 +85,21 @@ def layer_steps(seqs: int, seq_len: int, adapters: int, dtype: torch.dtype,
                for name, (inp, outs) in LAYERS.items()}
     inputs = {width: torch.randn(tokens, width, dtype=dtype) for width in (HIDDEN, INTERMEDIATE)}
     steps = {}
-    for impl, (wrapper_cls, ops) in IMPLEMENTATIONS.items():
-        punica = wrapper_cls(tokens, seqs, device="cpu")
-        punica.update_metadata(LoRAMapping(lora_ids, lora_ids, is_prefill=True),
-                               list(range(1, SLOTS + 1)), SLOTS, vocab_size=VOCAB)
+    for impl in IMPLEMENTATIONS:
+        punica, ops = wrapper(impl, lora_ids, seqs)
         steps[f"{impl}_ms"] = partial(with_ops, ops, partial(_step, punica, weights, inputs,
                                                               tokens, dtype))
     return steps
+
+
+def wrapper(impl: str, lora_ids: list[int], seqs: int) -> tuple[PunicaWrapperCPU, ModuleType]:
+    """``impl``'s punica wrapper after ``update_metadata`` for one token per id in
+    ``lora_ids`` (V1: always is_prefill), and the ops it runs with."""
+    wrapper_cls, ops = IMPLEMENTATIONS[impl]
+    punica = wrapper_cls(len(lora_ids), seqs, device="cpu")
+    punica.update_metadata(LoRAMapping(lora_ids, lora_ids, is_prefill=True),
+                           list(range(1, SLOTS + 1)), SLOTS, vocab_size=VOCAB)
+    return punica, ops
 
 
 def _step(punica: PunicaWrapperCPU, weights: dict, inputs: dict, tokens: int,
@@ -123,10 +131,7 @@ def lm_head_steps(adapters: int, dtype: torch.dtype,
              "ours_ms": ("ours", untrained), "ours_trained_ms": ("ours", trained)}
     steps = {}
     for name, (impl, (a, b)) in cases.items():
-        wrapper_cls, ops = IMPLEMENTATIONS[impl]
-        punica = wrapper_cls(seqs, seqs, device="cpu")
-        punica.update_metadata(LoRAMapping(lora_ids, lora_ids, is_prefill=True),
-                               list(range(1, SLOTS + 1)), SLOTS, vocab_size=VOCAB)
+        punica, ops = wrapper(impl, lora_ids, seqs)
         steps[name] = partial(with_ops, ops, partial(punica.add_lora_logits, logits, x, a, b,
                                                       1.0))
     head = torch.randn(VOCAB, HIDDEN, dtype=dtype)

@@ -390,7 +390,7 @@ def _add_rows(y: torch.Tensor, expanded: torch.Tensor, batches: _SlotBatches, of
     if batches.token_row is not None:
         expanded = torch.index_select(expanded, 0, batches.token_row)
         if batches.no_adapter is not None:  # their token_row is 0: another token's row
-            expanded = expanded.masked_fill_(batches.no_adapter, 0)
+            expanded.masked_fill_(batches.no_adapter, 0)
     y[:, offset : offset + size] += expanded.to(dtype=y.dtype)
 
 
@@ -519,23 +519,20 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         """
         y2, x2 = y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1])
         indices = self.sampler_indices
-        if (buffer is not None or kwargs or lora_a_stacked.dtype != lora_b_stacked.dtype
-                or indices.shape[0] != x2.shape[0]):
-            return super().add_lora_logits(y, x, lora_a_stacked, lora_b_stacked, scale,
-                                           buffer=buffer, **kwargs)
-        live = self._live_slots(lora_b_stacked)
-        indices = torch.where(live[indices.clamp(min=0)] & (indices >= 0), indices, -1)
-        batches = slot_batches(indices)
+        batches = None
+        if (buffer is None and not kwargs and lora_a_stacked.dtype == lora_b_stacked.dtype
+                and indices.shape[0] == x2.shape[0]):
+            live = self._live_slots(lora_b_stacked)
+            batches = slot_batches(torch.where(live[indices.clamp(min=0)] & (indices >= 0),
+                                               indices, -1))
         if batches is None:
             return super().add_lora_logits(y, x, lora_a_stacked, lora_b_stacked, scale,
                                            buffer=buffer, **kwargs)
-        if not batches.any_adapter:
-            return None
-        rows = _to_rows(x2, batches, lora_a_stacked.dtype)
-        shrunk = _shrink_rows(rows, lora_a_stacked, batches, scale)
-        expanded = torch.bmm(shrunk, _slot_range(lora_b_stacked, batches).transpose(1, 2))
-        width = min(expanded.shape[-1], y2.shape[1])  # vLLM's bgmv_expand: common columns
-        _add_rows(y2, expanded[..., :width], batches, 0, width)
+        if batches.any_adapter:
+            width = min(lora_b_stacked.shape[-2], y2.shape[1])  # bgmv_expand's common columns
+            rows = _to_rows(x2, batches, lora_a_stacked.dtype)
+            _add_expanded(y2, _shrink_rows(rows, lora_a_stacked, batches, scale),
+                          lora_b_stacked[..., :width, :], batches, 0, width)
         return None
 
     def _live_slots(self, lora_b_stacked: torch.Tensor) -> torch.Tensor:
@@ -546,8 +543,9 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         counter, so a new version means look again.
         """
         kept = self._live.get(id(lora_b_stacked))
-        if kept is None or kept[0] is not lora_b_stacked or kept[1] != lora_b_stacked._version:
+        if kept is None or kept[1] != lora_b_stacked._version:
             live = _stacked(lora_b_stacked).flatten(1).ne(0).any(dim=1)
+            # The entry holds the tensor, so its id is not reused while the entry lives.
             kept = self._live[id(lora_b_stacked)] = (lora_b_stacked, lora_b_stacked._version,
                                                      live)
         return kept[2]
