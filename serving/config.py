@@ -101,7 +101,11 @@ class ServingConfig(BaseModel):
     """KV cache block size in tokens; vLLM's CPU backend needs a multiple of 32."""
 
     dtype: str = "auto"
-    """Weight dtype for the engine (``auto`` takes the checkpoint's)."""
+    """Weight dtype for the engine. ``auto`` is vLLM's choice (bf16 for a bf16 checkpoint; on
+    CPU, bf16 for fp32 ones too), except on an x86 CPU without bf16 units (no AVX-512 BF16
+    or AMX: AMD before Zen 4, Intel before Cooper Lake), where it runs in float32, several
+    times faster there at twice the weights' memory (``serving.cpu_dtype``). Any other value
+    goes to vLLM as it is."""
 
     lora_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     """dtype of the adapter weights in vLLM's slots (``auto``: the engine's). fp32 on CPU on

@@ -131,11 +131,27 @@ def use_torch_lora_dtype(llm_config: Any) -> None:
         llm_config.update_engine_kwargs(lora_dtype=getattr(torch, name))
 
 
+def use_machine_dtype(llm_config: Any) -> None:
+    """Resolve ``engine_kwargs["dtype"]`` for this replica's machine, in place
+    (``serving.cpu_dtype``: ``auto`` on a CPU without bf16 units runs in float32).
+
+    Here, not in the deploy driver: the replica and its engine share one placement-group
+    bundle, so the replica's CPU is the engine's.
+    """
+    from serving.cpu_dtype import this_machine_engine_dtype
+
+    requested = llm_config.engine_kwargs.get("dtype", "auto")
+    dtype = this_machine_engine_dtype(requested)
+    if dtype != requested:
+        llm_config.update_engine_kwargs(dtype=dtype)
+
+
 class OpenFTServer(LLMServer):
     """``LLMServer`` running ``AdapterLockingEngine`` with adapters kept by ``ResidentAdapters``."""
 
     async def __init__(self, llm_config: Any, **kwargs: Any) -> None:
         use_torch_lora_dtype(llm_config)
+        use_machine_dtype(llm_config)
         kwargs.setdefault("engine_cls", AdapterLockingEngine)
         self._loader: ReplicaAdapterLoader | None = None
         self._s3: Any = None
