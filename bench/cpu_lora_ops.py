@@ -6,10 +6,12 @@ Shapes are SmolLM2-135M's (hidden 576, intermediate 1536, 9 query and 3 KV heads
 rank-16 LoRA on every linear layer, bf16 or fp32 weights. The ops are reached the way a Llama
 layer reaches them in vLLM 0.32's V1 engine: through ``PunicaWrapperCPU`` after
 ``update_metadata`` with ``is_prefill=True`` (V1 always takes the sgmv ops), calling
-``add_lora_linear`` for qkv (3 slices) and gate_up (2), ``add_shrink`` + ``add_expand`` for o
-and down (RowParallelLinearWithLoRA): 7 shrinks and 7 expand-slices per layer. The three
+``add_lora_linear`` for qkv (3 slices), o, gate_up (2) and down (without tensor parallelism
+the row-parallel layers call it too): 7 shrinks and 7 expand-slices per layer. The three
 implementations: vLLM's wrapper and ops; vLLM's wrapper with our ops rebound in
-``punica_cpu``; our ``GroupedPunicaWrapperCPU`` (what the plugin installs).
+``punica_cpu``; our ``GroupedPunicaWrapperCPU`` (what the plugin installs: numba kernels,
+``serving/cpu_lora_kernels.py``). Weights of one layer, so they sit in the CPU's caches: the
+served numbers (bench/results/serving.md) read 30 layers' worth each step.
 A second table times the LM head's LoRA (``add_lora_logits``) on a decode step's 16 sampled
 rows. Batches: decode (16 sequences of 1 token) and prefill (16 sequences of 32 tokens), their
 sequences spread round-robin over 1, 4 or 16 adapters (16 LoRA slots). For scale, "base" times
@@ -45,13 +47,12 @@ HIDDEN, INTERMEDIATE, KV, RANK, SLOTS, VOCAB = 576, 1536, 192, 16, 16, 49152
 # (input width, output widths of the slices) of each LoRA'd layer in one decoder layer
 LAYERS = {"qkv": (HIDDEN, (HIDDEN, KV, KV)), "o": (HIDDEN, (HIDDEN,)),
           "gate_up": (HIDDEN, (INTERMEDIATE, INTERMEDIATE)), "down": (INTERMEDIATE, (HIDDEN,))}
-ROW_PARALLEL = {"o", "down"}
 BATCHES = {"decode": (16, 1), "prefill": (16, 32)}  # sequences, tokens per sequence
 ADAPTERS = (1, 4, 16)
-# (model dtype, adapter weights' dtype): serving keeps a bf16 model's adapters in fp32
-# (ServingConfig.lora_dtype)
+# (model dtype, adapter weights' dtype): serving keeps adapters in bf16 (ServingConfig.lora_dtype)
+# with a bf16 engine and, on CPUs without bf16 units, an fp32 one (serving/cpu_dtype.py)
 DTYPES = {"bf16": (torch.bfloat16, torch.bfloat16),
-          "bf16, fp32 LoRA": (torch.bfloat16, torch.float32),
+          "fp32, bf16 LoRA": (torch.float32, torch.bfloat16),
           "fp32": (torch.float32, torch.float32)}
 # (punica wrapper class, ops bound in punica_cpu) per implementation
 IMPLEMENTATIONS = {"vllm": (PunicaWrapperCPU, vllm_ops),
@@ -107,12 +108,7 @@ def _step(punica: PunicaWrapperCPU, weights: dict, inputs: dict, tokens: int,
     for name, (inp, outs) in LAYERS.items():
         a, b = weights[name]
         y = torch.zeros(tokens, sum(outs), dtype=dtype)
-        if name in ROW_PARALLEL:
-            buffer = torch.zeros(len(outs), tokens, RANK)
-            punica.add_shrink(buffer, inputs[inp], a, 1.0)
-            punica.add_expand(y, buffer, b, outs, offset_start=0, add_input=True)
-        else:
-            punica.add_lora_linear(y, inputs[inp], a, b, 1.0, outs)
+        punica.add_lora_linear(y, inputs[inp], a, b, 1.0, outs)
 
 
 def lm_head_steps(adapters: int, dtype: torch.dtype,
@@ -200,18 +196,17 @@ def report(rows: list[Row], head_rows: list[Row]) -> str:
         f" {machine()}, torch {torch.__version__} with {torch.get_num_threads()} threads, "
         f"load average {os.getloadavg()[0]:.2f} at the end; code at {code_version()}.",
         "",
-        "SmolLM2-135M shapes, rank-16 LoRA on q, k, v, o, gate, up, down (fp32 shrink buffer);"
-        " per layer `PunicaWrapperCPU.add_lora_linear` for qkv and gate_up, `add_shrink` +"
-        " `add_expand` for o and down, i.e. 7 `sgmv_shrink` + 7 `sgmv_expand_slice`, as vLLM"
-        " 0.32's V1 engine calls them. dtype \"bf16, fp32 LoRA\": a bf16 model whose adapter"
-        " weights vLLM holds in fp32 (`--lora-dtype float32`, serving's default on CPU)."
-        " \"vLLM\": vLLM's `PunicaWrapperCPU` and ops;"
+        "SmolLM2-135M shapes, rank-16 LoRA on q, k, v, o, gate, up, down; per layer"
+        " `PunicaWrapperCPU.add_lora_linear` for qkv, o, gate_up and down, i.e. 7"
+        " `sgmv_shrink` + 7 `sgmv_expand_slice`, as vLLM 0.32's V1 engine calls them without"
+        " tensor parallelism. dtype \"fp32, bf16 LoRA\": an fp32 model whose adapter weights"
+        " vLLM holds in bf16 (`--lora-dtype bfloat16`, serving's default; serving runs fp32"
+        " engines on CPUs without bf16 units). \"vLLM\": vLLM's `PunicaWrapperCPU` and ops;"
         " \"our ops\": vLLM's wrapper with serving/cpu_lora.py's ops bound in `punica_cpu`;"
-        " \"our wrapper\": `GroupedPunicaWrapperCPU` (one bmm per slice for shrink and"
-        " expand over the step's slots), what the plugin installs. Speed-up: vLLM / our"
-        " wrapper. Best ms"
-        " per layer over interleaved repeats; \"base\" is the layer's 7 base matmuls on the"
-        " same tokens.",
+        " \"our wrapper\": `GroupedPunicaWrapperCPU` (numba kernels,"
+        " serving/cpu_lora_kernels.py), what the plugin installs. Speed-up: vLLM / our"
+        " wrapper. Best ms per layer over interleaved repeats, one layer's weights (hot in the"
+        " CPU's caches); \"base\" is the layer's 7 base matmuls on the same tokens.",
         "",
         "| dtype | batch | tokens | adapters | vLLM ms | our ops ms | our wrapper ms "
         "| speed-up | base linears ms | LoRA/base: vLLM | our ops | our wrapper |",

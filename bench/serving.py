@@ -68,6 +68,7 @@ MAX_ADAPTERS = 16
 """``max_adapters_per_replica``: serving gives vLLM ``max_loras`` = ``max_cpu_loras`` = this."""
 BLOCK_SIZE = 32
 LORA_DTYPE = ServingConfig.model_fields["lora_dtype"].default
+VLLM_LORA_DTYPE_NAMES = ("auto", "bfloat16", "float16")  # what vLLM's --lora-dtype takes
 DTYPE = ServingConfig.model_fields["dtype"].default
 """Serving's adapter weights dtype on CPU. vLLM's ``--lora-dtype`` cannot name it (only auto,
 float16, bfloat16), so both vLLM servers hold adapters in the model's dtype."""
@@ -332,6 +333,8 @@ def vllm_server(base_dir: Path, model: str, log_dir: Path, openft_ops: bool) -> 
             "--dtype", engine_dtype(), "--enforce-eager",
             "--enable-lora", "--max-lora-rank", str(MAX_LORA_RANK),
             "--max-loras", str(MAX_ADAPTERS), "--max-cpu-loras", str(MAX_ADAPTERS)]
+    if LORA_DTYPE in VLLM_LORA_DTYPE_NAMES:  # the adapters' bytes read per step, as serving's
+        argv += ["--lora-dtype", LORA_DTYPE]
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(KV_CACHE_GIB),
                VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1")
@@ -459,6 +462,11 @@ def report(result: dict[str, Any]) -> str:
     def busy(key: str) -> str:
         return ", ".join(result[key]) or "nothing else above 10% CPU"
 
+    peer_lora = (f"both vLLM servers too (`--lora-dtype {s['lora_dtype']}`)"
+                 if s["lora_dtype"] in VLLM_LORA_DTYPE_NAMES else
+                 "both vLLM servers in the model's dtype, since vLLM's `--lora-dtype` cannot "
+                 "name fp32")
+
     return f"""# Serving: time to first token after a job, and multi-LoRA throughput
 
 Run by `python -m bench.serving` on {result['date']}; {result['machine']}; code at
@@ -481,8 +489,7 @@ both systems, run in {s['dtype']} (serving's `dtype: {DTYPE}` on this CPU,
 `max_cpu_loras` {s['max_cpu_loras']} (serving's defaults, given to the peer too). The
 peer is stock vLLM (`VLLM_PLUGINS={STOCK_VLLM_PLUGINS}`); the third system is the same
 server with openft's CPU LoRA ops (`serving/cpu_lora.py`), which openft's replicas load.
-openft holds adapter weights in {s['lora_dtype']} (serving's `lora_dtype`); both vLLM
-servers in the model's dtype, since vLLM's `--lora-dtype` cannot name fp32.
+openft holds adapter weights in {s['lora_dtype']} (serving's `lora_dtype`); {peer_lora}.
 Load: {s['requests']} chat requests per row, {s['concurrency']} at a time,
 {s['prompts']} distinct short prompts, `max_tokens` {s['max_tokens']}, temperature 0,
 `ignore_eos` (every request makes exactly

@@ -107,12 +107,11 @@ class ServingConfig(BaseModel):
     times faster there at twice the weights' memory (``serving.cpu_dtype``). Any other value
     goes to vLLM as it is."""
 
-    lora_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
-    """dtype of the adapter weights in vLLM's slots (``auto``: the engine's). fp32 on CPU on
-    purpose: a bf16 model's LoRA products then run in fp32 (``serving.cpu_lora``), more
-    precisely and, in decode steps, 30-40% faster than in bf16 (long prefills are slower
-    where the CPU has AMX; bench/results/cpu_lora_ops.md). It doubles the slots' memory:
-    rank 16 on every linear layer of SmolLM2-135M is 20 MB a slot. On a GPU, take ``auto``."""
+    lora_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "bfloat16"
+    """dtype of the adapter weights in vLLM's slots (``auto``: the engine's). bf16 by default,
+    whatever the engine's dtype: on CPU, openft's LoRA kernels (``serving.cpu_lora_kernels``)
+    accumulate in fp32 from either, and a decode step with many adapters is bound by reading
+    their weights, which bf16 halves (bench/results/serving.md). On a GPU, take ``auto``."""
 
     ready_timeout_s: float = Field(default=600.0, gt=0)
     """How long ``serving.deploy`` waits for every base model to be listed."""

@@ -36,10 +36,10 @@ model or engine code in: the front-end process (``EngineArgs``), the EngineCore 
 the six names in ``vllm.lora.punica_wrapper.punica_cpu``, where ``PunicaWrapperCPU`` looks
 them up, and points the CPU platform's ``get_punica_wrapper`` at ``GroupedPunicaWrapperCPU``,
 only when vLLM's current platform is CPU. The ops alone still pay a fixed cost per call, 14
-calls per decoder layer; the wrapper lays each step's tokens out by adapter slot once and does
-one batched matmul per slice, which brings decode LoRA from about 2.2x to 0.5-0.8x of the
-base linears' time per layer in bf16 (bench/results/cpu_lora_ops.md). The LM head's LoRA
-(vLLM wraps the LM head whenever LoRA is on) skips the slots whose adapter left it alone.
+calls per decoder layer; the wrapper makes one call per layer into numba kernels
+(``serving.cpu_lora_kernels``) that do each token's shrink and expand from its adapter's
+weights in place (bench/results/cpu_lora_ops.md). The LM head's LoRA (vLLM wraps the LM head
+whenever LoRA is on) skips the slots whose adapter left it alone.
 
 Turning it off: ``VLLM_PLUGINS`` is vLLM's allow-list of plugin entry-point names, read in
 each process (children inherit it). Unset, every installed general plugin loads. Any value
@@ -50,11 +50,15 @@ loads no general plugin at all (vLLM's own LoRA resolvers included), while
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import time
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
@@ -287,199 +291,156 @@ def sgmv_expand_slice(
     _write_expand_slice(outputs, output_tensor, slice_offset, slice_size, add_inputs)
 
 
-# --- the wrapper: one bmm per slice over the step's adapter slots -------------------------
+# --- the wrapper: the linear layers' and LM head's LoRA in one kernel call each -------------
 
-# Padded rows allowed per token before a step falls back to the per-op path above (adapters
-# spread over far-apart slots, or very uneven token counts per adapter).
-_MAX_PADDED_ROWS_PER_TOKEN = 2
-_PADDED_ROWS_SLACK = 64
+
+@functools.cache
+def _kernels() -> ModuleType:
+    """``serving.cpu_lora_kernels``, imported by the first wrapper, not with this module.
+
+    It imports numba, and llvmlite's objects break the scan vLLM makes of every loaded
+    module's namespace when a worker starts (``register_triton_kernel_overrides``, after
+    general plugins load): the worker died at start when this module imported it.
+    """
+    from serving import cpu_lora_kernels
+
+    return cpu_lora_kernels
 
 
 @dataclass(frozen=True)
-class _SlotBatches:
-    """A step's tokens laid out as ``[slots, per_slot]`` rows for bmm over the slots
-    ``first .. first + slots - 1``: row ``r * per_slot + j`` holds the j-th token using slot
-    ``first + r``. Rows no token fills are zeroed before the product; no-adapter tokens get
-    no row, hence no delta."""
+class _LayerArrays:
+    """A layer's stacked weights as the kernels read them, and what they were made from."""
 
-    tokens: int
-    first: int
-    slots: int
-    per_slot: int
-    row_token: torch.Tensor | None  # token of each row (0 for empty rows); None: row t = token t
-    token_row: torch.Tensor | None  # row of each token (0 for no-adapter ones); None: same
-    empty_rows: torch.Tensor | None  # [rows, 1] True where no token; None when there are none
-    no_adapter: torch.Tensor | None  # [tokens, 1] True for index -1; None when there are none
-
-    @property
-    def any_adapter(self) -> bool:
-        return self.slots > 0
-
-
-def slot_batches(indices: torch.Tensor) -> _SlotBatches | None:
-    """The layout of a step's per-token slot indices (-1: no adapter), or None when padding
-    would cost more than ``_MAX_PADDED_ROWS_PER_TOKEN`` rows per token."""
-    tokens = indices.shape[0]
-    has_adapter = indices >= 0
-    token_ids = has_adapter.nonzero().squeeze(1)
-    adapted = token_ids.shape[0]
-    if adapted == 0:
-        return _SlotBatches(tokens, 0, 0, 0, None, None, None, None)
-    slots_used = indices[token_ids]
-    first = int(slots_used.min())
-    counts = torch.bincount(slots_used - first)
-    slots, per_slot = counts.shape[0], int(counts.max())
-    rows = slots * per_slot
-    if rows > _MAX_PADDED_ROWS_PER_TOKEN * tokens + _PADDED_ROWS_SLACK:
-        return None
-    order = torch.argsort(slots_used, stable=True)
-    sorted_slots = slots_used[order] - first
-    starts = torch.cumsum(counts, 0) - counts
-    token_rows = sorted_slots * per_slot + torch.arange(adapted) - starts[sorted_slots]
-    sorted_tokens = token_ids[order]
-    row_token = torch.zeros(rows, dtype=torch.long).index_copy_(0, token_rows, sorted_tokens)
-    token_row = torch.zeros(tokens, dtype=torch.long).index_copy_(0, sorted_tokens, token_rows)
-    identity = rows == tokens == adapted and bool((row_token == torch.arange(rows)).all())
-    empty_rows = None
-    if rows > adapted:
-        empty_rows = torch.ones(rows, 1, dtype=torch.bool).index_fill_(0, token_rows, False)
-    return _SlotBatches(
-        tokens, first, slots, per_slot,
-        row_token=None if identity else row_token,
-        token_row=None if identity else token_row,
-        empty_rows=empty_rows,
-        no_adapter=None if adapted == tokens else ~has_adapter.unsqueeze(1),
-    )
-
-
-def _slot_range(weights: torch.Tensor, batches: _SlotBatches) -> torch.Tensor:
-    """``[slots, out, in]`` view of the step's slots in ``[max_loras, (1,) out, in]``."""
-    return _stacked(weights)[batches.first : batches.first + batches.slots]
-
-
-def _to_rows(x: torch.Tensor, batches: _SlotBatches, dtype: torch.dtype) -> torch.Tensor:
-    """``x [tokens, width]`` as ``[slots, per_slot, width]`` in ``dtype``."""
-    rows = x if batches.row_token is None else torch.index_select(x, 0, batches.row_token)
-    rows = rows.to(dtype=dtype)
-    if batches.empty_rows is not None:
-        rows = rows.masked_fill(batches.empty_rows, 0)
-    return rows.view(batches.slots, batches.per_slot, x.shape[1])
-
-
-def _shrink_rows(rows: torch.Tensor, lora_a: torch.Tensor, batches: _SlotBatches,
-                 scale: float) -> torch.Tensor:
-    shrunk = torch.bmm(rows, _slot_range(lora_a, batches).transpose(1, 2))
-    return shrunk if scale == 1.0 else shrunk.mul_(scale)
-
-
-def _add_expanded(y: torch.Tensor, rows: torch.Tensor, lora_b: torch.Tensor,
-                  batches: _SlotBatches, offset: int, size: int) -> None:
-    """``y[:, offset:offset+size] += rows @ B[slot].T`` back in token order, computed in the
-    weights' dtype and added in ``y``'s."""
-    _add_rows(y, torch.bmm(rows, _slot_range(lora_b, batches).transpose(1, 2)), batches,
-              offset, size)
-
-
-def _add_rows(y: torch.Tensor, expanded: torch.Tensor, batches: _SlotBatches, offset: int,
-              size: int) -> None:
-    """Add ``expanded`` (``[slots, per_slot, size]`` rows) to ``y[:, offset:offset+size]`` in
-    token order, in ``y``'s dtype. Rows are put in token order with index_select (each
-    token reads its row; empty rows are never read), which runs about 4x faster than an
-    index_add of the rows into a bf16 output."""
-    expanded = expanded.reshape(-1, size)
-    if batches.token_row is not None:
-        expanded = torch.index_select(expanded, 0, batches.token_row)
-        if batches.no_adapter is not None:  # their token_row is 0: another token's row
-            expanded.masked_fill_(batches.no_adapter, 0)
-    y[:, offset : offset + size] += expanded.to(dtype=y.dtype)
+    lora_a: Any  # vLLM's objects, held so their ids are not reused while this lives
+    lora_b: Any
+    versions: tuple[int, ...]  # of the B weights when the transposed copies were made
+    a: tuple[Any, ...] | None  # None: the kernels do not take these weights
+    bt: tuple[Any, ...] | None
 
 
 class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
-    """vLLM's ``PunicaWrapperCPU`` with its linear-layer LoRA done in a handful of torch ops.
+    """vLLM's ``PunicaWrapperCPU`` with its linear layers' and LM head's LoRA done by
+    ``serving.cpu_lora_kernels``: one call per layer, each token's shrink and expand from its
+    own adapter's weights, added into the layer's output in place.
 
     vLLM's wrapper calls one shrink and one expand op per slice (qkv: 3, gate_up: 2), each a
     dozen small torch ops; in a decode step the fixed cost of those ops, not the arithmetic,
-    made LoRA cost more than the base layer. Here ``update_metadata`` lays the step's tokens
-    out by adapter slot once (``slot_batches``), and each slice is one bmm for the shrink and
-    one for the expand over the contiguous range of slots the step uses, reading the stacked
-    weights in place (nothing cached, so an adapter loaded into a slot is used at once).
+    made LoRA cost more than the base layer, and batched matmuls over the step's slots (this
+    wrapper's previous form) still read the adapters at half the memory bandwidth. The
+    kernels accumulate in fp32 whatever the weights' dtype (vLLM's ``lora_dtype``: fp32 or
+    bf16) and round the sum into the layer's output once, the same way in every step.
+    ``update_metadata`` groups the step's tokens by adapter once for every layer.
 
-    Products are computed in the adapter weights' dtype (vLLM's ``lora_dtype``) and added to
-    the layer's output in its own. Serving keeps the weights in fp32 on CPU
-    (``ServingConfig.lora_dtype``): a decode step's products (a few rows per adapter) run
-    faster in fp32 than in bf16 on CPUs, while a long prefill's run slower where the CPU has
-    bf16 units (AMX), bench/results/cpu_lora_ops.md. One dtype for every step on purpose:
-    computing large steps in bf16 made an adapter's greedy answer depend on what it was
-    batched with (the serving tests caught it).
+    The kernels read the A weights in place and each B weight from a transposed copy, made
+    the first time and again whenever vLLM has written into the layer's B weights since
+    (``set_lora`` and ``reset_lora`` write in place, which bumps the tensors' version
+    counters), so an adapter loaded into a slot is used at the next step. The copies cost the
+    B weights' memory again (about half a slot's for rank 16 on every linear layer of a
+    Llama).
 
     Semantics are vLLM's wrapper's (scale, slices and offsets, ``add_inputs``, the fp32
     buffer ``add_shrink`` writes, ``no_lora`` in prefill), with the same fix as the ops above:
-    a no-adapter token gets no delta. One difference in rounding: ``add_lora_linear`` keeps
-    the rank-wide intermediate in the weights' dtype, where vLLM's fp32 buffer is rounded to
-    the model dtype before the expand. Anything else (a caller's buffer, ``add_inputs=False``,
-    input and output of different dtypes, a layout padding would make wasteful, embeddings,
-    logits) takes vLLM's path, which uses the ops above.
+    a no-adapter token gets no delta. The rank-wide intermediate stays in fp32 where vLLM
+    rounds it to the weights' dtype. Anything else (a caller's buffer, ``add_inputs=False``,
+    dtypes other than fp32 and bf16, input and output of different dtypes, embeddings) takes
+    vLLM's path, which uses the ops above.
     """
 
-    _batches: _SlotBatches | None = None
+    _any_adapter = False
+    _tokens = -1
+    _groups: tuple[Any, Any] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._live: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self._layers: dict[tuple[int, int, int | None], _LayerArrays] = {}
+        lora_config = kwargs.get("lora_config")  # vLLM's LoRAModelManager passes it
+        if lora_config is not None and lora_config.lora_dtype in _kernels().KERNEL_DTYPES:
+            # Compile now, while the engine starts, not in the first adapter request.
+            started = time.monotonic()
+            _kernels().warm_up(lora_config.lora_dtype, lora_config.max_lora_rank)
+            logger.info("openft_cpu_lora: kernels ready for %s adapter weights in %.1f s",
+                        lora_config.lora_dtype, time.monotonic() - started)
 
     def update_metadata(self, mapping: Any, lora_index_to_id: list[int | None],
                         max_loras: int, vocab_size: int, **kwargs: Any) -> None:
         super().update_metadata(mapping, lora_index_to_id, max_loras, vocab_size, **kwargs)
-        self._batches = slot_batches(self.token_lora_indices)
+        indices = self.token_lora_indices
+        self._tokens = indices.shape[0]
+        self._any_adapter = bool((indices >= 0).any())
+        self._groups = _kernels().groups(indices.numpy())
 
-    def _step_batches(self, x: torch.Tensor, *weights: torch.Tensor) -> _SlotBatches | None:
-        batches = self._batches
-        if batches is None or x.shape[0] != batches.tokens:
-            return None
-        if any(w.dtype != weights[0].dtype for w in weights):
-            return None
-        return batches
+    def _takes(self, x: torch.Tensor, y: torch.Tensor) -> bool:
+        """Whether the kernels can take a call on this step's tokens with these activations."""
+        return (self._groups is not None and x.shape[0] == self._tokens
+                and x.dtype == y.dtype and x.dtype in _kernels().KERNEL_DTYPES)
+
+    def _arrays(self, lora_a: Any, lora_b: Any, widths: tuple[int, ...] | None,
+                width: int | None = None) -> _LayerArrays:
+        """The kernels' arrays for a layer's weights (``lora_a``, ``lora_b``: vLLM's tuples
+        of stacked tensors, or one tensor each for the LM head), kept per layer until vLLM
+        writes into its B weights. ``widths``: the slices' widths the B weights must have;
+        ``width``: read only the first ``width`` rows of B."""
+        key = (id(lora_a), id(lora_b), width)
+        a_list = lora_a if isinstance(lora_a, tuple) else (lora_a,)
+        b_list = lora_b if isinstance(lora_b, tuple) else (lora_b,)
+        versions = tuple(b._version for b in b_list)
+        kept = self._layers.get(key)
+        if kept is None or kept.versions != versions:
+            kept = self._layers[key] = _LayerArrays(lora_a, lora_b, versions,
+                                                   *self._kernel_weights(a_list, b_list,
+                                                                         widths, width))
+        return kept
+
+    @staticmethod
+    def _kernel_weights(lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...],
+                        widths: tuple[int, ...] | None,
+                        width: int | None) -> tuple[tuple[Any, ...] | None, ...]:
+        kernels = _kernels()
+        weights = (*lora_a, *lora_b)
+        if (weights[0].dtype not in kernels.KERNEL_DTYPES
+                or any(w.dtype != weights[0].dtype for w in weights)
+                or (widths is not None and tuple(_stacked(b).shape[1] for b in lora_b) != widths)):
+            return None, None
+        a = tuple(kernels.as_kernel_array(_stacked(w)) for w in lora_a)
+        bt = tuple(kernels.as_kernel_array(_stacked(w)[:, :width].transpose(1, 2).contiguous())
+                   for w in lora_b)
+        return a, bt
 
     def add_shrink(self, y: tuple[torch.Tensor, ...] | torch.Tensor, x: torch.Tensor,
                    lora_a_stacked: tuple[torch.Tensor, ...], scale: float,
                    **kwargs: Any) -> None:
         x = x.view(-1, x.shape[-1])
-        batches = self._step_batches(x, *lora_a_stacked)
-        if batches is None:
+        arrays = self._arrays(lora_a_stacked, (), None)
+        if (not self._takes(x, x) or arrays.a is None
+                or any(out.dtype != torch.float32 for out in y)):
             return super().add_shrink(y, x, lora_a_stacked, scale, **kwargs)
-        if not batches.any_adapter:
+        if not self._any_adapter:
             # A step of base-model tokens only. vLLM skips prefill; its decode ops run anyway
             # and write zeros for them here: write those zeros without the products.
             if not self.is_prefill:
                 for out, lora_a in zip(y, lora_a_stacked, strict=False):
                     out.view(-1, out.shape[-1])[:, : lora_a.shape[-2]].zero_()
             return None
-        rows = _to_rows(x, batches, lora_a_stacked[0].dtype)
-        for out, lora_a in zip(y, lora_a_stacked, strict=False):
-            shrunk = _shrink_rows(rows, lora_a, batches, scale).view(-1, lora_a.shape[-2])
-            if batches.token_row is not None:
-                shrunk = torch.index_select(shrunk, 0, batches.token_row)
-            out = out.view(-1, out.shape[-1])[:, : shrunk.shape[1]]
-            out.copy_(shrunk)
-            if batches.no_adapter is not None:
-                out.masked_fill_(batches.no_adapter, 0)
+        xs = _kernels().as_kernel_array(x)
+        for out, a in zip(y, arrays.a, strict=False):
+            _kernels().shrink(xs, *self._groups, (a,), np.float32(scale),
+                              out.view(1, x.shape[0], -1).numpy())
         return None
 
     def add_expand(self, y: torch.Tensor, x: tuple[torch.Tensor, ...] | torch.Tensor,
                    lora_b_stacked: tuple[torch.Tensor, ...], output_slices: tuple[int, ...],
                    offset_start: int = 0, add_inputs: bool = True, **kwargs: Any) -> None:
         y2 = y.view(-1, y.shape[-1])
-        batches = self._step_batches(y2, *lora_b_stacked)
-        if batches is None or not add_inputs:
+        arrays = self._arrays((), lora_b_stacked, tuple(output_slices))
+        if not self._takes(y2, y2) or arrays.bt is None or not add_inputs:
             return super().add_expand(y, x, lora_b_stacked, output_slices, offset_start,
                                       add_inputs, **kwargs)
-        if not batches.any_adapter:
+        if not self._any_adapter:
             return None  # base-model tokens only: nothing to add
-        offset = offset_start
-        for shrunk, lora_b, size in zip(x, lora_b_stacked, output_slices, strict=False):
-            rows = _to_rows(shrunk.view(-1, shrunk.shape[-1]), batches, lora_b.dtype)
-            _add_expanded(y2, rows, lora_b, batches, offset, size)
-            offset += size
+        shrunk = torch.stack([s.view(y2.shape[0], -1) for s in x]).float()
+        _kernels().expand(shrunk.numpy(), *self._groups, arrays.bt,
+                          _kernels().as_kernel_array(y2), offset_start)
         return None
 
     def add_lora_linear(self, y: torch.Tensor, x: torch.Tensor,
@@ -488,22 +449,18 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
                         output_slices: tuple[int, ...], *,
                         buffer: tuple[torch.Tensor, ...] | None = None,
                         **kwargs: Any) -> None:
-        batches = self._step_batches(x, *lora_a_stacked, *lora_b_stacked)
-        if batches is None or buffer is not None or kwargs or x.dtype != y.dtype:
-            return super().add_lora_linear(y, x, lora_a_stacked, lora_b_stacked, scale,
-                                           output_slices, buffer=buffer, **kwargs)
-        assert len(lora_a_stacked) == len(lora_b_stacked) == len(output_slices)
-        if not batches.any_adapter:
-            return None
         y2 = y.view(-1, y.shape[-1])
-        rows = _to_rows(x, batches, lora_a_stacked[0].dtype)
-        offset = 0
-        for lora_a, lora_b, size in zip(lora_a_stacked, lora_b_stacked, output_slices,
-                                        strict=True):
-            _add_expanded(y2, _shrink_rows(rows, lora_a, batches, scale), lora_b, batches,
-                          offset, size)
-            offset += size
-        return None
+        if buffer is None and not kwargs and self._takes(x, y2):
+            arrays = self._arrays(lora_a_stacked, lora_b_stacked, tuple(output_slices))
+            if arrays.a is not None:
+                if self._any_adapter:
+                    kernels = _kernels()
+                    kernels.lora_linear(kernels.as_kernel_array(x), *self._groups, arrays.a,
+                                        arrays.bt, np.float32(scale),
+                                        kernels.as_kernel_array(y2), 0)
+                return None
+        return super().add_lora_linear(y, x, lora_a_stacked, lora_b_stacked, scale,
+                                       output_slices, buffer=buffer, **kwargs)
 
     def add_lora_logits(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: torch.Tensor,
                         lora_b_stacked: torch.Tensor, scale: float, *,
@@ -514,25 +471,26 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         row's ``[vocab, rank]`` B matrix (49152 x 16 for SmolLM2: 3 MB per row in fp32) and
         casts it, every step, even though adapters rarely train the LM head (PEFT's
         "all-linear" leaves it out) and their slots hold zeros. Here slots whose B is all
-        zeros count as no adapter (``_live_slots``); the rest go through one bmm each way
-        over the step's slots, reading the weights in place.
+        zeros count as no adapter (``_live_slots``); the rest go through the kernel over the
+        columns both have (``bgmv_expand``'s rule).
         """
         y2, x2 = y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1])
         indices = self.sampler_indices
-        batches = None
-        if (buffer is None and not kwargs and lora_a_stacked.dtype == lora_b_stacked.dtype
-                and indices.shape[0] == x2.shape[0]):
-            live = self._live_slots(lora_b_stacked)
-            batches = slot_batches(torch.where(live[indices.clamp(min=0)] & (indices >= 0),
-                                               indices, -1))
-        if batches is None:
+        kernels = _kernels()
+        if (buffer is not None or kwargs or indices.shape[0] != x2.shape[0]
+                or x2.dtype != y2.dtype or x2.dtype not in kernels.KERNEL_DTYPES
+                or lora_a_stacked.dtype != lora_b_stacked.dtype
+                or lora_a_stacked.dtype not in kernels.KERNEL_DTYPES):
             return super().add_lora_logits(y, x, lora_a_stacked, lora_b_stacked, scale,
                                            buffer=buffer, **kwargs)
-        if batches.any_adapter:
-            width = min(lora_b_stacked.shape[-2], y2.shape[1])  # bgmv_expand's common columns
-            rows = _to_rows(x2, batches, lora_a_stacked.dtype)
-            _add_expanded(y2, _shrink_rows(rows, lora_a_stacked, batches, scale),
-                          lora_b_stacked[..., :width, :], batches, 0, width)
+        live = self._live_slots(lora_b_stacked)
+        indices = torch.where(live[indices.clamp(min=0)] & (indices >= 0), indices, -1)
+        if bool((indices >= 0).any()):  # the B copy is made only for a trained LM head
+            width = min(lora_b_stacked.shape[-2], y2.shape[1])
+            arrays = self._arrays(lora_a_stacked, lora_b_stacked, None, width)
+            kernels.lora_linear(kernels.as_kernel_array(x2), *kernels.groups(indices.numpy()),
+                                arrays.a, arrays.bt, np.float32(scale),
+                                kernels.as_kernel_array(y2), 0)
         return None
 
     def _live_slots(self, lora_b_stacked: torch.Tensor) -> torch.Tensor:

@@ -62,7 +62,7 @@ def test_engine_settings_follow_the_config() -> None:
     assert kwargs["max_lora_rank"] == 32
     assert kwargs["kv_cache_memory_bytes"] == 2**29
     assert kwargs["block_size"] % 32 == 0
-    assert kwargs["lora_dtype"] == "float32"  # fast LoRA products on CPU (serving.cpu_lora)
+    assert kwargs["lora_dtype"] == "bfloat16"  # half the bytes for the CPU LoRA kernels to read
 
 
 def test_llm_config_reserves_only_replica_cpus_and_loads_adapters_from_s3() -> None:
@@ -117,7 +117,8 @@ def test_operator_settings_reach_the_serving_config(monkeypatch, tmp_path) -> No
     assert config.max_adapters_per_replica == 24
 
 
-@pytest.mark.parametrize(("name", "dtype"), [("float32", "torch.float32"), ("auto", "auto")])
+@pytest.mark.parametrize(("name", "dtype"), [("float32", "torch.float32"),
+                                           ("bfloat16", "torch.bfloat16"), ("auto", "auto")])
 def test_vllm_accepts_the_lora_dtype_serving_asks_for(name: str, dtype: str) -> None:
     """vLLM's LoRAConfig refuses the name "float32" (it takes fp32 only as a torch dtype)."""
     from vllm.config.lora import LoRAConfig

@@ -184,14 +184,14 @@ STEPS = {
     "decode, far-apart slots": [1, 16, 1, 16, 1, 16],
     "decode, no adapter": [0, 0, 0],
     "prefill, 4 adapters": [1 + (t // 32) % 4 for t in range(256)],
-    "prefill, uneven": [1] * 60 + [0] * 10 + [2] * 3 + [16] * 30,  # padding too costly: vLLM's path
+    "prefill, uneven": [1] * 60 + [0] * 10 + [2] * 3 + [16] * 30,
 }
 SLICES = {"qkv": (48, 16, 16), "o": (48,), "gate_up": (64, 64)}
-# (model dtype, adapter weights' dtype): serving keeps bf16 models' adapters in fp32 on CPU
-# (ServingConfig.lora_dtype); vLLM's wrapper casts the weights to the model dtype instead.
+# (model dtype, adapter weights' dtype), as vLLM's lora_dtype can pair them
 WRAPPER_DTYPES = {"fp32": (torch.float32, torch.float32),
                   "bf16": (torch.bfloat16, torch.bfloat16),
-                  "bf16 model, fp32 adapters": (torch.bfloat16, torch.float32)}
+                  "bf16 model, fp32 adapters": (torch.bfloat16, torch.float32),
+                  "fp32 model, bf16 adapters": (torch.float32, torch.bfloat16)}
 
 
 def _wrappers(lora_ids: list[int]) -> tuple[PunicaWrapperCPU, PunicaWrapperCPU]:
@@ -216,20 +216,19 @@ def _stacked(slices: tuple[int, ...], dtype: torch.dtype) -> tuple[tuple, tuple]
     return a, b
 
 
-def _assert_rounded_from(ours: torch.Tensor, exact: torch.Tensor, before: torch.Tensor,
-                         vllm: torch.Tensor, lora_ids: list[int]) -> None:
-    """``ours`` equals ``exact`` (vLLM's wrapper computed in the adapters' dtype) as
-    ``_assert_same`` does. For fp32 adapters on a bf16 model: within the two bf16 roundings
-    the fp32 products need on their way into the layer's output (the delta, then the sum);
-    where ours takes vLLM's path (padding would cost too much), equal to ``vllm``: vLLM's
-    wrapper on the same tensors, which casts the weights to bf16 first."""
-    if exact.dtype == ours.dtype:
+def _assert_rounded_from(ours: torch.Tensor, exact: torch.Tensor, before: torch.Tensor) -> None:
+    """``ours`` equals ``exact`` (vLLM's wrapper on fp32 copies of the same tensors) as
+    ``_assert_same`` does for fp32 outputs; a bf16 output within the bf16 roundings of the
+    fp32 delta and of the sum it is added into."""
+    if ours.dtype == torch.float32:
         return _assert_same(ours, exact)
-    if cpu_lora.slot_batches(torch.tensor(lora_ids) - 1) is None:  # vLLM's path
-        return _assert_same(ours, vllm)
-    delta = exact - before.to(exact.dtype)
-    error = (ours.to(exact.dtype) - exact).abs()
+    delta = exact - before.float()
+    error = (ours.float() - exact).abs()
     assert bool((error <= 2**-7 * (delta.abs() + exact.abs()) + 1e-6).all()), error.max()
+
+
+def _fp32(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(t.float() for t in tensors)
 
 
 @pytest.fixture
@@ -252,12 +251,11 @@ def test_add_lora_linear_matches_vllm_wrapper(lora_ids, dtypes, layer) -> None:
     a, b = _stacked(slices, lora_dtype)
     x = torch.randn(len(lora_ids), HIDDEN, dtype=dtype)
     y = torch.randn(len(lora_ids), sum(slices), dtype=dtype)
-    # vLLM's wrapper in the adapters' dtype throughout: with the model's, the same arithmetic
-    y_theirs, y_ours, y_vllm = y.to(lora_dtype), y.clone(), y.clone()
-    theirs.add_lora_linear(y_theirs, x.to(lora_dtype), a, b, 0.5, slices)
+    # vLLM's wrapper on fp32 copies: the products ours accumulates in fp32
+    y_theirs, y_ours = y.float(), y.clone()
+    theirs.add_lora_linear(y_theirs, x.float(), _fp32(a), _fp32(b), 0.5, slices)
     ours.add_lora_linear(y_ours, x, a, b, 0.5, slices)
-    theirs.add_lora_linear(y_vllm, x, a, b, 0.5, slices)
-    _assert_rounded_from(y_ours, y_theirs, y, y_vllm, lora_ids)
+    _assert_rounded_from(y_ours, y_theirs, y)
     no_adapter = torch.tensor(lora_ids) == 0
     _assert_same(y_ours[no_adapter], y[no_adapter])
 
@@ -279,18 +277,15 @@ def test_add_shrink_then_add_expand_match_vllm_wrapper(lora_ids, dtypes, layer) 
     buffer = torch.randn(len(slices), tokens, RANK)  # rows the shrink must overwrite
     buffers = [buffer.clone(), buffer.clone()]
     y = torch.randn(tokens, sum(slices) + 8, dtype=dtype)
-    # vLLM's wrapper in the adapters' dtype, as in test_add_lora_linear_matches_vllm_wrapper
-    outputs = [y.to(lora_dtype), y.clone(), y.clone()]
-    inputs = [x.to(lora_dtype), x, x]
-    buffers.append(buffer.clone())
-    for wrapper, buf, x_in, out in zip((theirs, ours, theirs), buffers, inputs, outputs,
-                                       strict=True):
-        wrapper.add_shrink(buf, x_in, a, 2.0)
-        wrapper.add_expand(out, buf, b, slices, offset_start=8, add_input=True)
-    if lora_dtype == torch.bfloat16:  # ours rounds the shrink to bf16 first; vLLM's expand does
-        buffers = [buf.to(lora_dtype) for buf in buffers]
+    # vLLM's wrapper on fp32 copies, as in test_add_lora_linear_matches_vllm_wrapper
+    outputs = [y.float(), y.clone()]
+    for wrapper, buf, x_in, out, a_in, b_in in zip(
+            (theirs, ours), buffers, (x.float(), x), outputs, (_fp32(a), a), (_fp32(b), b),
+            strict=True):
+        wrapper.add_shrink(buf, x_in, a_in, 2.0)
+        wrapper.add_expand(out, buf, b_in, slices, offset_start=8, add_input=True)
     _assert_same(buffers[1], buffers[0])
-    _assert_rounded_from(outputs[1], outputs[0], y, outputs[2], lora_ids)
+    _assert_rounded_from(outputs[1], outputs[0], y)
 
 
 @pytest.mark.usefixtures("stock_ops_with_zero_for_no_adapter")
@@ -372,11 +367,10 @@ def test_add_lora_logits_matches_vllm_wrapper(lora_ids, dtypes, dead_slots) -> N
     a, b = _lm_head(lora_dtype, dead_slots)
     x = torch.randn(len(lora_ids), HIDDEN, dtype=dtype)
     logits = torch.randn(len(lora_ids), VOCAB, dtype=dtype)
-    exact, y_ours, y_vllm = logits.to(lora_dtype), logits.clone(), logits.clone()
-    theirs.add_lora_logits(exact, x.to(lora_dtype), a, b, 1.0)
+    exact, y_ours = logits.float(), logits.clone()
+    theirs.add_lora_logits(exact, x.float(), a.float(), b.float(), 1.0)
     ours.add_lora_logits(y_ours, x, a, b, 1.0)
-    theirs.add_lora_logits(y_vllm, x, a, b, 1.0)
-    _assert_rounded_from(y_ours, exact, logits, y_vllm, lora_ids)
+    _assert_rounded_from(y_ours, exact, logits)
     untouched = torch.isin(torch.tensor(lora_ids) - 1, torch.tensor([-1, *dead_slots]))
     assert bool(y_ours[untouched].eq(logits[untouched]).all())
 
@@ -408,6 +402,23 @@ def test_lm_head_adapter_loaded_into_an_untrained_slot_is_used_at_the_next_call(
     _assert_same(after[~slot_3], before[~slot_3])
     a[3], b[3] = 0, 0  # vLLM's reset_lora
     assert bool(delta(ours)[slot_3].eq(0).all())
+
+
+def test_wrapper_built_by_vllm_compiles_the_kernels_before_the_first_step() -> None:
+    """vLLM's LoRA manager passes its LoRAConfig: the wrapper compiles the kernels for the
+    adapters' dtype then, during engine start, so no adapter request waits on numba."""
+    from vllm.config.lora import LoRAConfig
+
+    from serving import cpu_lora_kernels
+
+    config = LoRAConfig(max_lora_rank=8, lora_dtype=torch.bfloat16)
+    cpu_lora.GroupedPunicaWrapperCPU(16, 16, device="cpu", lora_config=config)
+
+    # lora_linear(x, rows, slots, lora_a, lora_bt, scale, y, offset), per model dtype
+    compiled = {(str(sig[0].dtype), str(sig[3].dtype.dtype), sig[3].count)
+                for sig in cpu_lora_kernels.lora_linear.signatures}
+    assert {(model, "uint16", slices) for model in ("float32", "uint16")
+            for slices in (1, 2, 3)} <= compiled
 
 
 def test_register_installs_the_wrapper_once() -> None:
