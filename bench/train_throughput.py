@@ -336,7 +336,8 @@ def run_openft(stack: Stack, args: argparse.Namespace, training_file: bytes, num
     """One run of the product's driver through the Jobs API; measured from its workers."""
     from ray.job_submission import JobSubmissionClient
 
-    from training.spec import S3Location, TrainingSpec, events_prefix, spec_key
+    from contract.bucket import events_prefix, spec_key
+    from contract.spec import S3Location, TrainingSpec
 
     s3 = s3_client(stack)
     job_id = f"ftjob-bench-{uuid.uuid4().hex[:8]}"

@@ -28,7 +28,7 @@ from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 from ray.serve.llm.deployment import LLMServer
 
 from serving.adapters import ResidentAdapters
-from training.spec import DELETED_MARKER
+from contract.bucket import DELETED_MARKER
 
 ADAPTER_RECHECK_KEY = "openft_adapter_recheck_s"
 """``LLMConfig.experimental_configs`` key carrying ``ServingConfig.adapter_recheck_s``."""

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training.spec import TrainingSpec
+from contract.spec import TrainingSpec
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 """Uploaded in this order: a reader that sees the config can rely on the weights."""

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from training.chat_format import template_messages
+from contract.chat_format import template_messages
 
 IGNORE_INDEX = -100
 """Label of tokens that carry no loss (PyTorch's ``cross_entropy`` default ``ignore_index``)."""

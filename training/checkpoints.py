@@ -25,13 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from training.adapter import ADAPTER_FILES
 from training.data import StepPlan
-from training.spec import (
-    TrainingSpec,
-    adapter_prefix,
-    checkpoint_dir_name,
-    checkpoint_key,
-    checkpoint_model_key,
-)
+from contract.bucket import adapter_prefix, checkpoint_dir_name, checkpoint_key, checkpoint_model_key
+from contract.spec import TrainingSpec
 
 if TYPE_CHECKING:
     from training.loop import Run

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from training.spec import control_key
+from contract.bucket import control_key
 
 log = logging.getLogger("training.control")
 

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from training.chat_format import read_examples
+from contract.chat_format import read_examples
 from training.chat_template import IGNORE_INDEX, TokenizedExample, tokenize_chat
-from training.spec import TrainingSpec
+from contract.spec import TrainingSpec
 
 if TYPE_CHECKING:
     import torch
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 def read_training_file(spec: TrainingSpec, s3: Any) -> list[dict[str, Any]]:
     """Every example of the training file, checked by the validator the API runs.
 
-    Raises :class:`~training.chat_format.InvalidChatFile` naming the first bad line.
+    Raises :class:`~contract.chat_format.InvalidChatFile` naming the first bad line.
     """
     return read_jsonl(spec, s3, spec.training_file_key)
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from training.chat_format import preference_conversations
+from contract.chat_format import preference_conversations
 from training.chat_template import IGNORE_INDEX, ChatTokenizer, TokenizedExample, tokenize_chat
 from training.data import collate, model_device
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from training import storage
-from training.chat_format import InvalidChatFile
+from contract.chat_format import InvalidChatFile
 from training.events import s3_event_writer
-from training.spec import TrainingSpec
+from contract.spec import TrainingSpec
 
 log = logging.getLogger("training.driver")
 

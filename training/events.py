@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-from training.spec import EventType, TrainingEvent, event_batch_key, events_prefix
+from contract.bucket import event_batch_key, events_prefix
+from contract.events import EventType, TrainingEvent
 
 Put = Callable[[str, bytes], None]
 """Store one object: ``put(key, body)``."""

@@ -24,7 +24,7 @@ from training.adapter import save_adapter, upload_adapter
 from training.checkpoints import Checkpointer, TrainerState, checkpoint_due
 from training.data import StepPlan, epoch_indices, plan_steps, resume_point
 from training.objectives import Objective, Preference, Sums, Supervised, add, all_reduced
-from training.spec import TrainingSpec
+from contract.spec import TrainingSpec
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from training.spec import S3Location
+from contract.spec import S3Location
 
 
 def client(location: S3Location | None = None) -> Any:

@@ -28,18 +28,10 @@ from service.jobs.naming import checkpoint_name, fine_tuned_model_name
 from service.jobs.service import add_event, transition
 from service.jobs.token_count import ChatTokenCounter
 from service.webhooks import enqueue_settled
-from training.chat_format import InvalidChatFile, as_conversations, read_numbered_examples
-from training.spec import (
-    LoraSpec,
-    S3Location,
-    TrainingEvent,
-    TrainingSpec,
-    adapter_prefix,
-    control_key,
-    event_batch_key,
-    events_prefix,
-    spec_key,
-)
+from contract.chat_format import InvalidChatFile, as_conversations, read_numbered_examples
+from contract.bucket import adapter_prefix, control_key, event_batch_key, events_prefix, spec_key
+from contract.events import TrainingEvent
+from contract.spec import S3Location, TrainingSpec
 
 log = logging.getLogger("openft.scheduler")
 FOLLOWED = ("queued", "running", "paused")

@@ -24,7 +24,7 @@ from service.jobs.protocol import (
 )
 from service.models.service import owning_job
 from service.storage import BlobStore
-from training.spec import control_key
+from contract.bucket import control_key
 
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 

@@ -3,7 +3,7 @@
 The model's own chat template is rendered with jinja2 the way transformers renders it
 (sandboxed, ``trim_blocks``/``lstrip_blocks``, ``raise_exception``), and the text is encoded
 with the model's ``tokenizer.json`` through the ``tokenizers`` library. Messages and tools
-reach the template as they do in training (:func:`training.chat_format.template_messages`),
+reach the template as they do in training (:func:`contract.chat_format.template_messages`),
 so a count here is the length of the rendered example before truncation.
 """
 
@@ -20,7 +20,7 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from training.chat_format import template_messages
+from contract.chat_format import template_messages
 
 # The special tokens transformers hands every chat template (``special_tokens_map``).
 _SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",

@@ -15,7 +15,7 @@ from service.jobs.naming import internal_name
 from service.models.protocol import ModelObject
 from service.settings import Settings
 from service.storage import BlobStore
-from training.spec import deleted_marker_key
+from contract.bucket import deleted_marker_key
 
 BASE_OWNER = "openft"
 

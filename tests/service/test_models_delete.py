@@ -8,7 +8,7 @@ from tests.service.conftest import chat_jsonl
 from tests.service.test_files_and_auth import assert_envelope, upload
 from tests.service.test_jobs_api import create_job
 from tests.service.test_jobs_methods import succeed
-from training.spec import deleted_marker_key
+from contract.bucket import deleted_marker_key
 
 
 def test_delete_marks_the_model_and_each_checkpoint_adapter_in_s3(client, app, as_a, as_b):

@@ -9,7 +9,7 @@ import pytest
 from service.auth import KeyRing, parse_api_keys
 from service.errors import AuthenticationFailed
 from service.jobs.naming import fine_tuned_model_name
-from training.chat_format import InvalidChatFile, parse_example, read_examples
+from contract.chat_format import InvalidChatFile, parse_example, read_examples
 
 
 def test_keys_are_matched_and_bad_specs_refused():

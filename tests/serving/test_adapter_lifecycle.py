@@ -31,7 +31,7 @@ from tests.serving.lora import (
     replica_id,
     serving_client,
 )
-from training.spec import deleted_marker_key
+from contract.bucket import deleted_marker_key
 
 pytestmark = pytest.mark.slow
 

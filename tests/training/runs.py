@@ -11,7 +11,8 @@ import time
 import uuid
 from pathlib import Path
 
-from training.spec import S3Location, TrainingSpec, events_prefix, spec_key
+from contract.bucket import events_prefix, spec_key
+from contract.spec import S3Location, TrainingSpec
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 

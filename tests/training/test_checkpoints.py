@@ -13,12 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.training.runs import make_spec, of_type, read_events, start, submit, upload_pairs, wait
-from training.spec import (
-    adapter_prefix,
-    checkpoint_key,
-    checkpoint_model_key,
-    control_key,
-)
+from contract.bucket import adapter_prefix, checkpoint_key, checkpoint_model_key, control_key
 
 pytestmark = pytest.mark.slow
 

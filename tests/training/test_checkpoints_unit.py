@@ -10,21 +10,16 @@ import pytest
 
 import training.checkpoints
 import training.control
-import training.spec
+import contract.bucket
 from training.checkpoints import TrainerState, checkpoint_due, run_shape
 from training.control import PauseWatch, any_rank, wants_pause
 from training.data import StepPlan, epoch_indices, plan_steps, resume_point
 from training.driver import RAY_TRAIN_SNAPSHOT, resumed_step, started_message
-from training.spec import (
-    S3Location,
-    TrainingSpec,
-    checkpoint_key,
-    checkpoint_model_key,
-    control_key,
-)
+from contract.bucket import checkpoint_key, checkpoint_model_key, control_key
+from contract.spec import S3Location, TrainingSpec
 
 
-@pytest.mark.parametrize("module", [training.checkpoints, training.control, training.spec])
+@pytest.mark.parametrize("module", [training.checkpoints, training.control, contract.bucket])
 def test_docstring_examples_hold(module):
     assert doctest.testmod(module).failed == 0
 
