@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	RAY_AUTH_MODE=disabled $(PY) -m service.launcher
+	RAY_AUTH_MODE=disabled $(PY) -m devstack.launcher
 
 test: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m pytest $(PYTEST_ARGS)

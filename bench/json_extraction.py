@@ -355,8 +355,8 @@ Every answer is in `json_extraction.json`.
 @contextmanager
 def own_stack(data_dir: Path | None) -> Iterator[tuple[str, str]]:
     """The whole stack (``make run``'s launcher) on free loopback ports; stopped on exit."""
-    from service.processes import free_port
-    from tests.support.stack import running_stack
+    from devstack.processes import free_port
+    from devstack.stack import running_stack
 
     temporary = data_dir is None
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="openft-bench-"))

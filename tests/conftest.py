@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.processes import ManagedProcess, free_port, start_ray_head, start_seaweedfs
+from devstack.processes import ManagedProcess, free_port, start_ray_head, start_seaweedfs
 
 S3_ACCESS_KEY = "test-access"
 S3_SECRET_KEY = "test-secret"

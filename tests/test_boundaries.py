@@ -12,8 +12,10 @@ HEAVY = ["torch", "transformers", "peft", "deepspeed", "vllm", "ray"]
 
 
 def test_api_process_starts_without_the_gpu_stack():
+    """The API process, and the launcher that runs it under ``make run``, import none of the
+    heavy stack."""
     code = (
-        "import sys, service.main, service.launcher\n"
+        "import sys, service.main, devstack.launcher\n"
         "service.main.create_app()\n"
         f"loaded = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "assert not loaded, loaded\n"

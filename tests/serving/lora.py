@@ -1,5 +1,6 @@
 """Serving test support: a LoRA adapter for the tiny model whose weights visibly change its
-output, and a serving app deployed with the real CLI into the test Ray head."""
+output (``devstack.adapters``) put in S3, and a serving app deployed with the real CLI into
+the test Ray head."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from pathlib import Path
 
 from openai import OpenAI
 
-from service.processes import free_port
+from devstack.adapters import build_lora_adapter, upload_adapter
+from devstack.processes import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -43,40 +44,11 @@ def replica_id(fingerprint: str) -> str:
     return fingerprint.rsplit("-", 1)[-1]
 
 
-def build_lora_adapter(base_dir: Path, out_dir: Path, rank: int = 8, seed: int = 1) -> Path:
-    """Save a peft LoRA (rank ``rank``, all linear layers) with random non-zero ``lora_B``.
-
-    peft initialises ``lora_B`` to zeros, which would make the adapter a no-op; random values
-    make greedy output differ from the base model's.
-    """
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear")
-    )
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn_like(param) * 0.5)
-    peft_model.save_pretrained(out_dir, safe_serialization=True)
-    return Path(out_dir)
-
-
-def upload_adapter(s3_client, bucket: str, adapter_dir: Path, prefix: str) -> None:
-    """Put the adapter's two files under ``<prefix>/`` (``models/<model_key>``)."""
-    for name in ADAPTER_FILES:
-        s3_client.upload_file(str(Path(adapter_dir) / name), bucket, f"{prefix}/{name}")
-
-
 def new_adapter(s3_server, base_dir: Path, out_dir: Path, seed: int = 1) -> str:
     """Build an adapter with ``seed`` and put it in S3 under a fresh key; return the key."""
     key = f"ftkey-{uuid.uuid4().hex[:8]}"
     adapter_dir = build_lora_adapter(base_dir, out_dir, seed=seed)
-    upload_adapter(s3_server.client(), s3_server.bucket, adapter_dir, f"models/{key}")
+    upload_adapter(s3_server.client(), s3_server.bucket, adapter_dir, key)
     return key
 
 

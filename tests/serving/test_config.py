@@ -103,7 +103,7 @@ def test_replicas_are_fixed_or_autoscaled_from_the_config() -> None:
 
 def test_operator_settings_reach_the_serving_config(monkeypatch, tmp_path) -> None:
     """``OPENFT_SERVING_*`` variables become a ServingConfig that ``serving.deploy`` accepts."""
-    from service.launcher import serving_config
+    from devstack.launcher import serving_config
     from service.settings import Settings
 
     monkeypatch.setenv("OPENFT_SERVING_AUTOSCALING", '{"min_replicas": 1, "max_replicas": 3}')

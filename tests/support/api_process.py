@@ -12,7 +12,7 @@ from pathlib import Path
 
 from openai import OpenAI
 
-from service.processes import free_port, served_by, start, wait_until
+from devstack.processes import free_port, served_by, start, wait_until
 
 KEY = "sk-restart"
 

@@ -1,4 +1,5 @@
-"""``make run``: the whole stack in the foreground on embedded defaults.
+"""``make run`` (``python -m devstack.launcher``): the whole stack in the foreground on
+embedded defaults.
 
 Starts, in order, SeaweedFS (S3) -> Ray head -> the serving app -> the API, and stops them in
 reverse on Ctrl-C or SIGTERM. Each embedded server is skipped when its ``OPENFT_*`` URL points
@@ -10,15 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+from devstack.processes import ManagedProcess, start_ray_head, start_seaweedfs
 from service.auth import generate_key
-from service.processes import ManagedProcess, start_ray_head, start_seaweedfs
 from service.settings import DEFAULT_BASE_MODEL_ID, Settings
 
 log = logging.getLogger("openft.launcher")
@@ -44,7 +47,7 @@ def ensure_api_key(settings: Settings) -> tuple[Settings, str | None]:
 def prepare_base_models(settings: Settings) -> None:
     if settings.default_base_model:
         out = settings.base_model_dirs()[DEFAULT_BASE_MODEL_ID]
-        subprocess.run([sys.executable, "-m", "training.base_model", "--out", str(out)],
+        subprocess.run([sys.executable, "-m", "devstack.base_model", "--out", str(out)],
                        check=True)
     for model_id, path in settings.base_model_dirs().items():
         if not (path / "config.json").exists():
@@ -64,26 +67,20 @@ def stack_env(settings: Settings) -> dict[str, str]:
         AWS_DEFAULT_REGION=settings.s3_region,
         RAY_AUTH_MODE="disabled",
         RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2",
-        VLLM_CPU_KVCACHE_SPACE=str(settings.serving_kv_cache_gib),
+        # vLLM reads it as whole GiB; the engine gets the exact size as kv_cache_memory_bytes.
+        VLLM_CPU_KVCACHE_SPACE=str(math.ceil(settings.serving.kv_cache_gib)),
     )
 
 
-def serving_config(settings: Settings) -> dict:
+def serving_config(settings: Settings) -> dict[str, Any]:
+    """``serving.deploy``'s config: the ``OPENFT_SERVING_*`` options as they are, plus the
+    base models (each with its tool-call parser) and the bucket."""
+    parsers = settings.serving.tool_call_parsers
     return {
-        "base_models": [
-            {"id": k, "path": str(v), "tool_call_parser": settings.serving_tool_call_parsers.get(k)}
-            for k, v in settings.base_model_dirs().items()
-        ],
+        **settings.serving.options().model_dump(mode="json"),
+        "base_models": [{"id": k, "path": str(v), "tool_call_parser": parsers.get(k)}
+                        for k, v in settings.base_model_dirs().items()],
         "s3_bucket": settings.s3_bucket,
-        "host": "127.0.0.1",
-        "port": settings.serving_port,
-        "replica_cpus": settings.serving_replica_cpus,
-        "max_model_len": settings.serving_max_model_len,
-        "kv_cache_gib": settings.serving_kv_cache_gib,
-        "num_replicas": settings.serving_num_replicas,
-        "autoscaling": settings.serving_autoscaling,
-        "max_adapters_per_replica": settings.serving_max_adapters_per_replica,
-        "max_lora_rank": settings.serving_max_lora_rank,
     }
 
 

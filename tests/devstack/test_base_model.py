@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from training.base_model import MARKER, main
+from devstack.base_model import MARKER, main
 
 pytestmark = [
     pytest.mark.slow,

@@ -1,4 +1,4 @@
-"""Run ``python -m service.launcher`` (what ``make run`` runs) as a test fixture.
+"""Run ``python -m devstack.launcher`` (what ``make run`` runs) under a test or a bench.
 
 Stopped by PID: SIGTERM to the launcher's group (it stops its children in reverse order),
 then SIGKILL to every process group it recorded in ``<data_dir>/pids.json``.
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.processes import served_by, start, wait_until
+from devstack.processes import served_by, start, wait_until
 
 
 @dataclass
@@ -45,7 +45,7 @@ def running_stack(data_dir: Path, env_overrides: dict[str, str],
     env = dict(os.environ, OPENFT_DATA_DIR=str(data_dir), RAY_AUTH_MODE="disabled",
                **env_overrides)
     port = int(env["OPENFT_PORT"])
-    proc = start("launcher", [sys.executable, "-m", "service.launcher"], data_dir / "test-logs",
+    proc = start("launcher", [sys.executable, "-m", "devstack.launcher"], data_dir / "test-logs",
                  env)
     stack: Stack | None = None
     try:

@@ -1,0 +1,72 @@
+"""``OPENFT_*`` environment variables: the flat ones and the ``OPENFT_SERVING_*`` group."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from contract.serving import ServingOptions
+from service.settings import Settings
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    for name in [n for n in os.environ if n.startswith("OPENFT_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("OPENFT_DATA_DIR", str(tmp_path))
+    return monkeypatch
+
+
+def test_serving_variables_keep_their_names(env) -> None:
+    env.setenv("OPENFT_SERVING_URL", "http://serving:8000")
+    env.setenv("OPENFT_SERVING_PORT", "9001")
+    env.setenv("OPENFT_SERVING_MAX_MODEL_LEN", "2048")
+    env.setenv("OPENFT_SERVING_NUM_REPLICAS", "2")
+    env.setenv("OPENFT_SERVING_AUTOSCALING", '{"min_replicas": 1, "max_replicas": 4}')
+    env.setenv("OPENFT_SERVING_TOOL_CALL_PARSERS", '{"Qwen2.5-7B-Instruct": "hermes"}')
+    env.setenv("OPENFT_SERVING_MAX_ADAPTERS_PER_REPLICA", "24")
+    env.setenv("OPENFT_SERVING_MAX_LORA_RANK", "32")
+    env.setenv("OPENFT_SERVING_KV_CACHE_GIB", "2")
+
+    settings = Settings()
+
+    assert settings.serving_url == settings.resolved_serving_url == "http://serving:8000"
+    assert settings.serving.port == 9001
+    assert settings.serving.max_model_len == 2048
+    assert settings.serving.num_replicas == 2
+    assert settings.serving.autoscaling == {"min_replicas": 1, "max_replicas": 4}
+    assert settings.serving.tool_call_parsers == {"Qwen2.5-7B-Instruct": "hermes"}
+    assert settings.serving.max_adapters_per_replica == 24
+    assert settings.serving.max_lora_rank == 32
+    assert settings.serving.kv_cache_gib == 2
+
+
+def test_flat_variables_still_parse_beside_the_serving_group(env, tmp_path) -> None:
+    env.setenv("OPENFT_S3_ENDPOINT_URL", "http://s3:8333")
+    env.setenv("OPENFT_S3_SECRET_KEY", "shh")
+    env.setenv("OPENFT_WEBHOOK_SECRET", "whsec_c2VjcmV0")
+    env.setenv("OPENFT_WEBHOOKS", '{"org": ["https://hooks.example/a"]}')
+    env.setenv("OPENFT_BASE_MODELS", f'{{"m": "{tmp_path / "m"}"}}')
+    env.setenv("OPENFT_DEFAULT_BASE_MODEL", "false")
+    env.setenv("OPENFT_RAY_NUM_CPUS", "3")
+    env.setenv("OPENFT_TRAINING_MAX_WORKERS", "4")
+    env.setenv("OPENFT_SERVING_SERVICE_HOST", "10.0.0.1")  # unknown names stay ignored
+
+    settings = Settings()
+
+    assert settings.data_dir == tmp_path
+    assert settings.resolved_s3_endpoint_url == "http://s3:8333"
+    assert settings.s3_secret_key.get_secret_value() == "shh"
+    assert settings.webhook_secret.get_secret_value() == "whsec_c2VjcmV0"
+    assert settings.webhooks == {"org": ["https://hooks.example/a"]}
+    assert settings.base_model_dirs() == {"m": tmp_path / "m"}
+    assert (settings.ray_num_cpus, settings.training_max_workers) == (3, 4)
+
+
+def test_serving_defaults_are_the_contracts(env) -> None:
+    settings = Settings()
+
+    assert settings.serving.options() == ServingOptions()
+    assert settings.resolved_serving_url == f"http://127.0.0.1:{ServingOptions().port}"
+    assert settings.serving.port != settings.port  # both on one host under make run
