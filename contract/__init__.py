@@ -9,5 +9,6 @@ another role's dependencies.
 - :mod:`contract.spec`: the job spec the service writes and the training driver reads;
 - :mod:`contract.hyperparameters`: the resolved hyperparameters of a run, defaults defined once;
 - :mod:`contract.events`: the progress events training writes and the service ingests;
-- :mod:`contract.chat_format`: the chat JSONL validator of uploads and training.
+- :mod:`contract.chat_format`: the chat JSONL validator of uploads and training;
+- :mod:`contract.serving`: the serving knobs the service's settings and serving's config share.
 """
