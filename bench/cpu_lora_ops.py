@@ -1,4 +1,4 @@
-"""vLLM's CPU multi-LoRA ops against serving/cpu_lora.py's, one decoder layer::
+"""vLLM's CPU multi-LoRA ops against vllm_cpu/lora.py's, one decoder layer::
 
     nice .venv/bin/python -m bench.cpu_lora_ops        # ~1 min on 2 CPUs
 
@@ -10,7 +10,7 @@ layer reaches them in vLLM 0.32's V1 engine: through ``PunicaWrapperCPU`` after
 the row-parallel layers call it too): 7 shrinks and 7 expand-slices per layer. The three
 implementations: vLLM's wrapper and ops; vLLM's wrapper with our ops rebound in
 ``punica_cpu``; our ``GroupedPunicaWrapperCPU`` (what the plugin installs: numba kernels,
-``serving/cpu_lora_kernels.py``). Weights of one layer, so they sit in the CPU's caches: the
+``vllm_cpu/lora_kernels.py``). Weights of one layer, so they sit in the CPU's caches: the
 served numbers (bench/results/serving.md) read 30 layers' worth each step.
 A second table times the LM head's LoRA (``add_lora_logits``) on a decode step's 16 sampled
 rows. Batches: decode (16 sequences of 1 token) and prefill (16 sequences of 32 tokens), their
@@ -40,7 +40,8 @@ from vllm.lora.punica_wrapper import punica_cpu
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 from bench.environment import code_version, machine
-from serving import cpu_lora
+from vllm_cpu import lora as cpu_lora
+from vllm_cpu.vllm_private import PUNICA_CPU_OPS
 
 RESULTS = Path(__file__).parent / "results" / "cpu_lora_ops.md"
 HIDDEN, INTERMEDIATE, KV, RANK, SLOTS, VOCAB = 576, 1536, 192, 16, 16, 49152
@@ -50,7 +51,7 @@ LAYERS = {"qkv": (HIDDEN, (HIDDEN, KV, KV)), "o": (HIDDEN, (HIDDEN,)),
 BATCHES = {"decode": (16, 1), "prefill": (16, 32)}  # sequences, tokens per sequence
 ADAPTERS = (1, 4, 16)
 # (model dtype, adapter weights' dtype): serving keeps adapters in bf16 (ServingConfig.lora_dtype)
-# with a bf16 engine and, on CPUs without bf16 units, an fp32 one (serving/cpu_dtype.py)
+# with a bf16 engine and, on CPUs without bf16 units, an fp32 one (vllm_cpu/dtype.py)
 DTYPES = {"bf16": (torch.bfloat16, torch.bfloat16),
           "fp32, bf16 LoRA": (torch.float32, torch.bfloat16),
           "fp32": (torch.float32, torch.float32)}
@@ -63,7 +64,7 @@ IMPLEMENTATIONS = {"vllm": (PunicaWrapperCPU, vllm_ops),
 @contextmanager
 def punica_ops(ops: ModuleType) -> Iterator[None]:
     """``PunicaWrapperCPU`` calls ``ops``' functions inside the block."""
-    saved = {name: getattr(punica_cpu, name) for name in cpu_lora._PATCHED_NAMES}
+    saved = {name: getattr(punica_cpu, name) for name in PUNICA_CPU_OPS}
     for name in saved:
         setattr(punica_cpu, name, getattr(ops, name))
     try:
@@ -190,7 +191,7 @@ def run(budget_s: float) -> tuple[list[Row], list[Row]]:
 
 def report(rows: list[Row], head_rows: list[Row]) -> str:
     lines = [
-        "# vLLM's CPU multi-LoRA ops vs serving/cpu_lora.py (one decoder layer)",
+        "# vLLM's CPU multi-LoRA ops vs vllm_cpu/lora.py (one decoder layer)",
         "",
         f"Run by `python -m bench.cpu_lora_ops` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC;"
         f" {machine()}, torch {torch.__version__} with {torch.get_num_threads()} threads, "
@@ -202,9 +203,9 @@ def report(rows: list[Row], head_rows: list[Row]) -> str:
         " tensor parallelism. dtype \"fp32, bf16 LoRA\": an fp32 model whose adapter weights"
         " vLLM holds in bf16 (`--lora-dtype bfloat16`, serving's default; serving runs fp32"
         " engines on CPUs without bf16 units). \"vLLM\": vLLM's `PunicaWrapperCPU` and ops;"
-        " \"our ops\": vLLM's wrapper with serving/cpu_lora.py's ops bound in `punica_cpu`;"
+        " \"our ops\": vLLM's wrapper with vllm_cpu/lora.py's ops bound in `punica_cpu`;"
         " \"our wrapper\": `GroupedPunicaWrapperCPU` (numba kernels,"
-        " serving/cpu_lora_kernels.py), what the plugin installs. Speed-up: vLLM / our"
+        " vllm_cpu/lora_kernels.py), what the plugin installs. Speed-up: vLLM / our"
         " wrapper. Best ms per layer over interleaved repeats, one layer's weights (hot in the"
         " CPU's caches); \"base\" is the layer's 7 base matmuls on the same tokens.",
         "",

@@ -112,12 +112,13 @@ def build_app(config: ServingConfig) -> Application:
 
     import serving.adapters
     import serving.ingress
+    import serving.ray_llm_private
     import serving.server
     from serving.ingress import OpenFTIngress
 
     # Replicas are created by the detached Serve controller with the import path of whichever
     # driver started Serve first, which need not see this package: ship our classes by value.
-    for module in (serving.adapters, serving.ingress, serving.server):
+    for module in (serving.adapters, serving.ingress, serving.ray_llm_private, serving.server):
         ray.cloudpickle.register_pickle_by_value(module)
 
     return build_openai_app(

@@ -10,6 +10,8 @@ Ray Serve LLM never unregisters an adapter: its multiplex LRU forgets the downlo
 keeps the name, and the local copy is cached for the replica's life. ``ResidentAdapters``
 (``serving.adapters``) replaces that: an LRU whose evictions really unregister, downloads into
 a folder of this replica's own, and S3 checks that drop deleted adapters on every replica.
+
+Ray's private names these classes rely on are reached through ``serving.ray_llm_private``.
 """
 
 from __future__ import annotations
@@ -23,18 +25,16 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ray import serve
-from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
-from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
-from ray.serve.llm.deployment import LLMServer
 
-from serving.adapters import ResidentAdapters
 from contract.bucket import DELETED_MARKER
+from serving.adapters import ResidentAdapters
+from serving.ray_llm_private import AdapterLoader, Engine, Server
 
 ADAPTER_RECHECK_KEY = "openft_adapter_recheck_s"
 """``LLMConfig.experimental_configs`` key carrying ``ServingConfig.adapter_recheck_s``."""
 
 
-class AdapterLockingEngine(VLLMEngine):
+class AdapterLockingEngine(Engine):
     """vLLM engine whose adapter registration holds one lock per adapter name."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -48,13 +48,9 @@ class AdapterLockingEngine(VLLMEngine):
     async def unregister_lora(self, model_id: str) -> None:
         """Forget the adapter's name: the next request for it registers it afresh (new id, so
         vLLM reads the weights again); vLLM's own LRU frees the old weights."""
-        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
-
         async with self._lock(model_id):
-            if model_id in self._oai_models.lora_requests:
-                await self._oai_models.unload_lora_adapter(
-                    UnloadLoRAAdapterRequest(lora_name=model_id)
-                )
+            if model_id in self.registered_adapters():
+                await self.unload_adapter(model_id)
 
     def _lock(self, model_id: str) -> asyncio.Lock:
         return self._adapter_locks.setdefault(model_id, asyncio.Lock())
@@ -65,9 +61,8 @@ class AdapterLockingEngine(VLLMEngine):
         OpenAI says a fingerprint tells when a seeded answer may change; with several
         replicas that is per replica, and operators (and tests) learn which replica answered.
         """
-        for serving in (self._oai_serving_chat, self._oai_serving_completion):
-            if serving is not None:
-                serving.system_fingerprint = f"{serving.system_fingerprint or 'vllm'}-{replica}"
+        for serving in self.openai_servings():
+            serving.system_fingerprint = f"{serving.system_fingerprint or 'vllm'}-{replica}"
 
 
 LORA_DIR_PREFIX = "openft-lora-"
@@ -98,7 +93,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class ReplicaAdapterLoader(LoraModelLoader):
+class ReplicaAdapterLoader(AdapterLoader):
     """Ray's S3 downloader, into a folder only this replica uses, with a way to forget.
 
     Ray's default folder is shared by every replica on a node; a replica that deletes its copy
@@ -109,8 +104,7 @@ class ReplicaAdapterLoader(LoraModelLoader):
         super().__init__(lora_root=str(replica_lora_root()), **kwargs)
 
     def forget(self, model_id: str) -> None:
-        self.disk_cache.pop(model_id, None)
-        shutil.rmtree(self._model_dir_path(model_id), ignore_errors=True)
+        shutil.rmtree(self.forget_download(model_id), ignore_errors=True)
 
     def remove_all(self) -> None:
         shutil.rmtree(self.lora_root, ignore_errors=True)
@@ -133,12 +127,12 @@ def use_torch_lora_dtype(llm_config: Any) -> None:
 
 def use_machine_dtype(llm_config: Any) -> None:
     """Resolve ``engine_kwargs["dtype"]`` for this replica's machine, in place
-    (``serving.cpu_dtype``: ``auto`` on a CPU without bf16 units runs in float32).
+    (``vllm_cpu.dtype``: ``auto`` on a CPU without bf16 units runs in float32).
 
     Here, not in the deploy driver: the replica and its engine share one placement-group
     bundle, so the replica's CPU is the engine's.
     """
-    from serving.cpu_dtype import this_machine_engine_dtype
+    from vllm_cpu.dtype import this_machine_engine_dtype
 
     requested = llm_config.engine_kwargs.get("dtype", "auto")
     dtype = this_machine_engine_dtype(requested)
@@ -146,7 +140,7 @@ def use_machine_dtype(llm_config: Any) -> None:
         llm_config.update_engine_kwargs(dtype=dtype)
 
 
-class OpenFTServer(LLMServer):
+class OpenFTServer(Server):
     """``LLMServer`` running ``AdapterLockingEngine`` with adapters kept by ``ResidentAdapters``."""
 
     async def __init__(self, llm_config: Any, **kwargs: Any) -> None:
@@ -189,18 +183,18 @@ class OpenFTServer(LLMServer):
         self._loader = ReplicaAdapterLoader(**kwargs)
         return self._loader
 
-    async def _maybe_resolve_lora_from_multiplex(self) -> None:
+    async def resolve_request_adapter(self) -> None:
         """Every adapter request, on every path Ray has (handle calls and direct ASGI)."""
         model_id = serve.get_multiplexed_model_id()
         if not model_id or self._adapters is None:
-            return await super()._maybe_resolve_lora_from_multiplex()
+            return await super().resolve_request_adapter()
         await self._adapters.use(model_id)
         # Serve's multiplex LRU (same size and order as ours) tells the router where it lives.
-        await self._load_model(model_id)
+        await self.load_multiplexed(model_id)
 
     async def _register(self, model_id: str) -> None:
         assert self._loader is not None and self.engine is not None
-        disk = await self._loader.load_model_from_config(model_id, self._llm_config)
+        disk = await self._loader.load_model_from_config(model_id, self.served_llm_config())
         await self.engine.resolve_lora(disk)
 
     async def _unregister(self, model_id: str) -> None:

@@ -22,6 +22,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from contract.bucket import deleted_marker_key
 from tests.serving.lora import (
     MESSAGES,
     adapter_events,
@@ -31,7 +32,6 @@ from tests.serving.lora import (
     replica_id,
     serving_client,
 )
-from contract.bucket import deleted_marker_key
 
 pytestmark = pytest.mark.slow
 

@@ -117,7 +117,7 @@ def test_base_answers_are_unchanged_when_adapters_fill_every_slot(
     """Base answers stay the base model's once adapters take every slot, alone or batched.
 
     Stock vLLM on CPU reads the "no adapter" index -1 as the last adapter slot and gives base
-    requests that adapter's answers; openft's CPU LoRA ops (``serving.cpu_lora``) do not.
+    requests that adapter's answers; openft's CPU LoRA ops (``vllm_cpu.lora``) do not.
     """
     models = [BASE_ID, f"{BASE_ID}:{adapter_key}", f"{BASE_ID}:{second_adapter_key}"]
     alone = {m: _chat(client, m) for m in models}  # both adapters loaded: both slots taken

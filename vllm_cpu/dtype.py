@@ -33,16 +33,16 @@ def engine_dtype(requested: str, *, on_cpu: bool, x86: bool, bf16_units: bool) -
 
 def cpu_has_bf16_units() -> bool:
     """AVX-512 BF16 or AMX, the x86 instructions that multiply bf16 without emulation."""
-    import torch
+    from vllm_cpu import torch_private
 
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return torch_private.cpu_has_avx512_bf16() or torch_private.cpu_has_amx()
 
 
 def this_machine_engine_dtype(requested: str) -> str:
     """``engine_dtype`` for the process's own platform and CPU (vLLM's current platform)."""
-    from vllm.platforms import current_platform
+    from vllm_cpu import vllm_private
 
-    on_cpu = current_platform.is_cpu()
+    on_cpu = vllm_private.on_cpu()
     x86 = platform.machine().lower() in X86_MACHINES
     dtype = engine_dtype(requested, on_cpu=on_cpu, x86=x86,
                          bf16_units=on_cpu and x86 and cpu_has_bf16_units())

@@ -1,4 +1,5 @@
-"""``dtype: auto`` on a CPU without bf16 units runs the engine in float32 (serving.cpu_dtype)."""
+"""A replica gives vLLM the dtype its machine runs fastest for ``dtype: auto``
+(``vllm_cpu.dtype``: float32 on a CPU without bf16 units)."""
 
 from __future__ import annotations
 
@@ -8,25 +9,9 @@ import pytest
 
 from serving.app import llm_config
 from serving.config import ServingConfig
-from serving.cpu_dtype import cpu_has_bf16_units, engine_dtype
+from vllm_cpu.dtype import cpu_has_bf16_units
 
 MINIMAL = {"base_models": [{"id": "tiny", "path": "/models/tiny"}], "s3_bucket": "b"}
-
-
-@pytest.mark.parametrize(
-    ("requested", "on_cpu", "x86", "bf16_units", "expected"),
-    [
-        ("auto", True, True, False, "float32"),  # AVX2-only x86: bf16 would be emulated
-        ("auto", True, True, True, "auto"),  # AVX-512 BF16 / AMX: vLLM's bf16
-        ("auto", False, True, False, "auto"),  # a GPU engine
-        ("auto", True, False, False, "auto"),  # aarch64 and others: vLLM's own choice
-        ("bfloat16", True, True, False, "bfloat16"),  # an explicit dtype is the user's
-        ("float16", True, True, False, "float16"),
-    ],
-)
-def test_engine_dtype(requested: str, on_cpu: bool, x86: bool, bf16_units: bool,
-                      expected: str) -> None:
-    assert engine_dtype(requested, on_cpu=on_cpu, x86=x86, bf16_units=bf16_units) == expected
 
 
 def _tiny_bf16_checkpoint(folder: Path) -> Path:

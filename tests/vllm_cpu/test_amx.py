@@ -1,4 +1,4 @@
-"""serving.cpu_amx: vLLM's CPU attention runs on a CPU with AMX (it died of SIGILL there)."""
+"""vllm_cpu.amx: vLLM's CPU attention runs on a CPU with AMX (it died of SIGILL there)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""serving.cpu_lora: the grouped ops equal vLLM's torch ops except that a no-adapter token (index
+"""vllm_cpu.lora: the grouped ops equal vLLM's torch ops except that a no-adapter token (index
 -1) gets no LoRA delta, and on a real engine a base-model request answers the same alone and
 batched with adapter requests, while adapter requests answer as with vLLM's ops."""
 
@@ -17,8 +17,9 @@ from vllm.lora.ops import torch_ops as vllm_ops
 from vllm.lora.punica_wrapper import punica_cpu
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-from serving import cpu_lora
 from tests.serving.lora import REPO_ROOT, build_lora_adapter
+from vllm_cpu import lora as cpu_lora
+from vllm_cpu.vllm_private import PUNICA_CPU_OPS
 
 SLOTS = 4  # max_loras: the weights' first dim; index -1 means "no adapter"
 HIDDEN, RANK = 64, 8
@@ -235,7 +236,7 @@ def _fp32(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
 def stock_ops_with_zero_for_no_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
     """vLLM's wrapper with our ops: vLLM's arithmetic, and no delta for index -1 (the fix,
     tested against vLLM's ops above), so the two wrappers must agree everywhere."""
-    for name in cpu_lora._PATCHED_NAMES:
+    for name in PUNICA_CPU_OPS:
         monkeypatch.setattr(punica_cpu, name, getattr(cpu_lora, name))
 
 
@@ -409,7 +410,7 @@ def test_wrapper_built_by_vllm_compiles_the_kernels_before_the_first_step() -> N
     adapters' dtype then, during engine start, so no adapter request waits on numba."""
     from vllm.config.lora import LoRAConfig
 
-    from serving import cpu_lora_kernels
+    from vllm_cpu import lora_kernels as cpu_lora_kernels
 
     config = LoRAConfig(max_lora_rank=8, lora_dtype=torch.bfloat16)
     cpu_lora.GroupedPunicaWrapperCPU(16, 16, device="cpu", lora_config=config)
@@ -426,7 +427,7 @@ def test_register_installs_the_wrapper_once() -> None:
     from vllm.platforms import current_platform
 
     platform = type(current_platform)
-    saved_ops = {name: getattr(punica_cpu, name) for name in cpu_lora._PATCHED_NAMES}
+    saved_ops = {name: getattr(punica_cpu, name) for name in PUNICA_CPU_OPS}
     saved_wrapper = platform.__dict__["get_punica_wrapper"]
     try:
         cpu_lora.register()
@@ -456,7 +457,7 @@ if __name__ == "__main__":
 
     model, adapters = sys.argv[1], sys.argv[2:]
     # As many slots as adapters: every slot, the last one too, holds an adapter, which is
-    # where vLLM's CPU ops read the no-adapter index -1 (see serving.cpu_lora).
+    # where vLLM's CPU ops read the no-adapter index -1 (see vllm_cpu.lora).
     llm = LLM(model=model, dtype="float32", enable_lora=True, max_lora_rank=8,
               max_loras=len(adapters), max_model_len=256, block_size=32,
               kv_cache_memory_bytes=256 * 2**20, enforce_eager=True, seed=0)
@@ -505,7 +506,7 @@ def test_base_requests_answer_the_same_whatever_the_batch_and_adapters_as_with_v
 
     # The patch reached the process that runs the model, which is not the driver.
     assert [(module, wrapper) for _, module, wrapper in on["engine"]] == [
-        ("serving.cpu_lora", "serving.cpu_lora.GroupedPunicaWrapperCPU")]
+        ("vllm_cpu.lora", "vllm_cpu.lora.GroupedPunicaWrapperCPU")]
     assert all(pid != on["driver_pid"] for pid, *_ in on["engine"])
     assert [(module, wrapper) for _, module, wrapper in off["engine"]] == [
         ("vllm.lora.ops.torch_ops.lora_ops",

@@ -24,12 +24,10 @@ logger = logging.getLogger("vllm.plugins.openft_cpu_amx")
 
 def register() -> None:
     """vLLM general-plugin entry point: ask for AMX where the CPU has it; else nothing."""
-    from vllm.platforms import current_platform
+    from vllm_cpu import torch_private, vllm_private
 
-    if not current_platform.is_cpu():
+    if not vllm_private.on_cpu():
         return
-    import torch
-
-    if torch.cpu._is_amx_tile_supported() and not torch.cpu._init_amx():
+    if torch_private.cpu_has_amx() and not torch_private.request_amx():
         logger.warning("openft_cpu_amx: the kernel refused AMX; vLLM's CPU attention may "
                        "die of SIGILL")

@@ -35,9 +35,10 @@ model or engine code in: the front-end process (``EngineArgs``), the EngineCore 
 (``EngineCore.__init__``) and each worker (``WorkerWrapperBase.init_worker``). It rebinds
 the six names in ``vllm.lora.punica_wrapper.punica_cpu``, where ``PunicaWrapperCPU`` looks
 them up, and points the CPU platform's ``get_punica_wrapper`` at ``GroupedPunicaWrapperCPU``,
-only when vLLM's current platform is CPU. The ops alone still pay a fixed cost per call, 14
+only when vLLM's current platform is CPU (those private names are reached through
+``vllm_cpu.vllm_private``). The ops alone still pay a fixed cost per call, 14
 calls per decoder layer; the wrapper makes one call per layer into numba kernels
-(``serving.cpu_lora_kernels``) that do each token's shrink and expand from its adapter's
+(``vllm_cpu.lora_kernels``) that do each token's shrink and expand from its adapter's
 weights in place (bench/results/cpu_lora_ops.md). The LM head's LoRA (vLLM wraps the LM head
 whenever LoRA is on) skips the slots whose adapter left it alone.
 
@@ -60,20 +61,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+from vllm_cpu import torch_private, vllm_private
+from vllm_cpu.vllm_private import PUNICA_CPU_OPS, PunicaWrapperCPU
 
 # Under vLLM's logger tree so the line goes through vLLM's logging setup and shows up, with
 # the process's prefix, in the engine's log.
 logger = logging.getLogger("vllm.plugins.openft_cpu_lora")
 
-_PATCHED_NAMES = (
-    "bgmv_shrink",
-    "bgmv_expand",
-    "bgmv_expand_slice",
-    "sgmv_shrink",
-    "sgmv_expand",
-    "sgmv_expand_slice",
-)
 # Below this many tokens per distinct adapter, a per-token gather beats one matmul per adapter
 # (bench/cpu_lora_ops.py: 16 decode tokens over 16 adapters).
 _MIN_TOKENS_PER_ADAPTER = 2
@@ -296,15 +291,15 @@ def sgmv_expand_slice(
 
 @functools.cache
 def _kernels() -> ModuleType:
-    """``serving.cpu_lora_kernels``, imported by the first wrapper, not with this module.
+    """``vllm_cpu.lora_kernels``, imported by the first wrapper, not with this module.
 
     It imports numba, and llvmlite's objects break the scan vLLM makes of every loaded
     module's namespace when a worker starts (``register_triton_kernel_overrides``, after
     general plugins load): the worker died at start when this module imported it.
     """
-    from serving import cpu_lora_kernels
+    from vllm_cpu import lora_kernels
 
-    return cpu_lora_kernels
+    return lora_kernels
 
 
 @dataclass(frozen=True)
@@ -320,7 +315,7 @@ class _LayerArrays:
 
 class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
     """vLLM's ``PunicaWrapperCPU`` with its linear layers' and LM head's LoRA done by
-    ``serving.cpu_lora_kernels``: one call per layer, each token's shrink and expand from its
+    ``vllm_cpu.lora_kernels``: one call per layer, each token's shrink and expand from its
     own adapter's weights, added into the layer's output in place.
 
     vLLM's wrapper calls one shrink and one expand op per slice (qkv: 3, gate_up: 2), each a
@@ -384,7 +379,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         key = (id(lora_a), id(lora_b), width)
         a_list = lora_a if isinstance(lora_a, tuple) else (lora_a,)
         b_list = lora_b if isinstance(lora_b, tuple) else (lora_b,)
-        versions = tuple(b._version for b in b_list)
+        versions = tuple(torch_private.version(b) for b in b_list)
         kept = self._layers.get(key)
         if kept is None or kept.versions != versions:
             kept = self._layers[key] = _LayerArrays(lora_a, lora_b, versions,
@@ -501,11 +496,11 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         counter, so a new version means look again.
         """
         kept = self._live.get(id(lora_b_stacked))
-        if kept is None or kept[1] != lora_b_stacked._version:
+        version = torch_private.version(lora_b_stacked)
+        if kept is None or kept[1] != version:
             live = _stacked(lora_b_stacked).flatten(1).ne(0).any(dim=1)
             # The entry holds the tensor, so its id is not reused while the entry lives.
-            kept = self._live[id(lora_b_stacked)] = (lora_b_stacked, lora_b_stacked._version,
-                                                     live)
+            kept = self._live[id(lora_b_stacked)] = (lora_b_stacked, version, live)
         return kept[2]
 
 
@@ -517,21 +512,16 @@ def register() -> None:
 
     vLLM may call it more than once per process; the second call changes nothing.
     """
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu():
+    if not vllm_private.on_cpu():
         return
-    from vllm.lora.punica_wrapper import punica_cpu
-
-    ours = globals()
-    platform = type(current_platform)
-    if (all(getattr(punica_cpu, name) is ours[name] for name in _PATCHED_NAMES)
-            and platform.get_punica_wrapper() == _WRAPPER):
+    ours = {name: globals()[name] for name in PUNICA_CPU_OPS}
+    current = vllm_private.punica_cpu_ops()
+    if (all(current[name] is ours[name] for name in PUNICA_CPU_OPS)
+            and vllm_private.punica_wrapper_name() == _WRAPPER):
         return
-    for name in _PATCHED_NAMES:
-        setattr(punica_cpu, name, ours[name])
+    vllm_private.bind_punica_cpu_ops(ours)
     # vLLM builds the wrapper class this names (punica_selector.get_punica_wrapper).
-    platform.get_punica_wrapper = classmethod(lambda cls: _WRAPPER)  # type: ignore[method-assign]
+    vllm_private.use_punica_wrapper(_WRAPPER)
     logger.info(
         "openft_cpu_lora: grouped multi-LoRA ops and GroupedPunicaWrapperCPU installed (pid %d); "
         "VLLM_PLUGINS without 'openft_cpu_lora' turns this off", os.getpid(),
