@@ -482,13 +482,13 @@ Run by `python -m bench.serving` on {result['date']}; {result['machine']}; code 
 
 Settings. Model {s['model']} (converted by `devstack.base_model`, bf16), the same folder for
 both systems, run in {s['dtype']} (serving's `dtype: {DTYPE}` on this CPU,
-`serving/cpu_dtype.py`; the peer gets `--dtype {s['dtype']}`). Engine: max_model_len
+`vllm_cpu/dtype.py`; the peer gets `--dtype {s['dtype']}`). Engine: max_model_len
 {s['max_model_len']}, KV cache {s['kv_cache_gib']} GiB (`kv_cache_memory_bytes` in serving,
 `VLLM_CPU_KVCACHE_SPACE` for the peer), block size
 {s['block_size']}, eager, `max_lora_rank` {s['max_lora_rank']}, `max_loras` {s['max_loras']},
 `max_cpu_loras` {s['max_cpu_loras']} (serving's defaults, given to the peer too). The
 peer is stock vLLM (`VLLM_PLUGINS={STOCK_VLLM_PLUGINS}`); the third system is the same
-server with openft's CPU LoRA ops (`serving/cpu_lora.py`), which openft's replicas load.
+server with openft's CPU LoRA ops (`vllm_cpu/lora.py`), which openft's replicas load.
 openft holds adapter weights in {s['lora_dtype']} (serving's `lora_dtype`); {peer_lora}.
 Load: {s['requests']} chat requests per row, {s['concurrency']} at a time,
 {s['prompts']} distinct short prompts, `max_tokens` {s['max_tokens']}, temperature 0,

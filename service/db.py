@@ -1,6 +1,6 @@
 """SQL schema of the job store and the session plumbing.
 
-The database is the truth about jobs (DESIGN.md); the schema is created and migrated by
+The database is the truth about jobs (docs/architecture.md); the schema is created and migrated by
 Alembic (``service/migrations``), never by ``create_all`` in production code.
 """
 
@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -161,9 +163,6 @@ def make_engine(url: str) -> Engine:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the latest Alembic revision."""
-    from alembic import command
-    from alembic.config import Config
-
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.begin() as conn:
