@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from service.auth import KeyRing, parse_api_keys
 from service.chat.router import router as chat_router
-from service.context import AppContext
+from service.context import AppContext, RayRuns
 from service.db import Database, migrate
 from service.errors import install_handlers
 from service.files.router import router as files_router
@@ -30,30 +30,37 @@ from service.webhooks import WebhookSender
 log = logging.getLogger("openft")
 
 
-def build_context(settings: Settings) -> AppContext:
+def build_context(settings: Settings, *, blobs: BlobStore | None = None,
+                  ray: RayRuns | None = None) -> AppContext:
+    """What the app holds; ``blobs`` and ``ray`` default to the configured bucket and Ray
+    (tests pass fakes)."""
     if not settings.api_keys:
         raise ValueError("OPENFT_API_KEYS is not set: no caller could authenticate")
     db = Database(settings.resolved_database_url)
     migrate(db.engine)
-    blobs = BlobStore(settings.resolved_s3_endpoint_url, settings.s3_bucket,
-                      settings.s3_access_key, settings.s3_secret_key.get_secret_value(),
-                      settings.s3_region)
-    blobs.ensure_bucket()
+    if blobs is None:
+        blobs = BlobStore(settings.resolved_s3_endpoint_url, settings.s3_bucket,
+                          settings.s3_access_key, settings.s3_secret_key.get_secret_value(),
+                          settings.s3_region)
+        blobs.ensure_bucket()
     return AppContext(
         settings=settings, db=db, blobs=blobs, keys=KeyRing(parse_api_keys(settings.api_keys)),
-        ray=RayJobs(settings.resolved_ray_address),
+        ray=ray or RayJobs(settings.resolved_ray_address),
         serving=httpx.AsyncClient(base_url=settings.resolved_serving_url,
                                   timeout=httpx.Timeout(600.0, connect=5.0)),
         started_at=now(),
     )
 
 
-def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, *, run_scheduler: bool = True,
+               context: Callable[[Settings], AppContext] = build_context) -> FastAPI:
+    """The API app; ``context`` builds what the lifespan opens (tests give fakes of the
+    bucket and Ray here)."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = await asyncio.to_thread(build_context, settings)
+        ctx = await asyncio.to_thread(context, settings)
         app.state.ctx = ctx
         sender = WebhookSender(ctx.db, settings)
         tasks = [asyncio.create_task(Scheduler(ctx).run_forever()),

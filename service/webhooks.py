@@ -23,10 +23,10 @@ from standardwebhooks import Webhook
 
 from service.db import Database, JobRow, WebhookDeliveryRow
 from service.ids import now, random_tail
+from service.lifecycle import TERMINAL
 from service.settings import Settings
 
 log = logging.getLogger("openft.webhooks")
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def enqueue_settled(session: Session, settings: Settings) -> int:

@@ -7,24 +7,21 @@ from typing import IO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from contract.bucket import file_key
 from service.auth import Caller
 from service.db import FileRow, JobRow
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.files.protocol import FileObject
 from service.ids import new_id, now
+from service.lifecycle import ACTIVE
 from service.storage import BlobStore
 
 UPLOAD_PURPOSES = {"fine-tune"}
-ACTIVE_JOB_STATES = ("validating_files", "queued", "running")
 
 
 def to_object(row: FileRow) -> FileObject:
     return FileObject(id=row.id, bytes=row.bytes, created_at=row.created_at,
                       filename=row.filename, purpose=row.purpose, status=row.status)
-
-
-def file_key(file_id: str) -> str:
-    return f"files/{file_id}"
 
 
 def create(session: Session, blobs: BlobStore, caller: Caller, stream: IO[bytes],
@@ -82,9 +79,10 @@ def list_rows(session: Session, caller: Caller, purpose: str | None, limit: int,
 
 def delete(session: Session, blobs: BlobStore, caller: Caller, file_id: str) -> None:
     row = get_row(session, caller, file_id)
+    # Every job not yet settled reads the file again: a paused one when it resumes.
     in_use = session.scalar(
         select(JobRow.id).where(
-            JobRow.status.in_(ACTIVE_JOB_STATES),
+            JobRow.status.in_(ACTIVE),
             (JobRow.training_file == file_id) | (JobRow.validation_file == file_id),
         ).limit(1)
     )

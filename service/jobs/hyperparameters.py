@@ -12,18 +12,21 @@ The rule (also in README.md), with ``n`` the number of training examples:
   largest rank serving accepts; ``lora_alpha``: ``2 * lora_r``; ``lora_dropout``: 0.05
   from 1,000 examples on, else 0 (small runs are too short to overfit through it);
   ``lora_target_modules``: every linear layer but the LM head.
-- ``lr_scheduler``: linear; ``warmup_ratio``: 0.1.
 - ``max_seq_length``: the serving context length (a longer example could not be served).
-- ``packing``: on (the loss is the same as unpacked, only faster).
-- ``zero_stage``, ``num_workers``: the service's settings; ``gradient_checkpointing``: off.
+- ``zero_stage``, ``num_workers``: the service's settings.
 - ``beta`` (DPO): 0.1.
+- everything else (``lr_scheduler`` linear, ``warmup_ratio`` 0.1, ``packing`` on,
+  ``gradient_checkpointing`` off, ...): the fixed defaults of
+  :class:`contract.hyperparameters.Hyperparameters`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from contract.hyperparameters import DEFAULTS, Hyperparameters
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -31,9 +34,7 @@ if TYPE_CHECKING:
 LORA_LEARNING_RATE = 5e-4
 FULL_LEARNING_RATE = 2e-5
 DPO_LEARNING_RATE = 5e-5
-
-OPENAI_KEYS = ("batch_size", "learning_rate_multiplier", "n_epochs")
-"""What the deprecated top-level ``hyperparameters`` of a job shows."""
+DPO_BETA = 0.1
 
 
 @dataclass(frozen=True)
@@ -51,45 +52,8 @@ class Limits:
         return cls(num_workers=settings.training_num_workers,
                    max_workers=max(settings.training_max_workers, settings.training_num_workers),
                    zero_stage=settings.training_zero_stage,
-                   max_seq_length=settings.serving_max_model_len,
-                   max_lora_rank=settings.serving_max_lora_rank)
-
-
-@dataclass(frozen=True)
-class Resolved:
-    n_epochs: int
-    batch_size: int
-    learning_rate_multiplier: float
-    lora_r: int
-    lora_alpha: int
-    lora_dropout: float
-    lora_target_modules: str | list[str]
-    full_finetune: bool
-    lr_scheduler: Literal["linear", "cosine"]
-    warmup_ratio: float
-    max_seq_length: int
-    packing: bool
-    zero_stage: int
-    gradient_checkpointing: bool
-    num_workers: int
-    beta: float | None = None
-    base_learning_rate: float = LORA_LEARNING_RATE
-
-    @property
-    def learning_rate(self) -> float:
-        return self.base_learning_rate * self.learning_rate_multiplier
-
-    def as_dict(self) -> dict[str, Any]:
-        """OpenAI's three, as the job's top-level ``hyperparameters``."""
-        return {key: getattr(self, key) for key in OPENAI_KEYS}
-
-    def method_dict(self) -> dict[str, Any]:
-        """Everything the run uses, as ``method.<type>.hyperparameters``."""
-        values = asdict(self)
-        values.pop("base_learning_rate")
-        if values["beta"] is None:
-            values.pop("beta")
-        return values
+                   max_seq_length=settings.serving.max_model_len,
+                   max_lora_rank=settings.serving.max_lora_rank)
 
 
 class OutOfLimits(ValueError):
@@ -115,37 +79,35 @@ def check_limits(requested: dict[str, Any], limits: Limits) -> None:
 
 
 def resolve(requested: dict[str, Any], n_examples: int, limits: Limits,
-            method: str = "supervised") -> Resolved:
-    def given(name: str) -> Any:
-        value = requested.get(name, "auto")
-        return None if value in ("auto", None) else value
+            method: str = "supervised") -> Hyperparameters:
+    """The run's hyperparameters: those given, the rule above for those left ``auto``."""
+    given = {k: v for k, v in requested.items() if v not in ("auto", None)}
+    if method != "dpo":
+        given.pop("beta", None)
 
     def pick(name: str, default: Any) -> Any:
-        value = given(name)
-        return default if value is None else value
+        return given.get(name, default)
 
     workers = int(pick("num_workers", limits.num_workers))
-    n_epochs = pick("n_epochs", min(10, max(3, math.ceil(100 / max(n_examples, 1)))))
     batch = pick("batch_size", min(8, max(1, n_examples // 64)))
-    batch = max(workers, math.ceil(batch / workers) * workers)
-    full = bool(requested.get("full_finetune", False))
     lora_r = int(pick("lora_r", min(limits.max_lora_rank, 8 if n_examples < 50 else 16)))
+    full = bool(pick("full_finetune", DEFAULTS["full_finetune"]))
+    multiplier = float(pick("learning_rate_multiplier", DEFAULTS["learning_rate_multiplier"]))
     base_lr = (DPO_LEARNING_RATE if method == "dpo"
                else FULL_LEARNING_RATE if full else LORA_LEARNING_RATE)
-    return Resolved(
-        n_epochs=int(n_epochs), batch_size=int(batch),
-        learning_rate_multiplier=float(pick("learning_rate_multiplier", 1.0)),
-        lora_r=lora_r, lora_alpha=int(pick("lora_alpha", 2 * lora_r)),
-        lora_dropout=float(pick("lora_dropout", 0.05 if n_examples >= 1000 else 0.0)),
-        lora_target_modules=pick("lora_target_modules", "all-linear"),
-        full_finetune=full,
-        lr_scheduler=pick("lr_scheduler", "linear"),
-        warmup_ratio=float(pick("warmup_ratio", 0.1)),
-        max_seq_length=int(pick("max_seq_length", limits.max_seq_length)),
-        packing=bool(pick("packing", True)),
-        zero_stage=int(pick("zero_stage", limits.zero_stage)),
-        gradient_checkpointing=bool(pick("gradient_checkpointing", False)),
-        num_workers=workers,
-        beta=float(pick("beta", 0.1)) if method == "dpo" else None,
-        base_learning_rate=base_lr,
-    )
+    auto = {
+        "n_epochs": min(10, max(3, math.ceil(100 / max(n_examples, 1)))),
+        "lora_r": lora_r,
+        "lora_alpha": 2 * lora_r,
+        "lora_dropout": 0.05 if n_examples >= 1000 else DEFAULTS["lora_dropout"],
+        "max_seq_length": limits.max_seq_length,
+        "zero_stage": limits.zero_stage,
+        "num_workers": workers,
+        **({"beta": DPO_BETA} if method == "dpo" else {}),
+    }
+    return Hyperparameters.model_validate({
+        **auto, **given,
+        # every worker takes the same number of examples per step
+        "batch_size": max(workers, math.ceil(batch / workers) * workers),
+        "learning_rate": base_lr * multiplier,
+    })

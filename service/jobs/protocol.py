@@ -6,7 +6,24 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Auto = Literal["auto"]
+from contract.hyperparameters import (
+    Auto,
+    BatchSize,
+    DpoBeta,
+    LearningRateMultiplier,
+    LoraAlpha,
+    LoraDropout,
+    LoraRank,
+    LrScheduler,
+    MaxSeqLength,
+    NEpochs,
+    NumWorkers,
+    TargetModules,
+    WarmupRatio,
+    ZeroStage,
+)
+from service.lifecycle import JobStatus
+
 # Looked up in the database; PostgreSQL fails on text holding NUL, and no id does.
 FileId = Annotated[str, Field(pattern=r"^[^\x00]*$")]
 
@@ -15,33 +32,31 @@ class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # OpenAI's bounds: a job that could never train is refused at creation, naming the field.
-    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] | None = Field(default="auto")
-    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0)] = Field(default="auto")
-    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = Field(default="auto")
+    batch_size: Auto | BatchSize | None = Field(default="auto")
+    learning_rate_multiplier: Auto | LearningRateMultiplier = Field(default="auto")
+    n_epochs: Auto | NEpochs = Field(default="auto")
 
 
 class SupervisedHyperparameters(Hyperparameters):
     """OpenAI's three, plus the knobs a practitioner expects; ``auto`` follows the rule in
     :mod:`service.jobs.hyperparameters` (README). Unknown keys: 400 naming the key."""
 
-    lora_r: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
-    lora_alpha: Auto | Annotated[int, Field(ge=1, le=4096)] = "auto"
-    lora_dropout: Auto | Annotated[float, Field(ge=0, lt=1)] = "auto"
-    lora_target_modules: Auto | Annotated[list[Annotated[str, Field(
-        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.*-]+$")]],
-        Field(min_length=1, max_length=64)] = "auto"
+    lora_r: Auto | LoraRank = "auto"
+    lora_alpha: Auto | LoraAlpha = "auto"
+    lora_dropout: Auto | LoraDropout = "auto"
+    lora_target_modules: Auto | TargetModules = "auto"
     full_finetune: bool = False
-    lr_scheduler: Auto | Literal["linear", "cosine"] = "auto"
-    warmup_ratio: Auto | Annotated[float, Field(ge=0, le=0.5)] = "auto"
-    max_seq_length: Auto | Annotated[int, Field(ge=16, le=131072)] = "auto"
+    lr_scheduler: Auto | LrScheduler = "auto"
+    warmup_ratio: Auto | WarmupRatio = "auto"
+    max_seq_length: Auto | MaxSeqLength = "auto"
     packing: Auto | bool = "auto"
-    zero_stage: Auto | Literal[2, 3] = "auto"
+    zero_stage: Auto | ZeroStage = "auto"
     gradient_checkpointing: Auto | bool = "auto"
-    num_workers: Auto | Annotated[int, Field(ge=1, le=64)] = "auto"
+    num_workers: Auto | NumWorkers = "auto"
 
 
 class DpoHyperparameters(SupervisedHyperparameters):
-    beta: Auto | Annotated[float, Field(gt=0, le=2)] = "auto"
+    beta: Auto | DpoBeta = "auto"
 
 
 class SupervisedMethod(BaseModel):
@@ -117,7 +132,7 @@ class FineTuningJob(BaseModel):
     model: str
     organization_id: str
     result_files: list[str]
-    status: str
+    status: JobStatus
     trained_tokens: int | None = None
     training_file: str
     validation_file: str | None = None

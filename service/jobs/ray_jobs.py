@@ -12,10 +12,12 @@ from typing import Any
 
 import httpx
 
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+from service.context import RunState
 
 
 class RayJobs:
+    """:class:`RayRuns` on Ray's Jobs API (the dashboard's HTTP port)."""
+
     def __init__(self, dashboard_url: str, timeout: float = 10.0):
         self._http = httpx.Client(base_url=dashboard_url.rstrip("/"), timeout=timeout)
 
@@ -32,14 +34,13 @@ class RayJobs:
             raise RuntimeError(f"Ray refused job {submission_id}: {r.status_code} {r.text[:300]}")
         return submission_id
 
-    def status(self, submission_id: str) -> tuple[str, str] | None:
-        """(status, message) as Ray reports them, or None if Ray does not know the job."""
+    def status(self, submission_id: str) -> RunState | None:
         r = self._http.get(f"/api/jobs/{submission_id}")
         if r.status_code == 404:
             return None
         r.raise_for_status()
         info = r.json()
-        return info["status"], info.get("message") or ""
+        return RunState(info["status"], info.get("message") or "")
 
     def stop(self, submission_id: str) -> None:
         r = self._http.post(f"/api/jobs/{submission_id}/stop")

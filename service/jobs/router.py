@@ -41,7 +41,7 @@ def retrieve_job(session: SessionDep, caller: CallerDep, job_id: str) -> FineTun
 @router.post("/{job_id}/cancel", response_model=FineTuningJob)
 def cancel_job(ctx: ContextDep, session: SessionDep, caller: CallerDep,
                job_id: str) -> FineTuningJob:
-    return service.cancel(session, caller, job_id, ctx.ray.stop)
+    return service.cancel(session, ctx.ray, caller, job_id)
 
 
 @router.post("/{job_id}/pause", response_model=FineTuningJob)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from contract.bucket import control_key
+from contract.hyperparameters import OPENAI_KEYS
 from service.auth import Caller
+from service.context import RayRuns
 from service.db import CheckpointRow, JobEventRow, JobRow
 from service.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
 from service.files.service import get_row as get_file_row
@@ -22,13 +26,17 @@ from service.jobs.protocol import (
     JobEvent,
     SupervisedHyperparameters,
 )
+from service.lifecycle import (
+    CANCELLABLE,
+    PAUSABLE,
+    RESUMABLE,
+    JobStatus,
+    add_event,
+    transition,
+)
 from service.models.service import owning_job
 from service.storage import BlobStore
-from contract.bucket import control_key
 
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
-
-ACTIVE = ("validating_files", "queued", "running", "paused")
 METADATA_MAX_KEYS, METADATA_KEY_MAX, METADATA_VALUE_MAX = 16, 64, 512
 
 
@@ -36,39 +44,19 @@ def to_object(row: JobRow) -> FineTuningJob:
     hyper = dict(row.hyperparameters)
     return FineTuningJob(
         id=row.id, created_at=row.created_at,
-        error=row.error if row.status == "failed" else None,
-        fine_tuned_model=row.fine_tuned_model if row.status == "succeeded" else None,
+        error=row.error if row.status == JobStatus.FAILED else None,
+        fine_tuned_model=row.fine_tuned_model if row.status == JobStatus.SUCCEEDED else None,
         finished_at=row.finished_at, hyperparameters=hyper, model=row.model,
         organization_id=row.organization, result_files=list(row.result_files or []),
         status=row.status,
-        trained_tokens=row.trained_tokens if row.status == "succeeded" else None,
+        trained_tokens=row.trained_tokens if row.status == JobStatus.SUCCEEDED else None,
         training_file=row.training_file, validation_file=row.validation_file,
         seed=row.seed,
         method={"type": row.method_type,
                 row.method_type: {"hyperparameters": row.method_hyperparameters or hyper}},
         metadata=row.job_metadata, integrations=row.integrations,
-        estimated_finish=row.estimated_finish if row.status == "running" else None,
+        estimated_finish=row.estimated_finish if row.status == JobStatus.RUNNING else None,
     )
-
-
-def add_event(session: Session, job_id: str, message: str, *, level: str = "info",
-              type_: str = "message", data: dict[str, Any] | None = None,
-              created_at: int | None = None) -> None:
-    session.add(JobEventRow(id=new_id("ftevent"), job_id=job_id, created_at=created_at or now(),
-                            level=level, type=type_, message=message, data=data))
-
-
-def transition(session: Session, job_id: str, from_states: tuple[str, ...], to: str,
-               message: str, level: str = "info", **fields: Any) -> bool:
-    """Compare-and-set a status change with its event, so racing writers cannot both win."""
-    result = session.execute(
-        update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(from_states))
-        .values(status=to, **fields)
-    )
-    if result.rowcount != 1:
-        return False
-    add_event(session, job_id, message, level=level)
-    return True
 
 
 def create(session: Session, caller: Caller, req: CreateJobRequest,
@@ -104,8 +92,8 @@ def create(session: Session, caller: Caller, req: CreateJobRequest,
         base_model=base_model if base_model != req.model else None,
         init_adapter_key=init_adapter_key,
         training_file=req.training_file, validation_file=req.validation_file,
-        status="validating_files", created_at=now(),
-        hyperparameters={k: requested.get(k, "auto") for k in hyperparameters.OPENAI_KEYS},
+        status=JobStatus.VALIDATING_FILES, created_at=now(),
+        hyperparameters={k: requested.get(k, "auto") for k in OPENAI_KEYS},
         method={"type": method_type, method_type: {"hyperparameters": requested}},
         suffix=req.suffix,
         seed=req.seed if req.seed is not None else secrets.randbelow(2147483647),
@@ -185,18 +173,18 @@ def list_rows(session: Session, caller: Caller, limit: int, after: str | None,
     return list(session.scalars(q))
 
 
-def cancel(session: Session, caller: Caller, job_id: str, stop_ray) -> FineTuningJob:
+def cancel(session: Session, ray: RayRuns, caller: Caller, job_id: str) -> FineTuningJob:
     row = get_row(session, caller, job_id)
-    if row.status in TERMINAL_STATES:
+    if row.status not in CANCELLABLE:
         raise Conflict(f"Job {job_id} has already {row.status}; it cannot be cancelled.",
                        param="fine_tuning_job_id", code="invalid_state")
     if row.ray_submission_id:
-        stop_ray(row.ray_submission_id)
-    return _move(session, row, ACTIVE, "cancelled", "Fine-tuning job cancelled",
+        ray.stop(row.ray_submission_id)
+    return _move(session, row, CANCELLABLE, JobStatus.CANCELLED, "Fine-tuning job cancelled",
                  finished_at=now())
 
 
-def _move(session: Session, row: JobRow, from_states: tuple[str, ...], to: str,
+def _move(session: Session, row: JobRow, from_states: Iterable[JobStatus], to: JobStatus,
           message: str, **fields: Any) -> FineTuningJob:
     """A user-asked transition; a racing scheduler that got there first makes it a 400."""
     if not transition(session, row.id, from_states, to, message, **fields):
@@ -209,22 +197,22 @@ def _move(session: Session, row: JobRow, from_states: tuple[str, ...], to: str,
 def pause(session: Session, blobs: BlobStore, caller: Caller, job_id: str) -> FineTuningJob:
     """Ask the run to checkpoint and stop; the scheduler releases it once it has."""
     row = get_row(session, caller, job_id)
-    if row.status not in ("queued", "running"):
+    if row.status not in PAUSABLE:
         raise Conflict(f"Job {job_id} is {row.status}; only a queued or running job can be "
                        "paused.", param="fine_tuning_job_id", code="invalid_state")
     if row.ray_submission_id:
         blobs.put(control_key(job_id), b'{"action": "pause"}', "application/json")
-    return _move(session, row, ("queued", "running"), "paused", "Fine-tuning job paused")
+    return _move(session, row, PAUSABLE, JobStatus.PAUSED, "Fine-tuning job paused")
 
 
 def resume(session: Session, blobs: BlobStore, caller: Caller, job_id: str) -> FineTuningJob:
     """Queue the job again; its next run starts from the checkpoint the pause wrote."""
     row = get_row(session, caller, job_id)
-    if row.status != "paused":
+    if row.status not in RESUMABLE:
         raise Conflict(f"Job {job_id} is {row.status}; only a paused job can be resumed.",
                        param="fine_tuning_job_id", code="invalid_state")
     blobs.delete(control_key(job_id))
-    return _move(session, row, ("paused",), "queued", "Fine-tuning job resumed")
+    return _move(session, row, RESUMABLE, JobStatus.QUEUED, "Fine-tuning job resumed")
 
 
 def _newest_first(session: Session, table: type[JobEventRow] | type[CheckpointRow],

@@ -7,15 +7,16 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from contract.bucket import deleted_marker_key
 from service.auth import Caller
 from service.db import CheckpointRow, JobRow
 from service.errors import ModelNotFound, PermissionDenied
 from service.ids import now
-from service.jobs.naming import internal_name
+from service.lifecycle import JobStatus
+from service.models.naming import internal_name
 from service.models.protocol import ModelObject
 from service.settings import Settings
 from service.storage import BlobStore
-from contract.bucket import deleted_marker_key
 
 BASE_OWNER = "openft"
 
@@ -37,7 +38,7 @@ def _base_models(settings: Settings, created: int) -> list[ServedModel]:
 def list_models(session: Session, settings: Settings, caller: Caller,
                 started_at: int) -> list[ModelObject]:
     jobs = session.scalars(select(JobRow).where(
-        JobRow.organization == caller.organization, JobRow.status == "succeeded",
+        JobRow.organization == caller.organization, JobRow.status == JobStatus.SUCCEEDED,
         JobRow.fine_tuned_model.is_not(None), JobRow.model_deleted_at.is_(None),
     ).order_by(JobRow.finished_at))
     tuned = [ModelObject(id=j.fine_tuned_model, created=j.finished_at or j.created_at,
@@ -73,7 +74,7 @@ def resolve(session: Session, settings: Settings, caller: Caller, model_id: str,
 def owning_job(session: Session, model_id: str) -> tuple[JobRow | None, str]:
     """The job behind a fine-tuned model or checkpoint name, and the adapter to serve."""
     job = session.scalar(select(JobRow).where(
-        JobRow.fine_tuned_model == model_id, JobRow.status == "succeeded"))
+        JobRow.fine_tuned_model == model_id, JobRow.status == JobStatus.SUCCEEDED))
     if job is not None:
         return job, job.model_key
     ckpt = session.scalar(select(CheckpointRow).where(
@@ -90,7 +91,7 @@ def delete(session: Session, settings: Settings, blobs: BlobStore, caller: Calle
     if model_id in settings.base_model_dirs():
         raise PermissionDenied(f"You cannot delete the base model {model_id}.", param="model")
     job = session.scalar(select(JobRow).where(
-        JobRow.fine_tuned_model == model_id, JobRow.status == "succeeded"))
+        JobRow.fine_tuned_model == model_id, JobRow.status == JobStatus.SUCCEEDED))
     if job is None or job.organization != caller.organization or job.model_deleted_at:
         raise ModelNotFound(model_id)
     job.model_deleted_at = now()

@@ -18,9 +18,9 @@ import httpx
 import pytest
 from openai import BadRequestError, NotFoundError, OpenAI
 
-from service.processes import free_port
+from devstack.processes import free_port
+from devstack.stack import running_stack
 from tests.service.openai_spec import template_of, validate_response
-from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.slow
 

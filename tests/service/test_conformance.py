@@ -13,8 +13,8 @@ import pytest
 
 from service.db import CheckpointRow, JobRow
 from service.ids import new_id, now
-from service.jobs.naming import checkpoint_name, fine_tuned_model_name
 from service.jobs.scheduler import Scheduler
+from service.models.naming import checkpoint_name, fine_tuned_model_name
 from tests.service.conftest import chat_jsonl
 from tests.service.openai_spec import validate_response
 

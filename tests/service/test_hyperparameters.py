@@ -33,7 +33,7 @@ def test_openai_three_follow_the_documented_rule(requested, n, workers, expected
     r = resolve(requested, n, limits(workers))
     assert (r.n_epochs, r.batch_size, r.learning_rate_multiplier) == expected
     assert r.learning_rate == pytest.approx(LORA_LEARNING_RATE * expected[2])
-    assert r.as_dict() == dict(zip(("n_epochs", "batch_size", "learning_rate_multiplier"),
+    assert r.openai_dict() == dict(zip(("n_epochs", "batch_size", "learning_rate_multiplier"),
                                    expected, strict=True))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from contract.bucket import file_key, spec_key
 from service.jobs.scheduler import Scheduler
 from service.jobs.service import to_object
 from tests.service.conftest import chat_jsonl, chat_line
@@ -38,8 +39,9 @@ def test_validation_resolves_auto_hyperparameters_and_writes_spec(client, app, a
     # 12 examples: ceil(100/12)=9 epochs; 2 workers: batch 2; multiplier 1.0 (README rule)
     assert job["hyperparameters"] == {"batch_size": 2, "learning_rate_multiplier": 1.0,
                                       "n_epochs": 9}
-    spec = json.loads(app.state.ctx.blobs.get(f"jobs/{job_id}/spec.json"))
-    assert spec["n_epochs"] == 9 and spec["training_file_key"] == f"files/{file_id}"
+    spec = json.loads(app.state.ctx.blobs.get(spec_key(job_id)))
+    assert spec["hyperparameters"]["n_epochs"] == 9
+    assert spec["training_file_key"] == file_key(file_id)
 
 
 def test_bad_line_fails_job_naming_line_and_file(client, app, as_a):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from contract.bucket import spec_key
 from service.db import JobRow
 from service.ids import now
 from service.jobs.scheduler import Scheduler
@@ -33,7 +34,7 @@ def validated(client, app, headers, job_id: str) -> dict:
 
 
 def spec_of(app, job_id: str) -> dict:
-    return json.loads(app.state.ctx.blobs.get(f"jobs/{job_id}/spec.json"))
+    return json.loads(app.state.ctx.blobs.get(spec_key(job_id)))
 
 
 def test_dpo_job_is_accepted_validated_and_echoes_its_method(client, app, as_a):
@@ -50,7 +51,7 @@ def test_dpo_job_is_accepted_validated_and_echoes_its_method(client, app, as_a):
     assert resolved["beta"] == 0.2 and resolved["n_epochs"] == 2
     assert job["hyperparameters"]["n_epochs"] == 2
     spec = spec_of(app, job["id"])
-    assert spec["method"] == "dpo" and spec["dpo_beta"] == 0.2
+    assert spec["method"] == "dpo" and spec["hyperparameters"]["beta"] == 0.2
 
 
 def test_dpo_job_on_a_chat_file_fails_naming_the_line(client, app, as_a):
@@ -77,8 +78,10 @@ def test_supervised_knobs_reach_the_training_spec(client, app, as_a):
     assert job["status"] == "queued", job
     shown = job["method"]["supervised"]["hyperparameters"]
     assert {k: shown[k] for k in knobs} == knobs
-    spec = spec_of(app, job["id"])
-    assert spec["lora"] == {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj"]}
+    spec = spec_of(app, job["id"])["hyperparameters"]
+    assert {k: spec[k] for k in ("lora_r", "lora_alpha", "lora_dropout",
+                                 "lora_target_modules")} == {
+        "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "lora_target_modules": ["q_proj"]}
     assert (spec["lr_scheduler"], spec["warmup_ratio"], spec["max_seq_length"]) == (
         "cosine", 0.2, 256)
     assert (spec["packing"], spec["zero_stage"], spec["gradient_checkpointing"]) == (
@@ -135,7 +138,7 @@ def test_a_full_finetune_is_listed_but_refused_by_chat_and_continued_training(cl
     method = {"type": "supervised", "supervised": {"hyperparameters": {"full_finetune": True}}}
     job = validated(client, app, as_a, create_job(client, as_a, file_id, method=method)
                     .json()["id"])
-    assert spec_of(app, job["id"])["full_finetune"] is True
+    assert spec_of(app, job["id"])["hyperparameters"]["full_finetune"] is True
     model, model_key = succeed(app, job["id"])
 
     assert model in [m["id"] for m in client.get("/v1/models", headers=as_a).json()["data"]]

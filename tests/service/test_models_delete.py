@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from contract.bucket import deleted_marker_key
 from service.db import CheckpointRow
 from service.ids import new_id, now
 from tests.service.conftest import chat_jsonl
 from tests.service.test_files_and_auth import assert_envelope, upload
 from tests.service.test_jobs_api import create_job
 from tests.service.test_jobs_methods import succeed
-from contract.bucket import deleted_marker_key
 
 
 def test_delete_marks_the_model_and_each_checkpoint_adapter_in_s3(client, app, as_a, as_b):

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.processes import free_port, start_ray_head
+from devstack.processes import free_port, start_ray_head
 from tests.conftest import RayHead
 from tests.service.conftest import chat_jsonl
 from tests.support.api_process import api_process, wait_for, wait_status

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from contract.chat_format import InvalidChatFile, parse_example, read_examples
 from service.auth import KeyRing, parse_api_keys
 from service.errors import AuthenticationFailed
-from service.jobs.naming import fine_tuned_model_name
-from contract.chat_format import InvalidChatFile, parse_example, read_examples
+from service.models.naming import fine_tuned_model_name
 
 
 def test_keys_are_matched_and_bad_specs_refused():

@@ -1,0 +1,77 @@
+"""The scheduler loop: each tick runs the stages of a job's life, one module each.
+
+- :mod:`.validate`: ``validating_files`` -> ``queued`` (spec written) or ``failed``;
+- :mod:`.launch`: ``queued`` jobs without a run are submitted to Ray, within the limit;
+- :mod:`.follow`: a submitted job's events are ingested (:mod:`.ingest`) and its run's state
+  read from Ray; a finished run is settled (:mod:`.settle`), a run Ray forgot is reconciled
+  (:mod:`.reconcile`).
+
+It runs inside every API process. Everything it knows comes from the database, the bucket
+and Ray, so a restarted process carries on where the last one stopped (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import select
+
+from service.context import AppContext
+from service.db import JobRow
+from service.jobs.scheduler import follow, launch, validate
+from service.jobs.scheduler.ingest import json_safe
+from service.lifecycle import FOLLOWED, JobStatus
+from service.webhooks import enqueue_settled
+
+__all__ = ["Scheduler", "json_safe"]
+log = logging.getLogger("openft.scheduler")
+
+
+class Scheduler:
+    def __init__(self, ctx: AppContext):
+        self.ctx = ctx
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.tick)
+            except Exception:  # one bad tick must not stop the loop
+                log.exception("scheduler tick failed")
+            await asyncio.sleep(self.ctx.settings.scheduler_interval_s)
+
+    def tick(self) -> None:
+        for job_id in self._ids([JobStatus.VALIDATING_FILES]):
+            self._guarded(self.validate, job_id)
+        self.launch_queued()
+        for job_id in self._ids(FOLLOWED, submitted=True):
+            self._guarded(self.follow, job_id)
+        with self.ctx.db.session() as s:
+            enqueue_settled(s, self.ctx.settings)
+
+    def validate(self, job_id: str) -> None:
+        validate.validate(self.ctx, job_id)
+
+    def launch_queued(self) -> None:
+        launch.launch_queued(self.ctx)
+
+    def follow(self, job_id: str) -> None:
+        follow.follow(self.ctx, job_id)
+
+    @staticmethod
+    def _guarded(step: Callable[[str], None], job_id: str) -> None:
+        """One job's trouble (S3 or Ray briefly away) must not hold up the others."""
+        try:
+            step(job_id)
+        except Exception:
+            log.exception("scheduler step %s failed for %s; retrying next tick",
+                          step.__name__, job_id)
+
+    def _ids(self, statuses: frozenset[JobStatus] | list[JobStatus],
+             submitted: bool = False) -> list[str]:
+        with self.ctx.db.session() as s:
+            q = select(JobRow.id).where(JobRow.status.in_(sorted(statuses)))
+            if submitted:
+                q = q.where(JobRow.ray_submission_id.is_not(None))
+            return list(s.scalars(q.order_by(JobRow.created_at)))
