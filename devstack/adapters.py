@@ -20,6 +20,7 @@ def build_lora_adapter(base_dir: Path, out_dir: Path, rank: int = 8, seed: int =
     peft initialises ``lora_B`` to zeros, which would make the adapter a no-op; random values
     make greedy output differ from the base model's.
     """
+    # torch, peft and transformers only to build one: upload_adapter runs without them.
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

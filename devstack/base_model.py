@@ -54,6 +54,7 @@ def convert(gguf: Path, out: Path) -> None:
     ``save_pretrained`` refuses a model loaded from GGUF, so the weights move into a model
     rebuilt from the same config minus its ``quantization_config``.
     """
+    # torch and transformers only to convert: every make run checks for a prepared folder.
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

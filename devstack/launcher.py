@@ -20,8 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import uvicorn
+
 from devstack.processes import ManagedProcess, start_ray_head, start_seaweedfs
 from service.auth import generate_key
+from service.main import create_app
 from service.settings import DEFAULT_BASE_MODEL_ID, Settings
 
 log = logging.getLogger("openft.launcher")
@@ -141,10 +144,6 @@ def main() -> None:
 
 
 def _serve_api(settings: Settings, generated_key: str | None) -> None:
-    import uvicorn
-
-    from service.main import create_app
-
     base_url = f"http://{settings.host}:{settings.port}/v1"
     print(f"\nopenft is up: base URL {base_url}", flush=True)
     if generated_key:

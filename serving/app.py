@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from serving.config import BaseModelSpec, ServingConfig
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: ray.serve.llm imports vLLM and torch (see llm_config)
     from ray.serve import Application
     from ray.serve.llm import LLMConfig
 
@@ -75,6 +75,8 @@ def tool_kwargs(base: BaseModelSpec) -> dict[str, Any]:
 
 def llm_config(config: ServingConfig, base: BaseModelSpec) -> LLMConfig:
     """The Ray Serve LLM config of one base model and its adapters."""
+    # Heavy (Ray Serve LLM and serving.server import vLLM and torch): only once a config is
+    # built, so that serving.deploy's config checks and engine_kwargs run without them.
     from ray.serve.llm import LLMConfig
 
     from serving.server import ADAPTER_RECHECK_KEY, OpenFTServer
@@ -107,6 +109,7 @@ def llm_config(config: ServingConfig, base: BaseModelSpec) -> LLMConfig:
 
 def build_app(config: ServingConfig) -> Application:
     """The Serve application: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``."""
+    # Heavy (Ray, and the replica's modules import vLLM and torch): only once an app is built.
     import ray
     from ray.serve.llm import build_openai_app
 

@@ -54,6 +54,7 @@ class ServingConfig(ServingOptions):
     @classmethod
     def _check_autoscaling(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
+            # Ray only when autoscaling is set: other configs validate without it.
             from ray.serve.config import AutoscalingConfig
 
             unknown = sorted(set(value) - set(AutoscalingConfig.model_fields))

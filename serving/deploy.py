@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from serving.app import build_app
 from serving.config import ServingConfig
 
 
@@ -52,6 +53,7 @@ def app_status(app_name: str) -> tuple[str, str]:
     The message ends with the last line of each unhealthy deployment's error, which is
     where the cause (a bad model path, too little memory) shows up.
     """
+    # Ray only once deploying: load_config and main's config checks run without it.
     from ray import serve
 
     app = serve.status().applications.get(app_name)
@@ -68,10 +70,9 @@ def app_status(app_name: str) -> tuple[str, str]:
 def deploy(config: ServingConfig, address: str, serve_url: str) -> None:
     """Deploy ``config`` into the cluster at ``address`` and wait until ``serve_url`` serves."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # read when Ray connects
+    # Ray only once deploying: load_config and main's config checks run without it.
     import ray
     from ray import serve
-
-    from serving.app import build_app
 
     ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     # Only the first start on a cluster applies http_options; see wait_ready for the other case.

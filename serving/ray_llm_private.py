@@ -30,6 +30,8 @@ from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
 from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 from ray.serve.llm.deployment import LLMServer
 
+from vllm_cpu.vllm_private import unload_lora_adapter_request
+
 WRITTEN_FOR = "ray 2.60.0"
 
 
@@ -42,8 +44,6 @@ class Engine(VLLMEngine):
 
     async def unload_adapter(self, model_id: str) -> None:
         """Unregister ``model_id`` from vLLM (it frees the weights through its own LRU)."""
-        from vllm_cpu.vllm_private import unload_lora_adapter_request
-
         await self._oai_models.unload_lora_adapter(unload_lora_adapter_request(model_id))
 
     def openai_servings(self) -> list[Any]:

@@ -24,11 +24,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import boto3
+import torch
+from botocore.exceptions import ClientError
 from ray import serve
 
 from contract.bucket import DELETED_MARKER
 from serving.adapters import ResidentAdapters
 from serving.ray_llm_private import AdapterLoader, Engine, Server
+from vllm_cpu.dtype import this_machine_engine_dtype
 
 ADAPTER_RECHECK_KEY = "openft_adapter_recheck_s"
 """``LLMConfig.experimental_configs`` key carrying ``ServingConfig.adapter_recheck_s``."""
@@ -115,13 +119,11 @@ def use_torch_lora_dtype(llm_config: Any) -> None:
 
     ``ServingConfig.lora_dtype`` is a name; vLLM's ``LoRAConfig`` takes only ``auto``,
     ``float16`` and ``bfloat16`` by name and fp32 (serving's CPU default) only as
-    ``torch.float32``. The replica has torch; the deploy driver need not import it.
+    ``torch.float32``. The replica converts it: the LLMConfig the driver builds keeps the name.
     ``update_engine_kwargs`` also updates the engine config Ray caches on the LLMConfig.
     """
     name = llm_config.engine_kwargs.get("lora_dtype")
     if isinstance(name, str) and name != "auto":
-        import torch
-
         llm_config.update_engine_kwargs(lora_dtype=getattr(torch, name))
 
 
@@ -132,8 +134,6 @@ def use_machine_dtype(llm_config: Any) -> None:
     Here, not in the deploy driver: the replica and its engine share one placement-group
     bundle, so the replica's CPU is the engine's.
     """
-    from vllm_cpu.dtype import this_machine_engine_dtype
-
     requested = llm_config.engine_kwargs.get("dtype", "auto")
     dtype = this_machine_engine_dtype(requested)
     if dtype != requested:
@@ -212,9 +212,6 @@ class OpenFTServer(Server):
 
     def _s3_has(self, key: str) -> bool:
         """Whether the object exists; endpoint and keys come from the replica's ``AWS_*`` env."""
-        import boto3
-        from botocore.exceptions import ClientError
-
         if self._s3 is None:
             self._s3 = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
         try:

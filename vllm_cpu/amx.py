@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import logging
 
+from vllm_cpu import torch_private, vllm_private
+
 logger = logging.getLogger("vllm.plugins.openft_cpu_amx")
 
 
 def register() -> None:
     """vLLM general-plugin entry point: ask for AMX where the CPU has it; else nothing."""
-    from vllm_cpu import torch_private, vllm_private
-
     if not vllm_private.on_cpu():
         return
     if torch_private.cpu_has_amx() and not torch_private.request_amx():

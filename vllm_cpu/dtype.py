@@ -33,6 +33,7 @@ def engine_dtype(requested: str, *, on_cpu: bool, x86: bool, bf16_units: bool) -
 
 def cpu_has_bf16_units() -> bool:
     """AVX-512 BF16 or AMX, the x86 instructions that multiply bf16 without emulation."""
+    # torch only to look at this machine: engine_dtype, the rule, runs without it.
     from vllm_cpu import torch_private
 
     return torch_private.cpu_has_avx512_bf16() or torch_private.cpu_has_amx()
@@ -40,6 +41,7 @@ def cpu_has_bf16_units() -> bool:
 
 def this_machine_engine_dtype(requested: str) -> str:
     """``engine_dtype`` for the process's own platform and CPU (vLLM's current platform)."""
+    # vLLM only to look at this machine: engine_dtype, the rule, runs without it.
     from vllm_cpu import vllm_private
 
     on_cpu = vllm_private.on_cpu()

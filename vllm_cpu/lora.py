@@ -297,6 +297,7 @@ def _kernels() -> ModuleType:
     module's namespace when a worker starts (``register_triton_kernel_overrides``, after
     general plugins load): the worker died at start when this module imported it.
     """
+    # numba only once a wrapper is built, after vLLM's worker start-up scan: see above.
     from vllm_cpu import lora_kernels
 
     return lora_kernels

@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from vllm import platforms  # its current_platform is read at each call: vLLM resolves it lazily
 from vllm.lora.punica_wrapper import punica_cpu
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
@@ -65,9 +66,7 @@ __all__ = [
 
 def on_cpu() -> bool:
     """Whether vLLM's current platform (resolved on first use, not at import) is the CPU."""
-    from vllm.platforms import current_platform
-
-    return current_platform.is_cpu()
+    return platforms.current_platform.is_cpu()
 
 
 def punica_cpu_ops() -> dict[str, Callable[..., None]]:
@@ -84,17 +83,13 @@ def bind_punica_cpu_ops(ops: Mapping[str, Callable[..., None]]) -> None:
 def punica_wrapper_name() -> str:
     """The qualified name of the class vLLM builds as punica wrapper on this platform
     (``punica_selector.get_punica_wrapper`` resolves it)."""
-    from vllm.platforms import current_platform
-
-    return type(current_platform).get_punica_wrapper()
+    return type(platforms.current_platform).get_punica_wrapper()
 
 
 def use_punica_wrapper(qualname: str) -> None:
     """Make vLLM build ``qualname`` as the punica wrapper on the current platform, in this
     process, from now on (the platform class's ``get_punica_wrapper`` is replaced)."""
-    from vllm.platforms import current_platform
-
-    platform = type(current_platform)
+    platform = type(platforms.current_platform)
     platform.get_punica_wrapper = classmethod(lambda cls: qualname)  # type: ignore[method-assign]
 
 
@@ -102,6 +97,7 @@ def unload_lora_adapter_request(lora_name: str) -> Any:
     """vLLM's request to unload adapter ``lora_name`` (``OpenAIServingModels.unload_lora_adapter``
     takes it). Imported here, when asked for: engine processes load this module as a plugin
     and need none of vLLM's HTTP front end."""
+    # vLLM's HTTP front end only when asked: engine processes load this module as a plugin.
     from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
 
     return UnloadLoRAAdapterRequest(lora_name=lora_name)

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from contract.hyperparameters import DEFAULTS, Hyperparameters
-
-if TYPE_CHECKING:
-    from service.settings import Settings
+from service.settings import Settings
 
 LORA_LEARNING_RATE = 5e-4
 FULL_LEARNING_RATE = 2e-5
