@@ -20,4 +20,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   value: "http://{{ include "openft.fullname" . }}-ray-head-svc:8000"
 - name: OPENFT_DEFAULT_BASE_MODEL
   value: "true"
+{{- /* The serving knobs (contract/serving.py) come from serving.config, the one place the
+  chart sets them: the API's limits (max_model_len, max_lora_rank) then match serving's. */}}
+{{- range $key, $value := .Values.serving.config }}
+{{- if not (has $key (list "base_models" "s3_bucket" "adapters_prefix")) }}
+- name: OPENFT_SERVING_{{ $key | upper }}
+  value: {{ if kindIs "map" $value }}{{ $value | toJson | quote }}{{ else }}{{ $value | toString | quote }}{{ end }}
+{{- end }}
+{{- end }}
 {{- end -}}
