@@ -295,7 +295,7 @@ class Stack:
 @contextmanager
 def openft_stack(root: Path) -> Iterator[Stack]:
     """SeaweedFS plus a Ray head declaring the machine's 2 CPUs; stopped by process group."""
-    from service.processes import free_port, start_ray_head, start_seaweedfs
+    from devstack.processes import free_port, start_ray_head, start_seaweedfs
 
     bucket, port = "openft-bench", free_port()
     s3_env = {
@@ -337,6 +337,7 @@ def run_openft(stack: Stack, args: argparse.Namespace, training_file: bytes, num
     from ray.job_submission import JobSubmissionClient
 
     from contract.bucket import events_prefix, spec_key
+    from contract.hyperparameters import Hyperparameters
     from contract.spec import S3Location, TrainingSpec
 
     s3 = s3_client(stack)
@@ -346,9 +347,12 @@ def run_openft(stack: Stack, args: argparse.Namespace, training_file: bytes, num
     spec = TrainingSpec(
         job_id=job_id, base_model_id="SmolLM2-135M-Instruct",
         base_model_path=str(args.model_dir), training_file_key=file_key,
-        model_key=f"bench-{job_id}", n_epochs=1, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, seed=args.seed, max_seq_length=args.max_seq_length,
-        lora=LORA, num_workers=num_workers, cpus_per_worker=cpus_per_worker, zero_stage=2,
+        model_key=f"bench-{job_id}", seed=args.seed, cpus_per_worker=cpus_per_worker,
+        hyperparameters=Hyperparameters(
+            n_epochs=1, batch_size=args.batch_size, learning_rate=args.learning_rate,
+            max_seq_length=args.max_seq_length, lora_r=LORA["r"], lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"], lora_target_modules=LORA["target_modules"],
+            num_workers=num_workers, zero_stage=2),
         max_failures=0, s3=S3Location(endpoint_url=stack.endpoint_url, bucket=stack.bucket),
     )
     s3.put_object(Bucket=stack.bucket, Key=spec_key(job_id), Body=spec.model_dump_json())
@@ -624,7 +628,7 @@ Whole bench: {result['total_seconds']} s.
 
 
 def prepare_model(model_dir: Path) -> None:
-    from training.base_model import is_prepared, packaged_gguf, prepare
+    from devstack.base_model import is_prepared, packaged_gguf, prepare
 
     if not is_prepared(model_dir):
         print(f"converting the base model into {model_dir}", flush=True)

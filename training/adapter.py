@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
+import deepspeed
+
 from contract.spec import TrainingSpec
+from training import storage
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 """Uploaded in this order: a reader that sees the config can rely on the weights."""
@@ -29,19 +33,18 @@ def save_adapter(engine: Any, spec: TrainingSpec, out: Path, rank: int) -> None:
     Every rank must call this. Under ZeRO-3 each rank holds a shard of every trained weight;
     all ranks must enter the gather, or rank 0 saves empty tensors.
     """
-    import deepspeed
-
+    full = spec.hyperparameters.full_finetune
     model = engine.module
     gather: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if spec.zero_stage == 3:
-        params = [p for p in model.parameters() if p.requires_grad or spec.full_finetune]
+    if spec.hyperparameters.zero_stage == 3:
+        params = [p for p in model.parameters() if p.requires_grad or full]
         gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
     with gather:
         if rank == 0:
             model.save_pretrained(out, safe_serialization=True)
     if rank != 0:
         return
-    if spec.full_finetune:
+    if full:
         copy_tokenizer(Path(spec.base_model_path), out)
     else:
         name_base_model(out / "adapter_config.json", spec.base_model_id)
@@ -53,8 +56,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def copy_tokenizer(base: Path, out: Path) -> None:
     """A full model folder must load on its own: the base model's tokenizer and template."""
-    import shutil
-
     for name in TOKENIZER_FILES:
         if (base / name).exists() and not (out / name).exists():
             shutil.copyfile(base / name, out / name)
@@ -81,6 +82,4 @@ def name_base_model(config_path: Path, base_model_id: str) -> None:
 
 def upload_adapter(spec: TrainingSpec, out: Path, prefix: str) -> list[str]:
     """Put the adapter (or full model) saved in ``out`` under ``prefix`` (``models/<name>/``)."""
-    from training import storage
-
     return storage.upload_files(storage.client(spec.s3), spec.s3.bucket, prefix, model_files(out))

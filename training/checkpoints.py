@@ -16,79 +16,39 @@ restart then starts from this checkpoint), rank 0 copies the adapter to
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from training.adapter import ADAPTER_FILES
-from training.data import StepPlan
-from contract.bucket import adapter_prefix, checkpoint_dir_name, checkpoint_key, checkpoint_model_key
+import ray.train
+import torch
+import torch.distributed as dist
+
+from contract.bucket import (
+    adapter_prefix,
+    checkpoint_dir_name,
+    checkpoint_key,
+    checkpoint_model_key,
+)
+from contract.events import CheckpointData, CheckpointEvent, RestartData, RestartEvent
 from contract.spec import TrainingSpec
-
-if TYPE_CHECKING:
-    from training.loop import Run
+from training import storage
+from training.adapter import ADAPTER_FILES, save_adapter, upload_adapter
+from training.data import StepPlan
+from training.events import EventWriter, s3_event_writer
+from training.ray_train_private import wait_until_report_taken
+from training.run import Run
+from training.trainer_state import (
+    STATE_FILE,
+    TrainerState,
+    read_trainer_state,
+    run_shape,
+)
 
 log = logging.getLogger("training.checkpoints")
 
-STATE_FILE = "trainer_state.json"
 DEEPSPEED_TAG = "deepspeed"
-
-
-def checkpoint_due(step: int, plan: StepPlan, every_steps: int | None) -> bool:
-    """At the end of every epoch, and every ``every_steps`` optimizer steps when set.
-
-    >>> plan = StepPlan(grad_accum=2, micro_steps_per_epoch=6, n_epochs=2)  # 3 steps/epoch
-    >>> [s for s in range(1, 7) if checkpoint_due(s, plan, every_steps=None)]
-    [3, 6]
-    >>> [s for s in range(1, 7) if checkpoint_due(s, plan, every_steps=2)]
-    [2, 3, 4, 6]
-    """
-    return step % plan.steps_per_epoch == 0 or bool(every_steps and step % every_steps == 0)
-
-
-@dataclass(frozen=True)
-class TrainerState:
-    """What a checkpoint holds besides DeepSpeed's state, to go on exactly where it stopped."""
-
-    step: int
-    """Optimizer steps taken; the next metrics event is ``step + 1``."""
-    metrics: dict[str, Any] | None
-    """The metrics event data of ``step`` (``None`` before the first step)."""
-    shape: dict[str, int]
-    """World size and step plan: data order, LR schedule and ZeRO shards depend on them."""
-
-    @classmethod
-    def fresh(cls, plan: StepPlan, world_size: int) -> TrainerState:
-        return cls(0, None, run_shape(plan, world_size))
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> TrainerState:
-        return cls(**json.loads(text))
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    def check_fits(self, plan: StepPlan, world_size: int) -> None:
-        if self.shape != run_shape(plan, world_size):
-            raise ValueError(
-                f"the checkpoint was written by a run shaped {self.shape}; "
-                f"this run is shaped {run_shape(plan, world_size)}"
-            )
-
-
-def run_shape(plan: StepPlan, world_size: int) -> dict[str, int]:
-    """
-    >>> run_shape(StepPlan(grad_accum=2, micro_steps_per_epoch=6, n_epochs=5), world_size=2)
-    {'world_size': 2, 'grad_accum': 2, 'micro_steps_per_epoch': 6, 'n_epochs': 5}
-    """
-    return {"world_size": world_size, **asdict(plan)}
-
-
-def read_trainer_state(folder: Path) -> TrainerState:
-    return TrainerState.from_json((folder / STATE_FILE).read_text())
 
 
 # --- save --------------------------------------------------------------------------------
@@ -109,16 +69,12 @@ class Checkpointer:
 
         ``paused`` marks the run's last report: the driver reads it from ``trainer.fit()``.
         """
-        import ray.train
-
-        from training.adapter import save_adapter, upload_adapter
-
         spec, rank = self._run.spec, self._run.rank
         with tempfile.TemporaryDirectory(prefix="checkpoint-") as tmp:
             out = Path(tmp)
             state = TrainerState(step, metrics, run_shape(self._run.plan, self._run.world_size))
             save_state(self._engine, out, state, rank)
-            if not spec.full_finetune:  # see training/adapter.py: no model per checkpoint
+            if not spec.hyperparameters.full_finetune:  # adapter.py: no model per checkpoint
                 save_adapter(self._engine, spec, out / "adapter", rank)
             report = {
                 **self._run_metrics,
@@ -138,36 +94,34 @@ class Checkpointer:
             wait_until_taken()
             barrier()  # every rank's report is with the controller: the checkpoint is Ray's
             if rank == 0:
-                if not spec.full_finetune:
+                if not spec.hyperparameters.full_finetune:
                     name = checkpoint_model_key(spec.model_key, step)
                     upload_adapter(spec, out / "adapter", adapter_prefix(name))
-                announce_checkpoint(self._run.events, spec, step, metrics)
+                if self._run.events is not None:  # rank 0 always has its writer
+                    announce_checkpoint(self._run.events, spec, step, metrics)
         self.last_step = step
 
 
-def announce_checkpoint(events: Any, spec: TrainingSpec, step: int, metrics: Any) -> None:
+def announce_checkpoint(
+    events: EventWriter, spec: TrainingSpec, step: int, metrics: dict[str, Any] | None
+) -> None:
     """The ``checkpoint`` event of ``step``; its state and adapter are already in S3.
 
     A full fine-tune's checkpoints are resumable but not servable: no adapter, no model key.
     """
     name = checkpoint_model_key(spec.model_key, step)
-    servable = not spec.full_finetune
-    events.emit(
-        f"Checkpoint at step {step} saved",
-        type="checkpoint",
-        data={
-            "step": step,
-            "checkpoint_key": checkpoint_key(spec.job_id, step),
-            "adapter_key": adapter_prefix(name) if servable else None,
-            "model_key": name if servable else None,
-            "metrics": metrics,
-        },
+    servable = not spec.hyperparameters.full_finetune
+    data = CheckpointData(
+        step=step,
+        checkpoint_key=checkpoint_key(spec.job_id, step),
+        adapter_key=adapter_prefix(name) if servable else None,
+        model_key=name if servable else None,
+        metrics=metrics,
     )
+    events.emit(CheckpointEvent(message=f"Checkpoint at step {step} saved", data=data))
 
 
 def save_state(engine: Any, out: Path, state: TrainerState, rank: int) -> None:
-    import torch
-
     engine.save_checkpoint(
         str(out), tag=DEEPSPEED_TAG, save_latest=False, exclude_frozen_parameters=True
     )
@@ -188,16 +142,14 @@ def wait_until_taken() -> None:
     restart would begin from the one before, or from step 0, although the user was told this
     one was saved. Ray marks the queue's item done when the poll takes it (the two-phase commit
     its worker's TODO asks for), so ``join`` waits exactly that long. The queue is Ray
-    Train's internal one; ``tests/training/test_fault_tolerance.py`` fails when it moves.
+    Train's internal one (:mod:`training.ray_train_private`);
+    ``tests/training/test_private_apis.py`` and ``tests/training/test_fault_tolerance.py``
+    fail when it moves.
     """
-    from ray.train.v2._internal.execution.context import get_train_context
-
-    get_train_context().get_result_queue().join()
+    wait_until_report_taken()
 
 
 def barrier() -> None:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
@@ -213,10 +165,6 @@ def starting_checkpoint(spec: TrainingSpec) -> Any:
     the spec names. The driver clears what Ray Train remembers of earlier runs of the job, so
     on a run's first attempt only ``resume_from`` decides where it starts.
     """
-    import ray.train
-
-    from training.storage import pyarrow_filesystem
-
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         if ray.train.get_context().get_world_rank() == 0:
@@ -224,7 +172,7 @@ def starting_checkpoint(spec: TrainingSpec) -> Any:
         return checkpoint
     if spec.resume_from:
         path = f"{spec.s3.bucket}/{spec.resume_from.strip('/')}"
-        return ray.train.Checkpoint(path, filesystem=pyarrow_filesystem(spec.s3))
+        return ray.train.Checkpoint(path, filesystem=storage.pyarrow_filesystem(spec.s3))
     return None
 
 
@@ -241,25 +189,23 @@ def announce_restart(spec: TrainingSpec, checkpoint: Any) -> None:
     checkpoint's step are in S3 already (:meth:`Checkpointer.save` flushes them first); those
     of the steps after it come again from this attempt.
     """
-    from training.adapter import upload_adapter
-    from training.events import s3_event_writer
-    from training.storage import client
-
     with tempfile.TemporaryDirectory(prefix="restart-") as tmp:
         out = Path(tmp)
-        for name in RESTART_FILES[:1] if spec.full_finetune else RESTART_FILES:
+        full = spec.hyperparameters.full_finetune
+        for name in RESTART_FILES[:1] if full else RESTART_FILES:
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{name}") as f:
                 (out / name).write_bytes(f.read())
         state = read_trainer_state(out)
-        if not spec.full_finetune:
+        if not full:
             name = checkpoint_model_key(spec.model_key, state.step)
             upload_adapter(spec, out / "adapter", adapter_prefix(name))
     # The driver waits in trainer.fit() and the failed attempt's rank 0 is gone: no other
     # writer continues the job's event sequence now.
-    s3 = client(spec.s3)
+    s3 = storage.client(spec.s3)
     with s3_event_writer(s3, spec.s3.bucket, spec.job_id, background=False) as events:
-        events.emit(restart_message(state.step), data={"step": state.step})
+        events.emit(RestartEvent(message=restart_message(state.step),
+                                 data=RestartData(step=state.step)))
         announce_checkpoint(events, spec, state.step, state.metrics)
     log.info("restarted from %s at step %d", checkpoint.path, state.step)
 
@@ -276,8 +222,6 @@ def restore(
     engine: Any, checkpoint: Any, plan: StepPlan, rank: int, world_size: int
 ) -> TrainerState:
     """Load weights, optimizer, LR schedule and RNG of ``checkpoint`` into this rank."""
-    import torch
-
     with checkpoint.as_directory() as folder:
         state = read_trainer_state(Path(folder))
         state.check_fits(plan, world_size)
@@ -294,8 +238,6 @@ def restore(
 
 
 def rng_state() -> dict[str, Any]:
-    import torch
-
     state = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
@@ -303,8 +245,6 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    import torch
-
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])

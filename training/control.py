@@ -13,6 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import torch
+import torch.distributed as dist
+from botocore.exceptions import ClientError
+
 from contract.bucket import control_key
 
 log = logging.getLogger("training.control")
@@ -65,8 +69,6 @@ class PauseWatch:
 
 
 def s3_control_reader(s3: Any, bucket: str, job_id: str) -> Read:
-    from botocore.exceptions import ClientError
-
     key = control_key(job_id)
 
     def read() -> bytes | None:
@@ -82,9 +84,6 @@ def s3_control_reader(s3: Any, bucket: str, job_id: str) -> Read:
 
 def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on any; every rank must call it."""
-    import torch
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         return flag
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"

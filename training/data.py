@@ -1,23 +1,21 @@
-"""Training data of a run: read the chat JSONL from S3, tokenize, shard by rank, collate.
+"""Training data of a run: read the chat JSONL from S3, plan the steps, shard by rank.
 
-Every rank reads and tokenizes the whole file (small next to a training step) and then takes
-its own slice of a seeded per-epoch permutation, so no rank waits on another for data.
+Every rank reads and tokenizes the whole file (small next to a training step;
+:mod:`training.examples`) and then takes its own slice of a seeded per-epoch permutation, so
+no rank waits on another for data. Pure: the driver checks the file with this module before
+any worker starts.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from contract.chat_format import read_examples
-from training.chat_template import IGNORE_INDEX, TokenizedExample, tokenize_chat
 from contract.spec import TrainingSpec
-
-if TYPE_CHECKING:
-    import torch
+from training.storage import read_bytes
 
 
 def read_training_file(spec: TrainingSpec, s3: Any) -> list[dict[str, Any]]:
@@ -30,32 +28,8 @@ def read_training_file(spec: TrainingSpec, s3: Any) -> list[dict[str, Any]]:
 
 def read_jsonl(spec: TrainingSpec, s3: Any, key: str) -> list[dict[str, Any]]:
     """The examples of one file of the run, lines of the spec's method (chat or DPO)."""
-    from training.storage import read_bytes
-
     body = read_bytes(s3, spec.s3.bucket, key)
     return read_examples(body.splitlines(), spec.method)
-
-
-def tokenize_examples(
-    examples: Sequence[dict[str, Any]], method: str, tokenizer: Any, max_seq_length: int
-) -> list[Any]:
-    """Token ids and labels of every example: a ``TokenizedExample`` per chat line, a
-    ``PreferenceExample`` per DPO line."""
-    if method == "dpo":
-        from training.dpo import tokenize_preference
-
-        return [tokenize_preference(tokenizer, line, max_seq_length) for line in examples]
-    return tokenize_all(examples, tokenizer, max_seq_length)
-
-
-def tokenize_all(
-    examples: Sequence[dict[str, Any]], tokenizer: Any, max_seq_length: int
-) -> list[TokenizedExample]:
-    """Each example rendered with its own tool definitions, if it has any."""
-    return [
-        tokenize_chat(tokenizer, example["messages"], max_seq_length, tools=example.get("tools"))
-        for example in examples
-    ]
 
 
 @dataclass(frozen=True)
@@ -122,32 +96,3 @@ def resume_point(step: int, plan: StepPlan) -> tuple[int, int]:
         raise ValueError(f"step {step} is outside this run's 0..{plan.total_steps} steps")
     epoch, steps_into_epoch = divmod(step, plan.steps_per_epoch)
     return epoch, steps_into_epoch * plan.grad_accum
-
-
-def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example; padding is masked out and carries no loss.
-
-    >>> batch = collate([TokenizedExample([5, 6, 7], [-100, 6, 7]),
-    ...                  TokenizedExample([8], [8])], pad_id=0)
-    >>> batch["input_ids"].tolist(), batch["attention_mask"].tolist(), batch["labels"].tolist()
-    ([[5, 6, 7], [8, 0, 0]], [[1, 1, 1], [1, 0, 0]], [[-100, 6, 7], [8, -100, -100]])
-    """
-    import torch
-
-    width = max(example.num_tokens for example in examples)
-
-    def pad(values: list[int], fill: int) -> list[int]:
-        return values + [fill] * (width - len(values))
-
-    return {
-        "input_ids": torch.tensor([pad(e.input_ids, pad_id) for e in examples]),
-        "attention_mask": torch.tensor([pad([1] * e.num_tokens, 0) for e in examples]),
-        "labels": torch.tensor([pad(e.labels, IGNORE_INDEX) for e in examples]),
-    }
-
-
-def model_device(model: Any) -> torch.device:
-    """Where a batch for ``model`` must go: a DeepSpeed engine says, a plain module's
-    parameters tell."""
-    device = getattr(model, "device", None)
-    return device if device is not None else next(model.parameters()).device

@@ -14,14 +14,13 @@ import contextlib
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from contract.chat_format import preference_conversations
 from training.chat_template import IGNORE_INDEX, ChatTokenizer, TokenizedExample, tokenize_chat
-from training.data import collate, model_device
-
-if TYPE_CHECKING:
-    import torch
+from training.packing import collate, model_device
 
 
 @dataclass(frozen=True)
@@ -96,8 +95,6 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         >>> sequence_logps(logits, torch.tensor([[-100, 1, 0]]))  # log(1/2) + log(3/4)
         tensor([-0.9808])
     """
-    import torch
-
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:].to(shift_logits.device)
     mask = shift_labels != IGNORE_INDEX
@@ -133,8 +130,6 @@ def dpo_loss(
     Arguments are per-pair sequence log-probs (``[batch]``). At the start of a LoRA run the
     policy equals the reference, every margin is 0 and the loss is ``log 2``.
     """
-    import torch
-
     chosen_rewards = beta * (policy_chosen - ref_chosen)
     rejected_rewards = beta * (policy_rejected - ref_rejected)
     margins = chosen_rewards - rejected_rewards
@@ -175,8 +170,6 @@ def reference_model(model: Any) -> Iterator[None]:
     ``model`` is a PEFT model, or a DeepSpeed engine whose ``module`` is one; calls still go
     through ``model`` so the engine's hooks (ZeRO-3 parameter gathering) run.
     """
-    import torch
-
     inner = getattr(model, "module", None)
     peft_model = inner if hasattr(inner, "disable_adapter") else model
     with torch.no_grad(), peft_model.disable_adapter():

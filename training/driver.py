@@ -20,15 +20,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training import storage
+from contract.bucket import ray_train_snapshot_key
 from contract.chat_format import InvalidChatFile
-from training.events import s3_event_writer
+from contract.events import (
+    ErrorData,
+    ErrorEvent,
+    MessageEvent,
+    PausedData,
+    PausedEvent,
+    ResultData,
+    ResultEvent,
+    TrainingEvent,
+)
 from contract.spec import TrainingSpec
+from training import storage
+from training.data import read_training_file
+from training.events import s3_event_writer
+from training.trainer_state import TrainerState, state_key
 
 log = logging.getLogger("training.driver")
-
-RAY_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
-"""Where Ray Train (2.60, Train V2) remembers a run's checkpoints inside the run folder."""
 
 
 def main(argv: list[str]) -> int:
@@ -53,32 +63,35 @@ def read_spec(url: str) -> TrainingSpec:
 def run(spec: TrainingSpec, s3: Any) -> int:
     try:
         num_examples = check_training_file(spec, s3)
-        announce(spec, s3, started_message(spec, num_examples, resumed_step(spec, s3)))
+        started = started_message(spec, num_examples, resumed_step(spec, s3))
+        announce(spec, s3, MessageEvent(message=started))
         outcome = fit(spec, s3)
         if not outcome.paused:
             confirm_adapter(spec, s3)
     except InvalidChatFile as e:
-        return failed(spec, s3, {"code": e.code, "param": "training_file", "message": str(e)})
+        return failed(spec, s3, ErrorData(code=e.code, param="training_file", message=str(e)))
     except Exception as e:  # noqa: BLE001 - any other failure is the service's, not the user's
         log.exception("training failed")
-        return failed(spec, s3, {"code": "server_error", "param": None, "message": summary(e)})
+        return failed(spec, s3, ErrorData(code="server_error", param=None, message=summary(e)))
     if outcome.paused:
-        paused = {"step": outcome.step, "checkpoint_key": outcome.checkpoint_key}
-        announce(spec, s3, f"Training paused at step {outcome.step}", type="paused", data=paused)
+        paused = PausedData(step=outcome.step, checkpoint_key=outcome.checkpoint_key)
+        announce(spec, s3, PausedEvent(message=f"Training paused at step {outcome.step}",
+                                       data=paused))
         return 0
-    result = {"trained_tokens": outcome.trained_tokens, "model_key": spec.model_key}
-    announce(spec, s3, "New fine-tuned model created", type="result", data=result)
+    result = ResultData(trained_tokens=outcome.trained_tokens, model_key=spec.model_key)
+    announce(spec, s3, ResultEvent(message="New fine-tuned model created", data=result))
     return 0
 
 
 def started_message(spec: TrainingSpec, num_examples: int, step: int | None) -> str:
+    n_epochs = spec.hyperparameters.n_epochs
     if step is None:
-        return f"Training started: {num_examples} examples, {spec.n_epochs} epochs"
-    return f"Training resumed after step {step}: {num_examples} examples, {spec.n_epochs} epochs"
+        return f"Training started: {num_examples} examples, {n_epochs} epochs"
+    return f"Training resumed after step {step}: {num_examples} examples, {n_epochs} epochs"
 
 
-def failed(spec: TrainingSpec, s3: Any, error: dict[str, Any]) -> int:
-    announce(spec, s3, error["message"], type="error", level="error", data=error)
+def failed(spec: TrainingSpec, s3: Any, error: ErrorData) -> int:
+    announce(spec, s3, ErrorEvent(message=error.message, data=error))
     return 1
 
 
@@ -96,16 +109,14 @@ def summary(error: BaseException) -> str:
     return f"Training failed: {type(error).__name__}: {lines[0] if lines else ''}"[:500]
 
 
-def announce(spec: TrainingSpec, s3: Any, message: str, **event: Any) -> None:
+def announce(spec: TrainingSpec, s3: Any, event: TrainingEvent) -> None:
     """Write one event batch now. A fresh writer each time continues after rank 0's batches."""
     with s3_event_writer(s3, spec.s3.bucket, spec.job_id, background=False) as events:
-        events.emit(message, **event)
+        events.emit(event)
 
 
 def check_training_file(spec: TrainingSpec, s3: Any) -> int:
     """Fail fast, before any worker starts, on a line the service should have rejected."""
-    from training.data import read_training_file
-
     return len(read_training_file(spec, s3))
 
 
@@ -113,9 +124,7 @@ def resumed_step(spec: TrainingSpec, s3: Any) -> int | None:
     """The step ``resume_from`` continues after; fails fast when it is no checkpoint."""
     if spec.resume_from is None:
         return None
-    from training.checkpoints import STATE_FILE, TrainerState
-
-    key = spec.resume_from.rstrip("/") + "/" + STATE_FILE
+    key = state_key(spec.resume_from)
     if not storage.exists(s3, spec.s3.bucket, key):
         raise FileNotFoundError(f"resume_from {spec.resume_from!r} is no checkpoint: no {key}")
     return TrainerState.from_json(storage.read_bytes(s3, spec.s3.bucket, key)).step
@@ -137,6 +146,8 @@ def fit(spec: TrainingSpec, s3: Any) -> Outcome:
     Ray Train restarts the workers up to ``spec.max_failures`` times; every failure counts,
     one the user caused as well as a lost process.
     """
+    # Imported here: they bring torch (and the loop DeepSpeed), seconds the driver need not
+    # spend before it has checked the training file and said that the run started.
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -149,7 +160,7 @@ def fit(spec: TrainingSpec, s3: Any) -> Outcome:
         train_loop_per_worker,
         train_loop_config={"spec": spec.model_dump(mode="json")},
         scaling_config=ScalingConfig(
-            num_workers=spec.num_workers,
+            num_workers=spec.hyperparameters.num_workers,
             use_gpu=spec.use_gpu,
             resources_per_worker={"CPU": spec.cpus_per_worker},
         ),
@@ -180,15 +191,14 @@ def forget_earlier_runs(spec: TrainingSpec, s3: Any) -> None:
     new run with the same folder; an earlier run of this job (paused, or lost) left one there.
     The checkpoints themselves stay.
     """
-    key = f"{spec.checkpoints_prefix}/{RAY_TRAIN_SNAPSHOT}"
-    s3.delete_object(Bucket=spec.s3.bucket, Key=key)
+    s3.delete_object(Bucket=spec.s3.bucket, Key=ray_train_snapshot_key(spec.job_id))
 
 
 def confirm_adapter(spec: TrainingSpec, s3: Any) -> None:
     """The ``result`` event promises the adapter (or full model) is in S3: check first."""
-    from training.adapter import ADAPTER_FILES
+    from training.adapter import ADAPTER_FILES  # training.adapter imports DeepSpeed
 
-    expected = ("config.json",) if spec.full_finetune else ADAPTER_FILES
+    expected = ("config.json",) if spec.hyperparameters.full_finetune else ADAPTER_FILES
     bucket, prefix = spec.s3.bucket, spec.adapter_prefix
     missing = [name for name in expected if not storage.exists(s3, bucket, prefix + name)]
     if missing:

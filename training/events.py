@@ -5,6 +5,10 @@ Batches are numbered after the ones already under the job's events prefix: the d
 rank 0 write one after the other (never at the same time), each continuing the sequence.
 Writes are rate-limited to about one per second; a background thread flushes a lone event
 within that second even when the next one is a long training step away.
+
+Each event is one of :mod:`contract.events`' typed kinds, built by its emitter (a
+``MetricsEvent`` from the loop, a ``CheckpointEvent`` from the checkpointer, ...), so a
+missing field fails where the event is written, not where the service reads it.
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any
 
-from contract.bucket import event_batch_key, events_prefix
-from contract.events import EventType, TrainingEvent
+import pydantic_core
+
+from contract.bucket import event_batch_key, event_batch_seq, events_prefix
+from contract.events import TrainingEvent
+from training.storage import list_keys
 
 Put = Callable[[str, bytes], None]
 """Store one object: ``put(key, body)``."""
@@ -27,19 +34,40 @@ def next_seq(existing_keys: Iterable[str], job_id: str) -> int:
     >>> next_seq(["jobs/j/events/00000000.jsonl", "jobs/j/events/00000001.jsonl"], "j")
     2
     """
-    prefix = events_prefix(job_id)
-    numbers = [
-        int(key[len(prefix) : -len(".jsonl")])
-        for key in existing_keys
-        if key.startswith(prefix)
-        and key.endswith(".jsonl")
-        and key[len(prefix) : -len(".jsonl")].isdigit()
-    ]
+    numbers = [seq for key in existing_keys if (seq := event_batch_seq(key, job_id)) is not None]
     return max(numbers, default=-1) + 1
 
 
+LINE_KEYS = ("created_at", "level", "type", "message", "data")
+"""The order of an event line's keys, as runs have always written them."""
+
+
+def encode_line(event: TrainingEvent) -> bytes:
+    """One compact JSON line (no newline), in the shape runs have always written.
+
+    An event without ``data`` has no ``data`` key. In ``data``, a field the writer set is
+    there even when ``None`` (a full fine-tune's checkpoint says ``"adapter_key": null``:
+    not servable); a field left at its default is left out (a metrics event names only the
+    metrics of its method).
+
+    >>> from contract.events import CheckpointData, CheckpointEvent, MessageEvent
+    >>> from contract.events import MetricsData, MetricsEvent
+    >>> encode_line(MetricsEvent(created_at=1, message="Step 1", data=MetricsData(step=1)))
+    b'{"created_at":1,"level":"info","type":"metrics","message":"Step 1","data":{"step":1}}'
+    >>> encode_line(CheckpointEvent(created_at=1, message="c", data=CheckpointData(
+    ...     step=2, checkpoint_key="k/", adapter_key=None))).split(b'"data":')[1]
+    b'{"step":2,"checkpoint_key":"k/","adapter_key":null}}'
+    >>> encode_line(MessageEvent(created_at=1, message="hi"))
+    b'{"created_at":1,"level":"info","type":"message","message":"hi"}'
+    """
+    fields = pydantic_core.from_json(event.model_dump_json(exclude={"data"}, exclude_none=True))
+    if event.data is not None:
+        fields["data"] = pydantic_core.from_json(event.data.model_dump_json(exclude_unset=True))
+    return pydantic_core.to_json({key: fields[key] for key in LINE_KEYS if key in fields})
+
+
 def encode_batch(events: Iterable[TrainingEvent]) -> bytes:
-    return "".join(event.model_dump_json(exclude_none=True) + "\n" for event in events).encode()
+    return b"".join(encode_line(event) + b"\n" for event in events)
 
 
 class EventWriter:
@@ -75,17 +103,8 @@ class EventWriter:
     def next_seq(self) -> int:
         return self._seq
 
-    def emit(
-        self,
-        message: str,
-        type: EventType = "message",
-        data: dict[str, Any] | None = None,
-        level: Literal["info", "warn", "error"] = "info",
-    ) -> None:
+    def emit(self, event: TrainingEvent) -> None:
         """Queue one event; a failed write here is retried later and raised by :meth:`close`."""
-        event = TrainingEvent(
-            created_at=int(time.time()), level=level, type=type, message=message, data=data
-        )
         with self._lock:
             self._buffer.append(event)
         self._flush_quietly()
@@ -127,8 +146,6 @@ class EventWriter:
 
 def s3_event_writer(s3: Any, bucket: str, job_id: str, **kwargs: Any) -> EventWriter:
     """A writer that continues the job's sequence in S3."""
-    from training.storage import list_keys
-
     first = next_seq(list_keys(s3, bucket, events_prefix(job_id)), job_id)
 
     def put(key: str, body: bytes) -> None:

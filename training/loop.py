@@ -14,25 +14,33 @@ import contextlib
 import math
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import deepspeed
+import ray.train
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
 
-from training.adapter import save_adapter, upload_adapter
-from training.checkpoints import Checkpointer, TrainerState, checkpoint_due
-from training.data import StepPlan, epoch_indices, plan_steps, resume_point
-from training.objectives import Objective, Preference, Sums, Supervised, add, all_reduced
+from contract.events import MetricsData, MetricsEvent
 from contract.spec import TrainingSpec
+from training import storage
+from training.adapter import ADAPTER_FILES, save_adapter, upload_adapter
+from training.checkpoints import Checkpointer, restore, starting_checkpoint
+from training.control import PauseWatch, any_rank, s3_control_reader
+from training.data import StepPlan, epoch_indices, plan_steps, resume_point
+from training.deepspeed_private import skip_shm_comm_op
+from training.events import EventWriter, s3_event_writer
+from training.examples import load_data
+from training.objectives import Objective, Preference, Sums, Supervised, add, all_reduced
+from training.run import Run
+from training.trainer_state import TrainerState, checkpoint_due
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray.train
-
-    from training.checkpoints import restore, starting_checkpoint
-
     spec = TrainingSpec.model_validate(config["spec"])
+    hp = spec.hyperparameters
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     # One thread per CPU the worker holds: more only contend with the other workers.
@@ -40,7 +48,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     data = load_data(spec)
     objective = objective_for(spec, data.pad_id)
-    plan = plan_steps(len(data.train), world_size, spec.batch_size, spec.n_epochs)
+    plan = plan_steps(len(data.train), world_size, hp.batch_size, hp.n_epochs)
     engine = build_engine(spec, plan, world_size)
     checkpoint = starting_checkpoint(spec)
     start = (
@@ -50,7 +58,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     # Every checkpoint report carries these: the driver reads the last one from fit().
     run_metrics = {
-        "trained_tokens": sum(map(objective.num_tokens, data.train)) * spec.n_epochs,
+        "trained_tokens": sum(map(objective.num_tokens, data.train)) * hp.n_epochs,
         "total_steps": plan.total_steps,
     }
 
@@ -72,39 +80,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 # --- setup -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RunData:
-    """Tokenized examples of the run: supervised examples or DPO pairs."""
-
-    train: list[Any]
-    valid: list[Any]
-    """Empty without a validation file."""
-    pad_id: int
-
-
-def load_data(spec: TrainingSpec) -> RunData:
-    from transformers import AutoTokenizer
-
-    from training import storage
-    from training.data import read_jsonl, tokenize_examples
-
-    tokenizer = AutoTokenizer.from_pretrained(spec.base_model_path)
-    s3 = storage.client(spec.s3)
-
-    def tokenized(key: str | None) -> list[Any]:
-        if key is None:
-            return []
-        lines = read_jsonl(spec, s3, key)
-        return tokenize_examples(lines, spec.method, tokenizer, spec.max_seq_length)
-
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return RunData(tokenized(spec.training_file_key), tokenized(spec.validation_file_key), pad_id)
-
-
 def objective_for(spec: TrainingSpec, pad_id: int) -> Objective:
+    hp = spec.hyperparameters
     if spec.method == "dpo":
-        return Preference(pad_id=pad_id, beta=spec.dpo_beta)
-    return Supervised(max_seq_length=spec.max_seq_length, pad_id=pad_id, packing=spec.packing)
+        if hp.beta is None:  # the service fills in DPO's default
+            raise ValueError("a DPO run's spec names no hyperparameters.beta")
+        return Preference(pad_id=pad_id, beta=hp.beta)
+    return Supervised(max_seq_length=hp.max_seq_length, pad_id=pad_id, packing=hp.packing)
 
 
 def use_bf16(spec: TrainingSpec) -> bool:
@@ -164,24 +146,22 @@ def warmup_steps(total_steps: int, ratio: float) -> int:
 def build_model(spec: TrainingSpec) -> Any:
     """The model to train: a fresh LoRA on the base, a fine-tuned adapter to continue
     (``init_adapter_key``), or the whole base (``full_finetune``)."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM
-
+    hp = spec.hyperparameters
     torch.manual_seed(spec.seed)  # identical LoRA init on every rank
     base = AutoModelForCausalLM.from_pretrained(
         spec.base_model_path, dtype=torch.bfloat16 if use_bf16(spec) else torch.float32
     )
-    if spec.gradient_checkpointing:
+    if hp.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if spec.full_finetune:
+    if hp.full_finetune:
         return base
     if spec.init_adapter_key:
         return PeftModel.from_pretrained(base, download_adapter(spec), is_trainable=True)
     lora = LoraConfig(
-        r=spec.lora.r,
-        lora_alpha=spec.lora.alpha,
-        lora_dropout=spec.lora.dropout,
-        target_modules=spec.lora.target_modules,
+        r=hp.lora_r,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules=hp.lora_target_modules,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(base, lora)
@@ -189,9 +169,6 @@ def build_model(spec: TrainingSpec) -> Any:
 
 def download_adapter(spec: TrainingSpec) -> str:
     """The adapter to continue from, in a local folder (kept for the life of the worker)."""
-    from training import storage
-    from training.adapter import ADAPTER_FILES
-
     assert spec.init_adapter_key is not None
     out = Path(tempfile.mkdtemp(prefix="init-adapter-"))
     s3 = storage.client(spec.s3)
@@ -199,10 +176,6 @@ def download_adapter(spec: TrainingSpec) -> str:
         key = spec.init_adapter_key.rstrip("/") + "/" + name
         (out / name).write_bytes(storage.read_bytes(s3, spec.s3.bucket, key))
     return str(out)
-
-
-DEEPSPEED_SHM_OP = "deepspeed_shm_comm"
-"""DeepSpeed's shared-memory all-reduce op for CPU (``ShareMemCommBuilder.NAME``)."""
 
 
 def initialize_deepspeed(**kwargs: Any) -> Any:
@@ -215,41 +188,37 @@ def initialize_deepspeed(**kwargs: Any) -> Any:
     stopped stack) leaves the file behind, and every later worker waits on it forever:
     training never starts again on that machine. The op serves only
     ``inference_all_reduce`` (DeepSpeed inference's tensor parallelism), never training;
-    marked incompatible, DeepSpeed skips it (and the first job its 30 s compile).
+    marked incompatible (:mod:`training.deepspeed_private`), DeepSpeed skips it (and the
+    first job its 30 s compile).
     """
-    import deepspeed
-    import deepspeed.ops
-
-    deepspeed.ops.__compatible_ops__[DEEPSPEED_SHM_OP] = False
+    skip_shm_comm_op()
     engine, *_ = deepspeed.initialize(**kwargs)
     return engine
 
 
 def build_engine(spec: TrainingSpec, plan: StepPlan, world_size: int) -> Any:
+    hp = spec.hyperparameters
     model = build_model(spec)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
-    warmup = warmup_steps(plan.total_steps, spec.warmup_ratio)
+    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=0.0)
+    warmup = warmup_steps(plan.total_steps, hp.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, plan.total_steps, warmup, spec.lr_scheduler)
+        optimizer, lambda step: lr_factor(step, plan.total_steps, warmup, hp.lr_scheduler)
     )
     return initialize_deepspeed(
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=deepspeed_config(spec.zero_stage, plan.grad_accum, world_size, use_bf16(spec)),
+        config=deepspeed_config(hp.zero_stage, plan.grad_accum, world_size, use_bf16(spec)),
     )
 
 
 @contextlib.contextmanager
-def rank0_events(spec: TrainingSpec, rank: int) -> Iterator[Any]:
+def rank0_events(spec: TrainingSpec, rank: int) -> Iterator[EventWriter | None]:
     """Rank 0's event writer; other ranks get ``None`` and write nothing."""
     if rank != 0:
         yield None
         return
-    from training import storage
-    from training.events import s3_event_writer
-
     with s3_event_writer(storage.client(spec.s3), spec.s3.bucket, spec.job_id) as events:
         yield events
 
@@ -258,26 +227,11 @@ def pause_check(spec: TrainingSpec, rank: int) -> Callable[[], bool]:
     """Whether the API asked for a pause: rank 0 reads the control object, others say no."""
     if rank != 0:
         return lambda: False
-    from training import storage
-    from training.control import PauseWatch, s3_control_reader
-
     read = s3_control_reader(storage.client(spec.s3), spec.s3.bucket, spec.job_id)
     return PauseWatch(read).requested
 
 
 # --- train -------------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """One worker's place in the run."""
-
-    spec: TrainingSpec
-    plan: StepPlan
-    rank: int
-    world_size: int
-    events: Any
-    """Rank 0's event writer; ``None`` on the other ranks."""
 
 
 def train(
@@ -296,8 +250,6 @@ def train(
     Checks for a pause after every step but the last, all ranks agreeing. The run always
     ends on a checkpoint of the step it stopped at.
     """
-    from training.control import any_rank
-
     plan, spec = run.plan, run.spec
     step, metrics = start.step, start.metrics
     first_epoch, first_micro = resume_point(step, plan)
@@ -334,16 +286,13 @@ def step_metrics(step: int, total_steps: int, objective: Objective, sums: Sums) 
     }
 
 
-def emit_metrics(events: Any, metrics: dict[str, Any]) -> None:
+def emit_metrics(events: EventWriter | None, metrics: dict[str, Any]) -> None:
     if events is None:
         return
     valid = f", validation loss={metrics['valid_loss']:.4f}" if "valid_loss" in metrics else ""
-    events.emit(
-        f"Step {metrics['step']}/{metrics['total_steps']}: "
-        f"training loss={metrics['train_loss']:.4f}{valid}",
-        type="metrics",
-        data=metrics,
-    )
+    message = (f"Step {metrics['step']}/{metrics['total_steps']}: "
+               f"training loss={metrics['train_loss']:.4f}{valid}")
+    events.emit(MetricsEvent(message=message, data=MetricsData(**metrics)))
 
 
 # --- validation --------------------------------------------------------------------------

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 
 from training.chat_template import TokenizedExample
-from training.data import model_device
 from training.dpo import PreferenceExample, preference_step
-from training.packing import build_batch, model_inputs, weighted_token_loss
+from training.packing import build_batch, model_device, model_inputs, weighted_token_loss
 
 Sums = dict[str, float]
 
@@ -101,8 +101,6 @@ def add(total: Sums, more: Sums) -> Sums:
 
 def all_reduced(sums: Sums) -> Sums:
     """``sums`` added over every rank; every rank must call this with the same keys."""
-    import torch.distributed as dist
-
     keys = sorted(sums)
     totals = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
     if dist.is_available() and dist.is_initialized():

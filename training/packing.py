@@ -152,6 +152,35 @@ def build_batch(
     }
 
 
+def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example, with an attention mask: padding carries no loss.
+
+    For forwards that take an ``attention_mask`` (DPO's padded rows), not :func:`build_batch`'s.
+
+    >>> batch = collate([TokenizedExample([5, 6, 7], [-100, 6, 7]),
+    ...                  TokenizedExample([8], [8])], pad_id=0)
+    >>> batch["input_ids"].tolist(), batch["attention_mask"].tolist(), batch["labels"].tolist()
+    ([[5, 6, 7], [8, 0, 0]], [[1, 1, 1], [1, 0, 0]], [[-100, 6, 7], [8, -100, -100]])
+    """
+    width = max(example.num_tokens for example in examples)
+
+    def pad(values: list[int], fill: int) -> list[int]:
+        return values + [fill] * (width - len(values))
+
+    return {
+        "input_ids": torch.tensor([pad(e.input_ids, pad_id) for e in examples]),
+        "attention_mask": torch.tensor([pad([1] * e.num_tokens, 0) for e in examples]),
+        "labels": torch.tensor([pad(e.labels, IGNORE_INDEX) for e in examples]),
+    }
+
+
+def model_device(model: Any) -> torch.device:
+    """Where a batch for ``model`` must go: a DeepSpeed engine says, a plain module's
+    parameters tell."""
+    device = getattr(model, "device", None)
+    return device if device is not None else next(model.parameters()).device
+
+
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, Any]:
     """The model's forward kwargs for ``batch``: ``model(**model_inputs(batch, device))``.
 

@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import boto3
+import pyarrow.fs
+from botocore.exceptions import ClientError
+
 from contract.spec import S3Location
 
 
 def client(location: S3Location | None = None) -> Any:
     """A boto3 S3 client; without ``location`` boto3 reads ``AWS_ENDPOINT_URL`` itself."""
-    import boto3
-
     if location is None:
         return boto3.client("s3")
     return boto3.client("s3", endpoint_url=location.endpoint_url, region_name=location.region)
@@ -52,8 +54,6 @@ def upload_files(s3: Any, bucket: str, prefix: str, paths: list[Path]) -> list[s
 
 
 def exists(s3: Any, bucket: str, key: str) -> bool:
-    from botocore.exceptions import ClientError
-
     try:
         s3.head_object(Bucket=bucket, Key=key)
     except ClientError as e:
@@ -65,8 +65,6 @@ def exists(s3: Any, bucket: str, key: str) -> bool:
 
 def pyarrow_filesystem(location: S3Location) -> Any:
     """The bucket as Ray Train reads and writes checkpoints: ``<bucket>/<key>`` paths."""
-    import pyarrow.fs
-
     endpoint = urlparse(location.endpoint_url)
     return pyarrow.fs.S3FileSystem(
         endpoint_override=endpoint.netloc,

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 from contract.bucket import events_prefix, spec_key
+from contract.hyperparameters import Hyperparameters
 from contract.spec import S3Location, TrainingSpec
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -99,25 +100,40 @@ def submit_when_agent_ready(client, **job) -> str:
 
 
 def make_spec(s3_server, model_dir: Path, training_file_key: str, **overrides) -> TrainingSpec:
+    """A spec as the service resolves one; ``overrides`` name fields of the spec or of its
+    :class:`Hyperparameters` alike."""
     job_id = f"ftjob-{uuid.uuid4().hex[:12]}"
+    hyperparameters = dict(
+        n_epochs=5,
+        batch_size=4,
+        learning_rate=1e-2,
+        max_seq_length=128,
+        lora_r=8,
+        lora_alpha=16,
+        num_workers=2,
+        zero_stage=2,
+    )
+    if overrides.get("method") == "dpo":
+        hyperparameters["beta"] = 0.1  # the service's default for DPO
+    hyperparameters.update(
+        {name: overrides.pop(name) for name in list(overrides) if name in HYPERPARAMETERS}
+    )
     fields = dict(
         job_id=job_id,
         base_model_id="tiny-llama",
         base_model_path=str(model_dir),
         training_file_key=training_file_key,
         model_key=f"tiny-llama-{job_id}",
-        n_epochs=5,
-        batch_size=4,
-        learning_rate=1e-2,
+        hyperparameters=Hyperparameters(**hyperparameters),
         seed=0,
-        max_seq_length=128,
-        num_workers=2,
         cpus_per_worker=1.0,
-        zero_stage=2,
         s3=S3Location(endpoint_url=s3_server.endpoint_url, bucket=s3_server.bucket),
     )
     fields.update(overrides)
     return TrainingSpec(**fields)
+
+
+HYPERPARAMETERS = set(Hyperparameters.model_fields)
 
 
 def upload_file(s3_server, lines: list[str]) -> str:

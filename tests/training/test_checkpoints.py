@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.runs import make_spec, of_type, read_events, start, submit, upload_pairs, wait
 from contract.bucket import adapter_prefix, checkpoint_key, checkpoint_model_key, control_key
+from tests.training.runs import make_spec, of_type, read_events, start, submit, upload_pairs, wait
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,7 @@ def test_checkpoints_every_epoch_and_every_n_steps_and_resume_under_zero3(
 
     state = list_keys(s3, s3_server.bucket, checkpoint_key(spec.job_id, 3))
     assert any("/deepspeed/" in k for k in state), state
-    assert sum("/rng/rank-" in k for k in state) == spec.num_workers, state
+    assert sum("/rng/rank-" in k for k in state) == spec.hyperparameters.num_workers, state
 
     # Resume from the end of epoch 1: the steps after it repeat the run's own steps 4..6.
     resumed = spec.model_copy(update={"resume_from": checkpoint_key(spec.job_id, 3)})

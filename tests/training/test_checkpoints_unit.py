@@ -8,18 +8,22 @@ import itertools
 
 import pytest
 
+import contract.bucket
 import training.checkpoints
 import training.control
-import contract.bucket
-from training.checkpoints import TrainerState, checkpoint_due, run_shape
+import training.trainer_state
+from contract.bucket import RAY_TRAIN_SNAPSHOT, checkpoint_key, checkpoint_model_key, control_key
+from contract.spec import S3Location, TrainingSpec
 from training.control import PauseWatch, any_rank, wants_pause
 from training.data import StepPlan, epoch_indices, plan_steps, resume_point
-from training.driver import RAY_TRAIN_SNAPSHOT, resumed_step, started_message
-from contract.bucket import checkpoint_key, checkpoint_model_key, control_key
-from contract.spec import S3Location, TrainingSpec
+from training.driver import resumed_step, started_message
+from training.trainer_state import TrainerState, checkpoint_due, run_shape
 
 
-@pytest.mark.parametrize("module", [training.checkpoints, training.control, contract.bucket])
+@pytest.mark.parametrize(
+    "module",
+    [training.checkpoints, training.trainer_state, training.control, contract.bucket],
+)
 def test_docstring_examples_hold(module):
     assert doctest.testmod(module).failed == 0
 
@@ -215,9 +219,15 @@ SPEC = {
     "base_model_path": "/models/tiny",
     "training_file_key": "files/f",
     "model_key": "tiny-j",
-    "n_epochs": 3,
-    "batch_size": 4,
-    "learning_rate": 0.01,
+    "hyperparameters": {
+        "n_epochs": 3,
+        "batch_size": 4,
+        "learning_rate": 0.01,
+        "max_seq_length": 1024,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "num_workers": 2,
+    },
     "seed": 0,
     "s3": S3Location(endpoint_url="http://127.0.0.1:1", bucket="b").model_dump(),
 }

@@ -12,10 +12,10 @@ import training.data
 import training.events
 import training.loop
 from training.chat_template import TokenizedExample
-from training.data import StepPlan, collate, epoch_indices, plan_steps
+from training.data import StepPlan, epoch_indices, plan_steps
 from training.loop import deepspeed_config, lr_factor, shard, warmup_steps
 from training.objectives import Supervised
-from training.packing import weighted_token_loss
+from training.packing import collate, weighted_token_loss
 
 
 @pytest.mark.parametrize("module", [training.data, training.events, training.loop])

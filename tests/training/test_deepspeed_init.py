@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.processes import free_port
-from training.loop import DEEPSPEED_SHM_OP
+from devstack.processes import free_port
+from training.deepspeed_private import SHM_COMM_OP
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,8 +38,8 @@ print("STEPPED", flush=True)
 
 def test_engine_starts_despite_a_build_lock_left_by_a_killed_worker(tmp_path: Path) -> None:
     extensions = tmp_path / "torch_extensions"
-    (extensions / DEEPSPEED_SHM_OP).mkdir(parents=True)
-    (extensions / DEEPSPEED_SHM_OP / "lock").touch()  # torch's FileBaton, never released
+    (extensions / SHM_COMM_OP).mkdir(parents=True)
+    (extensions / SHM_COMM_OP / "lock").touch()  # torch's FileBaton, never released
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(extensions), MASTER_ADDR="127.0.0.1",
                MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 

@@ -47,20 +47,21 @@ def test_driver_trains_and_uploads_the_adapter(s3_server, ray_head, tiny_model_d
     assert result["type"] == "result"
     assert result["data"]["model_key"] == spec.model_key
     assert result["data"]["trained_tokens"] > 0
-    assert result["data"]["trained_tokens"] % spec.n_epochs == 0
+    assert result["data"]["trained_tokens"] % spec.hyperparameters.n_epochs == 0
 
     s3 = s3_server.client()
     prefix = spec.adapter_prefix
     config = json.loads(
         s3.get_object(Bucket=s3_server.bucket, Key=prefix + "adapter_config.json")["Body"].read()
     )
-    assert config["r"] == spec.lora.r
+    assert config["r"] == spec.hyperparameters.lora_r
     assert config["base_model_name_or_path"] == spec.base_model_id
     weights = s3.get_object(Bucket=s3_server.bucket, Key=prefix + "adapter_model.safetensors")
     tensors = load_safetensors(weights["Body"].read())
     lora_b = {name: t for name, t in tensors.items() if "lora_B" in name}
     assert lora_b, sorted(tensors)
-    assert all(t.shape[-1] == spec.lora.r and t.abs().sum() > 0 for t in lora_b.values())
+    assert all(t.shape[-1] == spec.hyperparameters.lora_r and t.abs().sum() > 0
+               for t in lora_b.values())
 
     listing = s3.list_objects_v2(Bucket=s3_server.bucket, Prefix=spec.checkpoints_prefix + "/")
     checkpoint_keys = [item["Key"] for item in listing.get("Contents", [])]

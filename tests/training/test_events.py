@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from contract.events import MessageEvent, MetricsData, MetricsEvent, ResultData, ResultEvent
 from training.events import EventWriter, next_seq
 
 
@@ -38,6 +39,10 @@ def writer(first_seq: int = 0) -> tuple[EventWriter, dict[str, bytes], FakeClock
     return w, store, clock
 
 
+def note(text: str) -> MessageEvent:
+    return MessageEvent(message=text)
+
+
 def lines(blob: bytes) -> list[dict]:
     return [json.loads(line) for line in blob.decode().splitlines()]
 
@@ -45,12 +50,12 @@ def lines(blob: bytes) -> list[dict]:
 def test_events_within_the_interval_share_one_batch():
     w, store, clock = writer(first_seq=3)
 
-    w.emit("started")  # first write goes out at once
+    w.emit(note("started"))  # first write goes out at once
     clock.now += 0.3
-    w.emit("Step 1/2", type="metrics", data={"step": 1})
-    w.emit("Step 2/2", type="metrics", data={"step": 2})
+    w.emit(MetricsEvent(message="Step 1/2", data=MetricsData(step=1)))
+    w.emit(MetricsEvent(message="Step 2/2", data=MetricsData(step=2)))
     clock.now += 1.0
-    w.emit("done", type="result", data={"trained_tokens": 10})
+    w.emit(ResultEvent(message="done", data=ResultData(trained_tokens=10, model_key="m")))
     w.close()
 
     assert sorted(store) == ["jobs/j/events/00000003.jsonl", "jobs/j/events/00000004.jsonl"]
@@ -59,15 +64,15 @@ def test_events_within_the_interval_share_one_batch():
     assert [(e["type"], e["data"]) for e in second] == [
         ("metrics", {"step": 1}),
         ("metrics", {"step": 2}),
-        ("result", {"trained_tokens": 10}),
+        ("result", {"trained_tokens": 10, "model_key": "m"}),
     ]
     assert w.next_seq == 5
 
 
 def test_close_writes_the_tail_and_nothing_when_empty():
     w, store, clock = writer()
-    w.emit("a")
-    w.emit("b")  # buffered: within the interval
+    w.emit(note("a"))
+    w.emit(note("b"))  # buffered: within the interval
     assert len(store) == 1
 
     w.close()
@@ -88,7 +93,7 @@ def test_a_failed_write_keeps_the_events_for_the_next_flush():
 
     store: dict[str, bytes] = {}
     w = EventWriter(flaky_put, "j", 0, background=False)
-    w.emit("kept")  # the write fails; emit does not raise
+    w.emit(note("kept"))  # the write fails; emit does not raise
     w.close()
 
     assert [e["message"] for e in lines(store["jobs/j/events/00000000.jsonl"])] == ["kept"]
@@ -98,8 +103,8 @@ def test_background_thread_flushes_a_lone_event():
     store: dict[str, bytes] = {}
     clock = FakeClock()
     with EventWriter(store.__setitem__, "j", 0, interval_s=0.05, clock=clock) as w:
-        w.emit("first")
-        w.emit("second")  # held back by the interval
+        w.emit(note("first"))
+        w.emit(note("second"))  # held back by the interval
         clock.now += 1.0
         import time
 

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
+from contract.bucket import checkpoint_key
 from tests.training.runs import make_spec, of_type, read_events, start, upload_pairs, wait
 from tests.training.test_checkpoints import assert_same_losses, assert_same_tensors, load_adapter
 from training.checkpoints import restart_message
-from contract.bucket import checkpoint_key
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ def knob_run(s3_server, ray_head, tiny_model_dir):
         s3_server, tiny_model_dir, train_key, validation_file_key=valid_key,
         n_epochs=3, eval_every_steps=2, lr_scheduler="cosine", warmup_ratio=0.0,
         gradient_checkpointing=True, packing=True, zero_stage=3,
-        lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"],
     )
     status, logs, _ = submit(ray_head, s3_server, spec)
     assert status == "SUCCEEDED", logs[-5000:]
@@ -89,7 +89,7 @@ def test_continued_training_starts_from_the_fine_tuned_adapter(knob_run, s3_serv
     more = make_spec(
         s3_server, tiny_model_dir, spec.training_file_key, n_epochs=1,
         init_adapter_key=spec.adapter_prefix, learning_rate=1e-9,
-        lora={"r": 16},  # ignored: the adapter's own settings win
+        lora_r=16,  # ignored: the adapter's own settings win
     )
     status, logs, _ = submit(ray_head, s3_server, more)
 
@@ -123,7 +123,7 @@ def preference_line(country: str, city: str) -> str:
 def test_dpo_run_widens_the_preferred_over_rejected_margin(s3_server, ray_head, tiny_model_dir):
     lines = [preference_line(country, city) for country, city in PAIRS]
     spec = make_spec(s3_server, tiny_model_dir, upload_lines(s3_server, lines), method="dpo",
-                     dpo_beta=0.1, n_epochs=4, learning_rate=5e-3)
+                     beta=0.1, n_epochs=4, learning_rate=5e-3)
 
     status, logs, _ = submit(ray_head, s3_server, spec)
 
@@ -136,7 +136,7 @@ def test_dpo_run_widens_the_preferred_over_rejected_margin(s3_server, ray_head, 
     assert metrics[0]["train_reward_margin"] == pytest.approx(0.0, abs=1e-4)
     # The policy's log-prob margin of preferred over rejected, minus the reference's (the
     # reward margin over beta): pairs differ in their raw margin, this starts at 0 for all.
-    gained = [m["train_reward_margin"] / spec.dpo_beta for m in metrics]
+    gained = [m["train_reward_margin"] / spec.hyperparameters.beta for m in metrics]
     assert sum(gained[-3:]) / 3 > sum(gained[:3]) / 3 + 1.0, [round(g, 2) for g in gained]
     assert metrics[-1]["train_reward_accuracy"] >= 0.75
     assert metrics[-1]["train_loss"] < 0.6

@@ -1,0 +1,73 @@
+"""The private Ray Train and DeepSpeed internals training relies on are still where its
+adapter modules (``training/ray_train_private.py``, ``training/deepspeed_private.py``)
+expect them. After an upgrade these fail first, naming the version the adapter was written
+for, rather than a run hanging or a restart losing its checkpoint."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from types import ModuleType
+
+import deepspeed
+import ray
+
+import contract.bucket
+import training.deepspeed_private
+import training.ray_train_private
+
+Check = Callable[[bool, str], None]
+
+
+def checker(adapter: ModuleType, library: str, installed: str) -> Check:
+    def check(ok: bool, what: str) -> None:
+        assert ok, (f"{what}: {adapter.__name__} was written for {library} "
+                    f"{adapter.WRITTEN_FOR}, and {library} {installed} is installed; "
+                    "adapt that module (and this test) to it")
+
+    return check
+
+
+def module(check: Check, name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        check(False, f"no module {name} ({e})")
+        raise
+
+
+def test_ray_train_internals_are_where_ray_train_private_expects_them():
+    check = checker(training.ray_train_private, "ray", ray.__version__)
+
+    context = module(check, "ray.train.v2._internal.execution.context")
+    check(hasattr(context, "get_train_context"), f"no get_train_context in {context.__name__}")
+    check(hasattr(context.TrainContext, "get_result_queue"),
+          "TrainContext has no get_result_queue()")
+    check("Queue" in str(inspect.get_annotations(context.ExecutionContext).get("result_queue")),
+          "ExecutionContext.result_queue is no queue.Queue, whose join() the adapter waits on")
+    worker = module(check, "ray.train.v2._internal.execution.worker_group.worker")
+    check("result_queue.task_done()" in inspect.getsource(worker),
+          "a worker no longer marks a report done (task_done) when the controller takes it")
+    constants = module(check, "ray.train.v2._internal.constants")
+    check(getattr(constants, "CHECKPOINT_MANAGER_SNAPSHOT_FILENAME", None)
+          == contract.bucket.RAY_TRAIN_SNAPSHOT,
+          "Ray Train's checkpoint snapshot file is no longer contract.bucket.RAY_TRAIN_SNAPSHOT")
+
+
+def test_deepspeed_internals_are_where_deepspeed_private_expects_them():
+    check = checker(training.deepspeed_private, "deepspeed", deepspeed.__version__)
+
+    builders = module(check, "deepspeed.ops.op_builder.cpu")
+    builder = getattr(builders, "ShareMemCommBuilder", None)
+    check(builder is not None, f"no ShareMemCommBuilder in {builders.__name__}")
+    check(builder.NAME == training.deepspeed_private.SHM_COMM_OP,
+          f"the shm op is named {builder.NAME!r} now")
+    comm = module(check, "deepspeed.comm.torch")
+    check(hasattr(comm, "build_shm_op")
+          and "__compatible_ops__.get(builder.NAME" in inspect.getsource(comm.build_shm_op),
+          "deepspeed.comm.torch.build_shm_op no longer asks deepspeed.ops.__compatible_ops__")
+    # Reading the registry probes every op (compiler checks): its definition is checked instead.
+    ops = module(check, "deepspeed.ops")
+    check("__compatible_ops__" in inspect.getsource(ops),
+          "deepspeed.ops has no __compatible_ops__ registry")
