@@ -27,6 +27,12 @@ DELETED_MARKER = "deleted.json"
 """Object the API writes next to an adapter's files when its model is deleted: serving then
 stops serving it; the weights stay until the job is deleted."""
 
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG)
+"""A servable PEFT adapter under ``models/{model_key}/``, in upload order: a reader that sees
+the config can rely on the weights."""
+
 RAY_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
 """Ray Train's own record of a run's checkpoints, under the checkpoints folder."""
 

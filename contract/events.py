@@ -12,7 +12,9 @@ key, and a writer that forgets a field fails where it writes, not where it is re
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -159,6 +161,33 @@ def make_event(message: str, type: EventType = "message", data: Any = None,
     return _ADAPTER.validate_python(fields)
 
 
-def encode_event(event: TrainingEvent) -> str:
-    """One JSONL line (no newline)."""
-    return event.model_dump_json(exclude_none=True)
+LINE_KEYS = ("created_at", "level", "type", "message", "data")
+"""The order of an event line's keys, as runs have always written them."""
+
+
+def encode_event(event: TrainingEvent) -> bytes:
+    """One compact JSON line (no newline), the same from every writer.
+
+    An event without ``data`` has no ``data`` key. In ``data``, a field the writer set is
+    there even when ``None`` (a full fine-tune's checkpoint says ``"adapter_key": null``:
+    not servable); a field left at its default is left out (a metrics event names only the
+    metrics of its method).
+
+    >>> encode_event(MetricsEvent(created_at=1, message="Step 1", data=MetricsData(step=1)))
+    b'{"created_at":1,"level":"info","type":"metrics","message":"Step 1","data":{"step":1}}'
+    >>> encode_event(CheckpointEvent(created_at=1, message="c", data=CheckpointData(
+    ...     step=2, checkpoint_key="k/", adapter_key=None))).split(b'"data":')[1]
+    b'{"step":2,"checkpoint_key":"k/","adapter_key":null}}'
+    >>> encode_event(MessageEvent(created_at=1, message="hi"))
+    b'{"created_at":1,"level":"info","type":"message","message":"hi"}'
+    """
+    fields = json.loads(event.model_dump_json(exclude={"data"}, exclude_none=True))
+    if event.data is not None:
+        fields["data"] = json.loads(event.data.model_dump_json(exclude_unset=True))
+    line = {key: fields[key] for key in LINE_KEYS if key in fields}
+    return json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_batch(events: Iterable[TrainingEvent]) -> bytes:
+    """A batch object's body: one line per event, each ending in a newline."""
+    return b"".join(encode_event(event) + b"\n" for event in events)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contract.bucket import adapter_prefix
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+from contract.bucket import ADAPTER_FILES, adapter_prefix
 
 
 def build_lora_adapter(base_dir: Path, out_dir: Path, rank: int = 8, seed: int = 1) -> Path:

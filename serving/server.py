@@ -29,7 +29,7 @@ import torch
 from botocore.exceptions import ClientError
 from ray import serve
 
-from contract.bucket import DELETED_MARKER
+from contract.bucket import ADAPTER_CONFIG, DELETED_MARKER
 from serving.adapters import ResidentAdapters
 from serving.ray_llm_private import AdapterLoader, Engine, Server
 from vllm_cpu.dtype import this_machine_engine_dtype
@@ -205,7 +205,7 @@ class OpenFTServer(Server):
     async def _adapter_exists(self, model_id: str) -> bool:
         key = f"{self._prefix}/{model_id.split(':', 1)[1]}"
         present, deleted = await asyncio.gather(
-            asyncio.to_thread(self._s3_has, f"{key}/adapter_config.json"),
+            asyncio.to_thread(self._s3_has, f"{key}/{ADAPTER_CONFIG}"),
             asyncio.to_thread(self._s3_has, f"{key}/{DELETED_MARKER}"),
         )
         return present and not deleted

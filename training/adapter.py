@@ -20,11 +20,9 @@ from typing import Any
 
 import deepspeed
 
+from contract.bucket import ADAPTER_CONFIG, ADAPTER_FILES
 from contract.spec import TrainingSpec
 from training import storage
-
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
-"""Uploaded in this order: a reader that sees the config can rely on the weights."""
 
 
 def save_adapter(engine: Any, spec: TrainingSpec, out: Path, rank: int) -> None:
@@ -47,7 +45,7 @@ def save_adapter(engine: Any, spec: TrainingSpec, out: Path, rank: int) -> None:
     if full:
         copy_tokenizer(Path(spec.base_model_path), out)
     else:
-        name_base_model(out / "adapter_config.json", spec.base_model_id)
+        name_base_model(out / ADAPTER_CONFIG, spec.base_model_id)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -64,7 +62,7 @@ def copy_tokenizer(base: Path, out: Path) -> None:
 def model_files(out: Path) -> list[Path]:
     """What to upload from a saved folder, in upload order: weights and tokenizer first,
     the config last (a reader that sees the config can rely on the rest)."""
-    if (out / "adapter_config.json").exists():
+    if (out / ADAPTER_CONFIG).exists():
         return [out / name for name in ADAPTER_FILES]
     files = sorted(p for p in out.iterdir() if p.is_file() and p.name != "config.json")
     return [*files, out / "config.json"]

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from contract.bucket import (
+    ADAPTER_FILES,
     adapter_prefix,
     checkpoint_dir_name,
     checkpoint_key,
@@ -34,7 +35,7 @@ from contract.bucket import (
 from contract.events import CheckpointData, CheckpointEvent, RestartData, RestartEvent
 from contract.spec import TrainingSpec
 from training import storage
-from training.adapter import ADAPTER_FILES, save_adapter, upload_adapter
+from training.adapter import save_adapter, upload_adapter
 from training.data import StepPlan
 from training.events import EventWriter, s3_event_writer
 from training.ray_train_private import wait_until_report_taken

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from contract.bucket import ray_train_snapshot_key
+from contract.bucket import ADAPTER_FILES, ray_train_snapshot_key
 from contract.chat_format import InvalidChatFile
 from contract.events import (
     ErrorData,
@@ -196,8 +196,6 @@ def forget_earlier_runs(spec: TrainingSpec, s3: Any) -> None:
 
 def confirm_adapter(spec: TrainingSpec, s3: Any) -> None:
     """The ``result`` event promises the adapter (or full model) is in S3: check first."""
-    from training.adapter import ADAPTER_FILES  # training.adapter imports DeepSpeed
-
     expected = ("config.json",) if spec.hyperparameters.full_finetune else ADAPTER_FILES
     bucket, prefix = spec.s3.bucket, spec.adapter_prefix
     missing = [name for name in expected if not storage.exists(s3, bucket, prefix + name)]

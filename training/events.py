@@ -18,10 +18,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import pydantic_core
-
 from contract.bucket import event_batch_key, event_batch_seq, events_prefix
-from contract.events import TrainingEvent
+from contract.events import TrainingEvent, encode_batch
 from training.storage import list_keys
 
 Put = Callable[[str, bytes], None]
@@ -36,38 +34,6 @@ def next_seq(existing_keys: Iterable[str], job_id: str) -> int:
     """
     numbers = [seq for key in existing_keys if (seq := event_batch_seq(key, job_id)) is not None]
     return max(numbers, default=-1) + 1
-
-
-LINE_KEYS = ("created_at", "level", "type", "message", "data")
-"""The order of an event line's keys, as runs have always written them."""
-
-
-def encode_line(event: TrainingEvent) -> bytes:
-    """One compact JSON line (no newline), in the shape runs have always written.
-
-    An event without ``data`` has no ``data`` key. In ``data``, a field the writer set is
-    there even when ``None`` (a full fine-tune's checkpoint says ``"adapter_key": null``:
-    not servable); a field left at its default is left out (a metrics event names only the
-    metrics of its method).
-
-    >>> from contract.events import CheckpointData, CheckpointEvent, MessageEvent
-    >>> from contract.events import MetricsData, MetricsEvent
-    >>> encode_line(MetricsEvent(created_at=1, message="Step 1", data=MetricsData(step=1)))
-    b'{"created_at":1,"level":"info","type":"metrics","message":"Step 1","data":{"step":1}}'
-    >>> encode_line(CheckpointEvent(created_at=1, message="c", data=CheckpointData(
-    ...     step=2, checkpoint_key="k/", adapter_key=None))).split(b'"data":')[1]
-    b'{"step":2,"checkpoint_key":"k/","adapter_key":null}}'
-    >>> encode_line(MessageEvent(created_at=1, message="hi"))
-    b'{"created_at":1,"level":"info","type":"message","message":"hi"}'
-    """
-    fields = pydantic_core.from_json(event.model_dump_json(exclude={"data"}, exclude_none=True))
-    if event.data is not None:
-        fields["data"] = pydantic_core.from_json(event.data.model_dump_json(exclude_unset=True))
-    return pydantic_core.to_json({key: fields[key] for key in LINE_KEYS if key in fields})
-
-
-def encode_batch(events: Iterable[TrainingEvent]) -> bytes:
-    return b"".join(encode_line(event) + b"\n" for event in events)
 
 
 class EventWriter:

@@ -23,10 +23,11 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from contract.bucket import ADAPTER_FILES
 from contract.events import MetricsData, MetricsEvent
 from contract.spec import TrainingSpec
 from training import storage
-from training.adapter import ADAPTER_FILES, save_adapter, upload_adapter
+from training.adapter import save_adapter, upload_adapter
 from training.checkpoints import Checkpointer, restore, starting_checkpoint
 from training.control import PauseWatch, any_rank, s3_control_reader
 from training.data import StepPlan, epoch_indices, plan_steps, resume_point
@@ -96,7 +97,7 @@ def use_bf16(spec: TrainingSpec) -> bool:
 def deepspeed_config(
     zero_stage: int, examples_per_step: int, world_size: int, bf16: bool
 ) -> dict[str, Any]:
-    """The ZeRO config seen to work on CPU under Ray Train (STACK-NOTES).
+    """The ZeRO config seen to work on CPU under Ray Train (gloo, no FusedAdam build).
 
     One forward per optimizer step: a rank's examples of the step go in one packed or padded
     batch (:mod:`training.packing`), so DeepSpeed accumulates nothing.

@@ -34,7 +34,7 @@ from contract.events import (
     ResultData,
     ResultEvent,
     TrainingEvent,
-    encode_event,
+    encode_batch,
 )
 from contract.spec import TrainingSpec
 from service.jobs.scheduler import Scheduler
@@ -152,8 +152,8 @@ class Jobs:
     def write(self, job_id: str, *events: TrainingEvent) -> None:
         """One event batch, numbered after those already there, as a run appends them."""
         seq = len([k for k in self.blobs.objects if k.startswith(events_prefix(job_id))])
-        body = "\n".join(encode_event(e) for e in events) + "\n"
-        self.blobs.put(event_batch_key(job_id, seq), body.encode())
+        body = encode_batch(events)
+        self.blobs.put(event_batch_key(job_id, seq), body)
 
     def checkpoint(self, job_id: str, step: int) -> CheckpointEvent:
         model_key = checkpoint_model_key(self.spec(job_id).model_key, step)
