@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from contract.hyperparameters import Hyperparameters
 from service.jobs.hyperparameters import (
     DPO_LEARNING_RATE,
     FULL_LEARNING_RATE,
@@ -13,6 +14,7 @@ from service.jobs.hyperparameters import (
     check_limits,
     resolve,
 )
+from service.jobs.protocol import DpoHyperparameters, SupervisedHyperparameters
 
 
 def limits(workers: int = 2, **changes) -> Limits:
@@ -88,3 +90,13 @@ def test_requests_beyond_the_deployment_are_refused(requested, param):
 
 def test_full_finetune_is_not_bound_by_the_serving_rank():
     check_limits({"lora_r": 32, "full_finetune": True}, limits())
+
+
+def test_a_request_takes_every_knob_of_the_contract_and_nothing_else():
+    """A knob added to ``contract.hyperparameters`` fails here until users can set it."""
+    settable = set(Hyperparameters.model_fields) - {"learning_rate"}  # derived, not set
+    assert set(DpoHyperparameters.model_fields) == settable
+    assert set(SupervisedHyperparameters.model_fields) == settable - {"beta"}
+    for knob in ("n_epochs", "lora_r", "warmup_ratio"):
+        auto = resolve({}, 100, limits())
+        assert SupervisedHyperparameters.model_validate({knob: getattr(auto, knob)})
