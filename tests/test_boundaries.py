@@ -1,4 +1,8 @@
-"""Package boundaries that keep the API small and the packages independent (docs/architecture.md, "The tree")."""
+"""Package boundaries that keep the API small and the packages independent.
+
+The import contracts themselves are in ``tests/test_import_contracts.py``; the layout they
+protect is described in docs/architecture.md, "The tree".
+"""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@
   (:mod:`.reconcile`).
 
 It runs inside every API process. Everything it knows comes from the database, the bucket
-and Ray, so a restarted process carries on where the last one stopped (docs/architecture.md, "Principles").
+and Ray, so a restarted process carries on where the last one stopped
+(docs/architecture.md, "Principles").
 """
 
 from __future__ import annotations
