@@ -138,27 +138,12 @@ TrainingEvent = Annotated[
     | ErrorEvent,
     Field(discriminator="type"),
 ]
-EventType = Literal["message", "metrics", "checkpoint", "restart", "paused", "result", "error"]
-
 _ADAPTER: TypeAdapter[TrainingEvent] = TypeAdapter(TrainingEvent)
 
 
 def parse_event(line: str | bytes) -> TrainingEvent:
     """One JSONL line as its typed event; raises pydantic's ``ValidationError`` otherwise."""
     return _ADAPTER.validate_json(line)
-
-
-def make_event(message: str, type: EventType = "message", data: Any = None,
-               level: Level | None = None) -> TrainingEvent:
-    """The typed event of ``type``, its ``data`` checked against that kind's model.
-
-    >>> make_event("Step 1/2", type="metrics", data={"step": 1}).data.step
-    1
-    """
-    fields: dict[str, Any] = {"type": type, "message": message, "data": data}
-    if level is not None:
-        fields["level"] = level
-    return _ADAPTER.validate_python(fields)
 
 
 LINE_KEYS = ("created_at", "level", "type", "message", "data")

@@ -36,6 +36,9 @@ ZeroStage = Literal[2, 3]
 NumWorkers = Annotated[int, Field(ge=1, le=64)]
 DpoBeta = Annotated[float, Field(gt=0, le=2)]
 
+DPO_BETA = 0.1
+"""DPO's ``beta`` when a job leaves it ``auto`` (other methods have none)."""
+
 OPENAI_KEYS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 """What OpenAI's (deprecated) top-level ``hyperparameters`` of a job shows."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from contract import bucket
 from contract.hyperparameters import Hyperparameters
@@ -64,6 +64,12 @@ class TrainingSpec(BaseModel):
     max_failures: int = Field(default=2, ge=0)
     """Worker-group failures (a worker process killed, a node lost) Ray Train recovers from by
     restarting the workers from the run's last checkpoint; one more fails the run."""
+
+    @model_validator(mode="after")
+    def _dpo_has_beta(self) -> TrainingSpec:
+        if self.method == "dpo" and self.hyperparameters.beta is None:
+            raise ValueError("a DPO run needs hyperparameters.beta")
+        return self
 
     @property
     def events_prefix(self) -> str:

@@ -1,6 +1,6 @@
 """The repository documents itself: no file points at a path outside the checkout.
 
-A newcomer has a clone and nothing else; a reference to a sibling folder (``../shared/...``)
+A newcomer has a clone and nothing else; a reference to a sibling folder of the checkout
 or to a design note that is not in the tree is a dead end for them.
 """
 

@@ -92,7 +92,11 @@ class Checkpointer:
                 checkpoint=ray.train.Checkpoint.from_directory(out),
                 checkpoint_dir_name=checkpoint_dir_name(step),
             )
-            wait_until_taken()
+            # The controller registers the checkpoint only once it has taken every rank's report
+            # (at its next poll, RAY_TRAIN_HEALTH_CHECK_INTERVAL_S); a rank killed before then
+            # takes the checkpoint with it, and a restart would begin from the one before
+            # although the user was told this one was saved (tests/training/test_fault_tolerance).
+            wait_until_report_taken()
             barrier()  # every rank's report is with the controller: the checkpoint is Ray's
             if rank == 0:
                 if not spec.hyperparameters.full_finetune:
@@ -131,23 +135,6 @@ def save_state(engine: Any, out: Path, state: TrainerState, rank: int) -> None:
     torch.save(rng_state(), rng / f"rank-{rank}.pt")
     if rank == 0:
         (out / STATE_FILE).write_text(state.to_json())
-
-
-def wait_until_taken() -> None:
-    """Block until Ray Train's controller has taken this rank's last report.
-
-    ``ray.train.report`` returns once this rank's files are up and its report waits in the
-    worker's queue; the controller takes it at its next health-check poll
-    (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``) and registers the checkpoint only once it holds
-    every rank's report. A rank killed before that poll takes the checkpoint with it: the
-    restart would begin from the one before, or from step 0, although the user was told this
-    one was saved. Ray marks the queue's item done when the poll takes it (the two-phase commit
-    its worker's TODO asks for), so ``join`` waits exactly that long. The queue is Ray
-    Train's internal one (:mod:`training.ray_train_private`);
-    ``tests/training/test_private_apis.py`` and ``tests/training/test_fault_tolerance.py``
-    fail when it moves.
-    """
-    wait_until_report_taken()
 
 
 def barrier() -> None:

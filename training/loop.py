@@ -84,8 +84,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def objective_for(spec: TrainingSpec, pad_id: int) -> Objective:
     hp = spec.hyperparameters
     if spec.method == "dpo":
-        if hp.beta is None:  # the service fills in DPO's default
-            raise ValueError("a DPO run's spec names no hyperparameters.beta")
+        assert hp.beta is not None  # TrainingSpec refuses a DPO spec without it
         return Preference(pad_id=pad_id, beta=hp.beta)
     return Supervised(max_seq_length=hp.max_seq_length, pad_id=pad_id, packing=hp.packing)
 

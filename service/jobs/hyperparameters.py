@@ -26,13 +26,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from contract.hyperparameters import DEFAULTS, Hyperparameters
+from contract.hyperparameters import DEFAULTS, DPO_BETA, Hyperparameters
 from service.settings import Settings
 
 LORA_LEARNING_RATE = 5e-4
 FULL_LEARNING_RATE = 2e-5
 DPO_LEARNING_RATE = 5e-5
-DPO_BETA = 0.1
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import json
 
 import pytest
 from pydantic import ValidationError
@@ -26,10 +27,9 @@ from contract.events import (
     ResultEvent,
     encode_batch,
     encode_event,
-    make_event,
     parse_event,
 )
-from contract.hyperparameters import DEFAULTS, Hyperparameters
+from contract.hyperparameters import DEFAULTS, DPO_BETA, Hyperparameters
 from contract.spec import S3Location, TrainingSpec
 
 
@@ -96,9 +96,9 @@ def test_a_batch_is_one_line_per_event():
     ("message", {"step": 1}),                   # a message carries no data
     ("unknown", None),
 ])
-def test_an_event_missing_what_its_kind_needs_is_refused_where_it_is_made(type_, data):
+def test_an_event_missing_what_its_kind_needs_is_refused(type_, data):
     with pytest.raises(ValidationError):
-        make_event("m", type=type_, data=data)  # type: ignore[arg-type]
+        parse_event(json.dumps({"created_at": 1, "type": type_, "message": "m", "data": data}))
 
 
 def resolved(**changes) -> Hyperparameters:
@@ -143,3 +143,13 @@ def test_the_spec_travels_as_json_unchanged():
     assert spec.adapter_prefix == bucket.adapter_prefix("m")
     with pytest.raises(ValidationError):
         TrainingSpec.model_validate({**spec.model_dump(), "n_epochs": 3})
+
+
+def test_a_dpo_spec_names_its_beta():
+    fields = dict(job_id="ftjob-1", base_model_id="b", base_model_path="/m",
+                  training_file_key=bucket.file_key("file-1"), model_key="m", seed=7,
+                  method="dpo", s3=S3Location(endpoint_url="http://127.0.0.1:8333",
+                                              bucket="openft"))
+    with pytest.raises(ValidationError, match="beta"):
+        TrainingSpec(**fields, hyperparameters=resolved())
+    assert TrainingSpec(**fields, hyperparameters=resolved(beta=DPO_BETA)).method == "dpo"

@@ -91,7 +91,7 @@ def test_token_counter_matches_the_chat_template(tiny_model_dir):
 
 
 def test_diverged_metrics_are_stored_as_null():
-    from service.jobs.scheduler import json_safe
+    from service.jobs.scheduler.ingest import json_safe
 
     assert json_safe({"train_loss": float("nan"), "x": [float("inf"), 1.5], "step": 3}) == \
         {"train_loss": None, "x": [None, 1.5], "step": 3}

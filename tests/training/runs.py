@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 from contract.bucket import events_prefix, spec_key
-from contract.hyperparameters import Hyperparameters
+from contract.hyperparameters import DPO_BETA, Hyperparameters
 from contract.spec import S3Location, TrainingSpec
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -114,7 +114,7 @@ def make_spec(s3_server, model_dir: Path, training_file_key: str, **overrides) -
         zero_stage=2,
     )
     if overrides.get("method") == "dpo":
-        hyperparameters["beta"] = 0.1  # the service's default for DPO
+        hyperparameters["beta"] = DPO_BETA  # the service's default for DPO
     hyperparameters.update(
         {name: overrides.pop(name) for name in list(overrides) if name in HYPERPARAMETERS}
     )

@@ -22,11 +22,9 @@ from sqlalchemy import select
 from service.context import AppContext
 from service.db import JobRow
 from service.jobs.scheduler import follow, launch, validate
-from service.jobs.scheduler.ingest import json_safe
 from service.lifecycle import FOLLOWED, JobStatus
 from service.webhooks import enqueue_settled
 
-__all__ = ["Scheduler", "json_safe"]
 log = logging.getLogger("openft.scheduler")
 
 
