@@ -13,6 +13,7 @@ in every role call these functions, so a change of layout is a change here::
                                                       checkpoint, served as <base>:{model_key}
     models/{model_key}/deleted.json                   the model was deleted: stop serving it
     base/{base_id}/                                   base model weights, when not on a volume
+    base/{base_id}/openft-manifest.json               their sizes and hashes, written last
 
 "key" here always means an S3 key; the database's ``model_key`` column is the name inside
 ``models/``, turned into a key by :func:`adapter_prefix`.
@@ -161,3 +162,24 @@ def base_model_prefix(base_id: str) -> str:
     'base/SmolLM2-135M-Instruct/'
     """
     return f"base/{base_id}/"
+
+
+BASE_MODEL_MANIFEST = "openft-manifest.json"
+"""Written after every file of a registered base model: :class:`contract.base_models.
+BaseModelManifest` (sizes and hashes the nodes verify their copies against)."""
+
+
+def base_model_manifest_key(base_id: str) -> str:
+    """
+    >>> base_model_manifest_key("SmolLM2-135M-Instruct")
+    'base/SmolLM2-135M-Instruct/openft-manifest.json'
+    """
+    return base_model_prefix(base_id) + BASE_MODEL_MANIFEST
+
+
+def base_model_file_key(base_id: str, name: str) -> str:
+    """
+    >>> base_model_file_key("m", "model.safetensors")
+    'base/m/model.safetensors'
+    """
+    return base_model_prefix(base_id) + name

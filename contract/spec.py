@@ -34,8 +34,10 @@ class TrainingSpec(BaseModel):
 
     job_id: str
     base_model_id: str
-    base_model_path: str
-    """Local Hugging Face directory of the base model on every Ray node."""
+    base_model_path: str | None = None
+    """A folder every Ray node mounts with the base model (a shared volume); ``None``: the
+    model is registered in the bucket (``base/{base_model_id}/``) and each node fetches it
+    into its own cache (:mod:`contract.model_cache`)."""
     training_file_key: str
     """S3 key of the validated chat JSONL training file."""
     validation_file_key: str | None = None

@@ -23,6 +23,7 @@ import deepspeed
 from contract.bucket import ADAPTER_CONFIG, ADAPTER_FILES
 from contract.spec import TrainingSpec
 from training import storage
+from training.model_load import base_model_dir
 
 
 def save_adapter(engine: Any, spec: TrainingSpec, out: Path, rank: int) -> None:
@@ -43,7 +44,7 @@ def save_adapter(engine: Any, spec: TrainingSpec, out: Path, rank: int) -> None:
     if rank != 0:
         return
     if full:
-        copy_tokenizer(Path(spec.base_model_path), out)
+        copy_tokenizer(base_model_dir(spec), out)
     else:
         name_base_model(out / ADAPTER_CONFIG, spec.base_model_id)
 

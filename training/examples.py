@@ -14,6 +14,7 @@ from training import storage
 from training.chat_template import TokenizedExample, tokenize_chat
 from training.data import read_jsonl
 from training.dpo import tokenize_preference
+from training.model_load import base_model_dir
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class RunData:
 
 
 def load_data(spec: TrainingSpec) -> RunData:
-    tokenizer = AutoTokenizer.from_pretrained(spec.base_model_path)
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir(spec))
     s3 = storage.client(spec.s3)
     max_seq_length = spec.hyperparameters.max_seq_length
 

@@ -21,7 +21,6 @@ import deepspeed
 import ray.train
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM
 
 from contract.bucket import ADAPTER_FILES
 from contract.events import MetricsData, MetricsEvent
@@ -34,6 +33,7 @@ from training.data import StepPlan, epoch_indices, plan_steps, resume_point
 from training.deepspeed_private import skip_shm_comm_op
 from training.events import EventWriter, s3_event_writer
 from training.examples import load_data
+from training.model_load import load_base_model
 from training.objectives import Objective, Preference, Sums, Supervised, add, all_reduced
 from training.run import Run
 from training.trainer_state import TrainerState, checkpoint_due
@@ -143,14 +143,13 @@ def warmup_steps(total_steps: int, ratio: float) -> int:
     return max(1, int(total_steps * ratio)) if ratio > 0 else 0
 
 
-def build_model(spec: TrainingSpec) -> Any:
+def build_model(spec: TrainingSpec, ds_config: dict[str, Any]) -> Any:
     """The model to train: a fresh LoRA on the base, a fine-tuned adapter to continue
     (``init_adapter_key``), or the whole base (``full_finetune``)."""
     hp = spec.hyperparameters
     torch.manual_seed(spec.seed)  # identical LoRA init on every rank
-    base = AutoModelForCausalLM.from_pretrained(
-        spec.base_model_path, dtype=torch.bfloat16 if use_bf16(spec) else torch.float32
-    )
+    base = load_base_model(spec, ds_config,
+                           torch.bfloat16 if use_bf16(spec) else torch.float32)
     if hp.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if hp.full_finetune:
@@ -198,7 +197,8 @@ def initialize_deepspeed(**kwargs: Any) -> Any:
 
 def build_engine(spec: TrainingSpec, plan: StepPlan, world_size: int) -> Any:
     hp = spec.hyperparameters
-    model = build_model(spec)
+    ds_config = deepspeed_config(hp.zero_stage, plan.grad_accum, world_size, use_bf16(spec))
+    model = build_model(spec, ds_config)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=0.0)
     warmup = warmup_steps(plan.total_steps, hp.warmup_ratio)
@@ -209,7 +209,7 @@ def build_engine(spec: TrainingSpec, plan: StepPlan, world_size: int) -> Any:
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=deepspeed_config(hp.zero_stage, plan.grad_accum, world_size, use_bf16(spec)),
+        config=ds_config,
     )
 
 
