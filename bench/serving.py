@@ -67,8 +67,8 @@ MAX_LORA_RANK = 16
 MAX_ADAPTERS = 16
 """``max_adapters_per_replica``: serving gives vLLM ``max_loras`` = ``max_cpu_loras`` = this."""
 BLOCK_SIZE = 32
-LORA_DTYPE = ServingOptions.model_fields["lora_dtype"].default
-"""Serving's adapter weights dtype; the vLLM servers get it too where ``--lora-dtype`` can
+LORA_DTYPE = ServingOptions().engine_lora_dtype("cpu")
+"""Serving's adapter weights dtype on CPU; the vLLM servers get it too where ``--lora-dtype`` can
 name it (``VLLM_LORA_DTYPE_NAMES``: not float32), else they hold adapters in the model's."""
 VLLM_LORA_DTYPE_NAMES = ("auto", "bfloat16", "float16")
 DTYPE = ServingOptions.model_fields["dtype"].default

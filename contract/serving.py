@@ -12,6 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+Accelerator = Literal["cpu", "gpu"]
+"""What one deployment's engines run on, once ``ServingOptions.accelerator`` is resolved."""
+
 
 class ServingOptions(BaseModel):
     """The serving knobs an operator sets; pure values, checked without Ray or vLLM."""
@@ -28,9 +31,15 @@ class ServingOptions(BaseModel):
     app_name: str = "openft-serving"
     """Name of the Serve application; a redeploy under the same name replaces it in place."""
 
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    """What the engines run on. ``auto``: GPUs when the Ray cluster has any when serving is
+    deployed, else CPUs. ``gpu`` deploys onto GPUs even while the cluster shows none (an
+    autoscaler adds GPU nodes on demand); ``cpu`` keeps serving off the GPUs."""
+
     replica_cpus: float = Field(default=0.5, gt=0)
-    """Logical Ray CPUs one engine replica reserves. Fractional on purpose: training runs ask
-    for whole CPUs and must still fit beside serving on a small head."""
+    """Logical Ray CPUs one engine process reserves: the replica on CPU, each tensor-parallel
+    rank on GPU. Fractional on purpose: training runs ask for whole CPUs and must still fit
+    beside serving on a small head."""
 
     num_replicas: int = Field(default=1, ge=1)
     """Engine replicas per base model, when ``autoscaling`` is unset."""
@@ -43,11 +52,13 @@ class ServingOptions(BaseModel):
     As an environment variable, JSON: ``{"min_replicas": 1, "max_replicas": 4}``."""
 
     max_model_len: int = Field(default=1024, ge=32)
-    """Longest prompt plus completion, in tokens (also the longest training sequence)."""
+    """Longest prompt plus completion, in tokens (also the longest training sequence), for
+    every base model whose own ``max_model_len`` is unset."""
 
     kv_cache_gib: float = Field(default=1.0, gt=0)
-    """KV cache size per engine, in GiB (vLLM's ``kv_cache_memory_bytes``). Without it vLLM's
-    CPU backend tries to reserve most of the machine's memory."""
+    """KV cache size per engine on CPU, in GiB (vLLM's ``kv_cache_memory_bytes``). Without it
+    vLLM's CPU backend tries to reserve most of the machine's memory. On GPU vLLM sizes the
+    cache from each model's ``gpu_memory_utilization`` instead."""
 
     max_adapters_per_replica: int = Field(default=16, ge=1)
     """Adapters one replica holds ready at once: its LRU (Serve routes requests for a held
@@ -74,7 +85,8 @@ class ServingOptions(BaseModel):
     ``lora_r`` a job may ask for; training defaults to 8."""
 
     block_size: int = Field(default=32, ge=32, multiple_of=32)
-    """KV cache block size in tokens; vLLM's CPU backend needs a multiple of 32."""
+    """KV cache block size in tokens on CPU, whose backend needs a multiple of 32. On GPU
+    vLLM's attention backend chooses (some need 16, others 64)."""
 
     dtype: str = "auto"
     """Weight dtype for the engine. ``auto`` is vLLM's choice (bf16 for a bf16 checkpoint; on
@@ -83,11 +95,12 @@ class ServingOptions(BaseModel):
     times faster there at twice the weights' memory (``vllm_cpu.dtype``). Any other value
     goes to vLLM as it is."""
 
-    lora_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "bfloat16"
-    """dtype of the adapter weights in vLLM's slots (``auto``: the engine's). bf16 by default,
-    whatever the engine's dtype: on CPU, openft's LoRA kernels (``vllm_cpu.lora_kernels``)
+    lora_dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = None
+    """dtype of the adapter weights in vLLM's slots (``auto``: the engine's). Unset: bf16 on
+    CPU, whatever the engine's dtype: openft's LoRA kernels (``vllm_cpu.lora_kernels``)
     accumulate in fp32 from either, and a decode step with many adapters is bound by reading
-    their weights, which bf16 halves (bench/results/serving.md). On a GPU, take ``auto``."""
+    their weights, which bf16 halves (bench/results/serving.md); ``auto`` on GPU, whose LoRA
+    kernels expect the model's dtype."""
 
     ready_timeout_s: float = Field(default=600.0, gt=0)
     """How long ``serving.deploy`` waits for every base model to be listed."""
@@ -102,3 +115,29 @@ class ServingOptions(BaseModel):
     def batch_loras(self) -> int:
         """vLLM's ``max_loras``: adapters mixed in one engine batch."""
         return self.max_loras or self.max_adapters_per_replica
+
+    def resolve_accelerator(self, cluster_gpus: float) -> Accelerator:
+        """``accelerator`` for a Ray cluster that has ``cluster_gpus`` GPUs now.
+
+        >>> ServingOptions().resolve_accelerator(8.0), ServingOptions().resolve_accelerator(0)
+        ('gpu', 'cpu')
+        >>> ServingOptions(accelerator="cpu").resolve_accelerator(8.0)
+        'cpu'
+        >>> ServingOptions(accelerator="gpu").resolve_accelerator(0)
+        'gpu'
+        """
+        if self.accelerator == "auto":
+            return "gpu" if cluster_gpus > 0 else "cpu"
+        return self.accelerator
+
+    def engine_lora_dtype(self, accelerator: Accelerator) -> str:
+        """``lora_dtype`` as the engine on ``accelerator`` gets it.
+
+        >>> ServingOptions().engine_lora_dtype("cpu"), ServingOptions().engine_lora_dtype("gpu")
+        ('bfloat16', 'auto')
+        >>> ServingOptions(lora_dtype="float32").engine_lora_dtype("gpu")
+        'float32'
+        """
+        if self.lora_dtype is not None:
+            return self.lora_dtype
+        return "bfloat16" if accelerator == "cpu" else "auto"

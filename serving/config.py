@@ -9,28 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from contract.bucket import ADAPTERS_PREFIX
+from contract.base_models import BaseModelConfig
+from contract.bucket import ADAPTERS_PREFIX, base_model_prefix
 from contract.serving import ServingOptions
 
 
-class BaseModelSpec(BaseModel):
-    """One base model served by its own vLLM engine."""
+class BaseModelSpec(BaseModelConfig):
+    """One base model served by its own vLLM engine: the operator's
+    :class:`~contract.base_models.BaseModelConfig` (where it lives, how its engine runs) and
+    its id. The launcher passes ``{"id": id, **BaseModelConfig.model_dump()}``."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, pattern=r"^[^:\s]+$")
     """Public id of the base model (``model`` in requests). It may not contain ``:``:
-    ``<id>:<model_key>`` names one of its LoRA adapters."""
-
-    path: str = Field(min_length=1)
-    """Local Hugging Face model folder (config.json, weights, tokenizer) on every Ray node."""
-
-    tool_call_parser: str | None = None
-    """vLLM's parser for this model's tool-call format (``hermes`` for Qwen2.5, ``llama3_json``,
-    ``mistral``, ...). Set, ``tool_choice: "auto"`` works; unset it answers 400. ``tools`` reach
-    the chat template and a named or ``required`` ``tool_choice`` works either way."""
+    ``<id>:<model_key>`` names one of its LoRA adapters. Unless ``volume_path`` is set, also
+    where the model is registered in the bucket (``base/<id>/``)."""
 
 
 class ServingConfig(ServingOptions):
@@ -44,7 +40,8 @@ class ServingConfig(ServingOptions):
     """Base models to serve; each gets one Ray Serve LLM deployment and its own engine."""
 
     s3_bucket: str = Field(min_length=1)
-    """Bucket that holds the adapters (endpoint and credentials come from the env)."""
+    """Bucket that holds the adapters and the registered base models (endpoint and
+    credentials come from the env)."""
 
     adapters_prefix: str = ADAPTERS_PREFIX
     """Key prefix of the adapters: ``s3://<bucket>/<prefix>/<model_key>/`` holds
@@ -77,6 +74,22 @@ class ServingConfig(ServingOptions):
         if len(set(ids)) != len(ids):
             raise ValueError(f"base model ids must be unique, got {ids}")
         return self
+
+    def base_model_source(self, base: BaseModelSpec) -> str:
+        """Where ``base``'s folder comes from: its shared volume, else its bucket prefix.
+
+        Each replica turns an ``s3://`` source into a folder in its node's cache
+        (``serving.base_model``); nothing reads either on the deploying machine.
+
+        >>> config = ServingConfig(base_models=[{"id": "m"}], s3_bucket="b")
+        >>> config.base_model_source(config.base_models[0])
+        's3://b/base/m'
+        >>> config.base_model_source(BaseModelSpec(id="m", volume_path="/models/m"))
+        '/models/m'
+        """
+        if base.volume_path is not None:
+            return base.volume_path
+        return f"s3://{self.s3_bucket}/{base_model_prefix(base.id).rstrip('/')}"
 
     @property
     def adapters_uri(self) -> str:

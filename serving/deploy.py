@@ -4,9 +4,10 @@
                              [--serve-url http://ray-head:8000]
 
 ``--config`` is a path to a JSON file or the JSON itself (see ``ServingConfig``). The command
-connects to the cluster, starts Serve's HTTP proxy on ``host:port`` if Serve is not running
-yet, deploys the app without blocking, waits (bounded by ``ready_timeout_s``) until
-``GET /v1/models`` lists every base model, and exits 0. The app keeps running: the Serve
+connects to the cluster, puts the engines on its GPUs if it has any (``accelerator``: auto),
+starts Serve's HTTP proxy on ``host:port`` if Serve is not running yet, deploys the app
+without blocking, waits (bounded by ``ready_timeout_s``) until ``GET /v1/models`` lists every
+base model, and exits 0. The app keeps running: the Serve
 controller is a detached actor. Exit status 1 means the config was invalid or the app did not
 become ready; the message says why.
 """
@@ -75,10 +76,13 @@ def deploy(config: ServingConfig, address: str, serve_url: str) -> None:
     from ray import serve
 
     ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    accelerator = config.resolve_accelerator(ray.cluster_resources().get("GPU", 0))
+    print(f"engines on {accelerator} (accelerator={config.accelerator})", flush=True)
     # Only the first start on a cluster applies http_options; see wait_ready for the other case.
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run_many(
-        [serve.RunTarget(build_app(config), name=config.app_name, route_prefix="/")],
+        [serve.RunTarget(build_app(config, accelerator), name=config.app_name,
+                         route_prefix="/")],
         wait_for_ingress_deployment_creation=False,
         wait_for_applications_running=False,
     )

@@ -19,6 +19,9 @@ lifecycle (``serving.server``):
 - ``LLMServer`` (public) and its private members: ``_maybe_resolve_lora_from_multiplex``,
   the per-request adapter step that its handle methods and its ASGI middleware call;
   ``_load_model``, the Serve-multiplexed download; ``_llm_config``.
+- ``VLLMEngineConfig`` (what ``LLMConfig.get_engine_config()`` returns and caches): its
+  ``hf_model_id`` (vLLM's ``model``) and ``mirror_config`` (what Ray itself would download),
+  which the replica points at the base model's folder on its node (``serving.base_model``).
 """
 
 from __future__ import annotations
@@ -59,6 +62,15 @@ class AdapterLoader(LoraModelLoader):
         """Drop ``model_id`` from the downloads in memory; return its folder (which exists)."""
         self.disk_cache.pop(model_id, None)
         return self._model_dir_path(model_id)
+
+
+def use_model_folder(llm_config: Any, folder: str) -> None:
+    """Make the engine config Ray derived from ``llm_config`` (built in the deploy driver and
+    cached on it) load ``folder``, in place: ``hf_model_id`` becomes vLLM's ``model``, and
+    with no mirror left Ray's per-node download step returns the folder unchanged."""
+    engine = llm_config.get_engine_config()
+    engine.hf_model_id = folder
+    engine.mirror_config = None
 
 
 class Server(LLMServer):

@@ -11,6 +11,9 @@ keeps the name, and the local copy is cached for the replica's life. ``ResidentA
 (``serving.adapters``) replaces that: an LRU whose evictions really unregister, downloads into
 a folder of this replica's own, and S3 checks that drop deleted adapters on every replica.
 
+Before any of it, the replica finds its base model on its node (``serving.base_model``): the
+config the deploy driver built names a source, which may be a registered model to fetch.
+
 Ray's private names these classes rely on are reached through ``serving.ray_llm_private``.
 """
 
@@ -20,6 +23,7 @@ import asyncio
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -31,6 +35,7 @@ from ray import serve
 
 from contract.bucket import ADAPTER_CONFIG, DELETED_MARKER
 from serving.adapters import ResidentAdapters
+from serving.base_model import use_local_folder
 from serving.ray_llm_private import AdapterLoader, Engine, Server
 from vllm_cpu.dtype import this_machine_engine_dtype
 
@@ -127,15 +132,21 @@ def use_torch_lora_dtype(llm_config: Any) -> None:
         llm_config.update_engine_kwargs(lora_dtype=getattr(torch, name))
 
 
-def use_machine_dtype(llm_config: Any) -> None:
+def use_machine_dtype(llm_config: Any,
+                      machine_dtype: Callable[[str], str] = this_machine_engine_dtype) -> None:
     """Resolve ``engine_kwargs["dtype"]`` for this replica's machine, in place
     (``vllm_cpu.dtype``: ``auto`` on a CPU without bf16 units runs in float32).
 
     Here, not in the deploy driver: the replica and its engine share one placement-group
-    bundle, so the replica's CPU is the engine's.
+    bundle, so the replica's CPU is the engine's (``machine_dtype``: the rule for this
+    machine, a seam for tests). Only for an engine on CPU: on GPU the
+    replica itself holds no GPU, so vLLM in it may see only the host's CPU, whose bf16
+    units say nothing about the GPU's.
     """
+    if llm_config.accelerator_config.kind != "cpu":
+        return
     requested = llm_config.engine_kwargs.get("dtype", "auto")
-    dtype = this_machine_engine_dtype(requested)
+    dtype = machine_dtype(requested)
     if dtype != requested:
         llm_config.update_engine_kwargs(dtype=dtype)
 
@@ -144,6 +155,9 @@ class OpenFTServer(Server):
     """``LLMServer`` running ``AdapterLockingEngine`` with adapters kept by ``ResidentAdapters``."""
 
     async def __init__(self, llm_config: Any, **kwargs: Any) -> None:
+        # Before Ray starts the engine: the base model's folder on this node (a fetch of
+        # gigabytes, off the event loop that answers Serve's health checks).
+        await asyncio.to_thread(use_local_folder, llm_config)
         use_torch_lora_dtype(llm_config)
         use_machine_dtype(llm_config)
         kwargs.setdefault("engine_cls", AdapterLockingEngine)

@@ -67,7 +67,7 @@ def upload(tmp_path_factory, s3_server, long_context_model_dir) -> Callable[[int
 @pytest.fixture(scope="module")
 def serving_url(s3_server, ray_head, long_context_model_dir) -> Iterator[str]:
     config = {
-        "base_models": [{"id": BASE_ID, "path": str(long_context_model_dir)}],
+        "base_models": [{"id": BASE_ID, "volume_path": str(long_context_model_dir)}],
         "s3_bucket": s3_server.bucket,
         "app_name": APP_NAME,
         "num_replicas": 2,

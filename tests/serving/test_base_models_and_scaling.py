@@ -68,8 +68,8 @@ def adapters(tmp_path_factory, s3_server, tiny_model_dir, second_model_dir) -> d
 @pytest.fixture(scope="module")
 def serving_url(s3_server, ray_head, tiny_model_dir, second_model_dir) -> Iterator[str]:
     config = {
-        "base_models": [{"id": BASE_A, "path": str(tiny_model_dir)},
-                        {"id": BASE_B, "path": str(second_model_dir),
+        "base_models": [{"id": BASE_A, "volume_path": str(tiny_model_dir)},
+                        {"id": BASE_B, "volume_path": str(second_model_dir),
                          "tool_call_parser": "hermes"}],
         "s3_bucket": s3_server.bucket,
         "app_name": APP_NAME,

@@ -11,7 +11,7 @@ from serving.app import engine_kwargs, llm_config
 from serving.config import ServingConfig
 from serving.deploy import load_config
 
-MINIMAL = {"base_models": [{"id": "tiny", "path": "/models/tiny"}], "s3_bucket": "b"}
+MINIMAL = {"base_models": [{"id": "tiny"}], "s3_bucket": "b"}
 
 
 def test_defaults_fit_beside_training() -> None:
@@ -27,8 +27,13 @@ def test_defaults_fit_beside_training() -> None:
     ("change", "field"),
     [
         ({"aws_secret_access_key": "s"}, "aws_secret_access_key"),  # secrets come from the env
-        ({"base_models": [{"id": "a:b", "path": "/m"}]}, "id"),  # ':' starts an adapter name
-        ({"base_models": [{"id": "a", "path": "/m"}, {"id": "a", "path": "/n"}]}, "unique"),
+        ({"base_models": [{"id": "a:b"}]}, "id"),  # ':' starts an adapter name
+        ({"base_models": [{"id": "a"}, {"id": "a", "volume_path": "/n"}]}, "unique"),
+        # A base model is a volume or registered in the bucket, never the deployer's folder.
+        ({"base_models": [{"id": "a", "path": "/m"}]}, "path"),
+        ({"base_models": [{"id": "a", "tensor_parallel_size": 0}]}, "tensor_parallel_size"),
+        ({"base_models": [{"id": "a", "gpu_memory_utilization": 1.5}]}, "gpu_memory_utilization"),
+        ({"accelerator": "tpu"}, "accelerator"),
         ({"block_size": 16}, "block_size"),  # vLLM's CPU backend wants multiples of 32
         ({"max_adapters_per_replica": 4, "max_loras": 8}, "max_loras"),
         ({"max_cpu_loras": 8}, "max_cpu_loras"),  # one number: max_adapters_per_replica
@@ -56,7 +61,7 @@ def test_load_config_takes_inline_json_or_a_path(tmp_path) -> None:
 
 def test_engine_settings_follow_the_config() -> None:
     config = ServingConfig.model_validate({**MINIMAL, "kv_cache_gib": 0.5, "max_lora_rank": 32})
-    kwargs = engine_kwargs(config)
+    kwargs = engine_kwargs(config, config.base_models[0], "cpu")
 
     assert kwargs["enable_lora"] is True
     assert kwargs["max_lora_rank"] == 32
@@ -67,7 +72,7 @@ def test_engine_settings_follow_the_config() -> None:
 
 def test_llm_config_reserves_only_replica_cpus_and_loads_adapters_from_s3() -> None:
     config = ServingConfig.model_validate({**MINIMAL, "replica_cpus": 0.25})
-    llm = llm_config(config, config.base_models[0])
+    llm = llm_config(config, config.base_models[0], "cpu")
 
     assert llm.model_id == "tiny"
     assert llm.lora_config.dynamic_lora_loading_path == "s3://b/models"
@@ -78,7 +83,7 @@ def test_llm_config_reserves_only_replica_cpus_and_loads_adapters_from_s3() -> N
 def test_one_number_sizes_the_replica_lru_and_vllms_adapter_slots() -> None:
     """Serve's LRU, vLLM's adapter cache and batch slots agree unless max_loras says less."""
     config = ServingConfig.model_validate({**MINIMAL, "max_adapters_per_replica": 12})
-    llm = llm_config(config, config.base_models[0])
+    llm = llm_config(config, config.base_models[0], "cpu")
 
     assert llm.lora_config.max_num_adapters_per_replica == 12
     assert llm.engine_kwargs["max_cpu_loras"] == 12
@@ -86,17 +91,18 @@ def test_one_number_sizes_the_replica_lru_and_vllms_adapter_slots() -> None:
 
     fewer_slots = ServingConfig.model_validate({**MINIMAL, "max_adapters_per_replica": 12,
                                                 "max_loras": 4})
-    assert engine_kwargs(fewer_slots)["max_loras"] == 4
-    assert engine_kwargs(fewer_slots)["max_cpu_loras"] == 12
+    kwargs = engine_kwargs(fewer_slots, fewer_slots.base_models[0], "cpu")
+    assert kwargs["max_loras"] == 4
+    assert kwargs["max_cpu_loras"] == 12
 
 
 def test_replicas_are_fixed_or_autoscaled_from_the_config() -> None:
     fixed = ServingConfig.model_validate({**MINIMAL, "num_replicas": 3})
-    assert llm_config(fixed, fixed.base_models[0]).deployment_config["num_replicas"] == 3
+    assert llm_config(fixed, fixed.base_models[0], "cpu").deployment_config["num_replicas"] == 3
 
     autoscaling = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2}
     scaled = ServingConfig.model_validate({**MINIMAL, "autoscaling": autoscaling})
-    deployment = llm_config(scaled, scaled.base_models[0]).deployment_config
+    deployment = llm_config(scaled, scaled.base_models[0], "cpu").deployment_config
     assert deployment["autoscaling_config"] == autoscaling
     assert "num_replicas" not in deployment
 
@@ -108,11 +114,18 @@ def test_operator_settings_reach_the_serving_config(monkeypatch, tmp_path) -> No
 
     monkeypatch.setenv("OPENFT_SERVING_AUTOSCALING", '{"min_replicas": 1, "max_replicas": 3}')
     monkeypatch.setenv("OPENFT_SERVING_MAX_ADAPTERS_PER_REPLICA", "24")
+    monkeypatch.setenv("OPENFT_SERVING_ACCELERATOR", "cpu")
     settings = Settings(data_dir=tmp_path, default_base_model=False,
-                        base_models={"a": tmp_path / "a", "b": tmp_path / "b"})
+                        base_models={"a": str(tmp_path / "a"),
+                                     "b": {"tensor_parallel_size": 2, "max_model_len": 4096}})
     config = ServingConfig.model_validate(serving_config(settings))
 
     assert [m.id for m in config.base_models] == ["a", "b"]
+    assert config.base_models[0].volume_path == str(tmp_path / "a")
+    assert config.base_models[1].volume_path is None  # registered in the bucket
+    assert config.base_models[1].tensor_parallel_size == 2
+    assert config.base_models[1].max_model_len == 4096
+    assert config.accelerator == "cpu"
     assert config.autoscaling == {"min_replicas": 1, "max_replicas": 3}
     assert config.max_adapters_per_replica == 24
 
@@ -126,7 +139,7 @@ def test_vllm_accepts_the_lora_dtype_serving_asks_for(name: str, dtype: str) -> 
     from serving.server import use_torch_lora_dtype
 
     config = ServingConfig.model_validate({**MINIMAL, "lora_dtype": name})
-    llm = llm_config(config, config.base_models[0])
+    llm = llm_config(config, config.base_models[0], "cpu")
     llm.get_engine_config()  # Ray caches it on the LLMConfig as the deployment is built
     use_torch_lora_dtype(llm)
 

@@ -9,7 +9,7 @@ import pytest
 from serving.config import ServingConfig
 from serving.deploy import default_serve_url, main
 
-MINIMAL = {"base_models": [{"id": "tiny", "path": "/models/tiny"}], "s3_bucket": "b"}
+MINIMAL = {"base_models": [{"id": "tiny"}], "s3_bucket": "b"}
 
 
 def test_invalid_config_exits_1_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,7 @@ from serving.app import llm_config
 from serving.config import ServingConfig
 from vllm_cpu.dtype import cpu_has_bf16_units
 
-MINIMAL = {"base_models": [{"id": "tiny", "path": "/models/tiny"}], "s3_bucket": "b"}
+MINIMAL = {"base_models": [{"id": "tiny"}], "s3_bucket": "b"}
 
 
 def _tiny_bf16_checkpoint(folder: Path) -> Path:
@@ -35,7 +35,7 @@ def test_replica_gives_vllm_the_machine_dtype(configured: str | None, tmp_path: 
 
     settings = MINIMAL | ({"dtype": configured} if configured else {})
     config = ServingConfig.model_validate(settings)
-    llm = llm_config(config, config.base_models[0])
+    llm = llm_config(config, config.base_models[0], "cpu")
     llm.get_engine_config()  # Ray caches it on the LLMConfig as the deployment is built
     use_machine_dtype(llm)
 

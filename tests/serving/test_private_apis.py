@@ -21,6 +21,7 @@ PRIVATE = "serving.ray_llm_private"
 ENGINE = "ray.llm._internal.serve.engines.vllm.vllm_engine"
 LOADER = "ray.llm._internal.serve.utils.lora_serve_utils"
 SERVER = "ray.llm._internal.serve.core.server.llm_server"
+DOWNLOAD = "ray.llm._internal.common.utils.download_utils"
 
 
 def _written_for() -> str:
@@ -110,6 +111,35 @@ def test_the_server_calls_the_adapter_step_we_replace_on_every_request() -> None
     parameters = inspect.signature(server.__init__).parameters
     for name in ("engine_cls", "model_downloader"):
         assert name in parameters, _gone(f"LLMServer(..., {name}=)")
+
+
+def test_the_engine_loads_the_folder_a_replica_points_its_config_at(tmp_path: Path) -> None:
+    """``use_model_folder`` changes the engine config Ray cached in the driver; the engine
+    and Ray's per-node download step must read that one, and download nothing without a
+    mirror."""
+    from serving.app import llm_config
+    from serving.config import ServingConfig
+    from serving.ray_llm_private import use_model_folder
+
+    config = ServingConfig.model_validate({"base_models": [{"id": "m"}], "s3_bucket": "b"})
+    llm = llm_config(config, config.base_models[0], "gpu")
+    cached = llm.get_engine_config()
+    for name in ("hf_model_id", "mirror_config"):
+        assert name in type(cached).model_fields, _gone(f"VLLMEngineConfig.{name}")
+    assert cached.mirror_config is not None  # an s3:// source is a mirror to Ray
+
+    use_model_folder(llm, str(tmp_path))
+
+    assert llm.get_engine_config() is cached, _gone("LLMConfig.get_engine_config's cache")
+    assert cached.get_initialization_kwargs()["model"] == str(tmp_path), _gone(
+        "VLLMEngineConfig.hf_model_id as vLLM's model")
+    engine_start = inspect.getsource(_attr(ENGINE, "_get_vllm_engine_config"))
+    assert "llm_config.get_engine_config()" in engine_start, _gone(
+        "_get_vllm_engine_config's use of the cached engine config")
+    download = _attr(DOWNLOAD, "download_model_files")
+    assert download(model_id=str(tmp_path), mirror_config=None) == str(tmp_path), _gone(
+        "download_model_files", "no longer passes a local folder through")
+    assert sorted(tmp_path.iterdir()) == []  # nothing downloaded into it
 
 
 def test_only_the_adapter_imports_ray_llm_internals_and_vllm() -> None:

@@ -1,15 +1,21 @@
 """End to end: deploy with the real CLI into a real Ray head, query with the OpenAI SDK.
 
-A LoRA adapter built here is uploaded to the real S3 server; the first request that names it
-loads it into the running replica.
+The base model is registered in the bucket (``service.base_models``), as on a cluster whose
+nodes share no disk: the deploy driver names only its id, and the replica fetches it into its
+node's cache. A LoRA adapter built here is uploaded to the real S3 server; the first request
+that names it loads it into the running replica.
 """
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -27,7 +33,8 @@ from tests.serving.lora import (
 
 pytestmark = pytest.mark.slow
 
-BASE_ID = "tiny-llama"
+BASE_ID = f"tiny-llama-{uuid.uuid4().hex[:6]}"
+"""Unique per run: the node's cache starts without it, whatever earlier runs left."""
 APP_NAME = "openft-serving-test"
 
 
@@ -42,10 +49,28 @@ def second_adapter_key(tmp_path_factory, s3_server, tiny_model_dir) -> str:
 
 
 @pytest.fixture(scope="module")
-def serving_url(s3_server, ray_head, tiny_model_dir, adapter_key) -> Iterator[str]:
+def node_cache(s3_server, tiny_model_dir) -> Iterator[Path]:
+    """Register the tiny model in the bucket; yield where the Ray node caches it (the test
+    head runs with this process's environment), removed afterwards."""
+    from contract.base_models import node_cache_dir
+    from service.base_models.service import register
+    from service.storage import BlobStore
+
+    blobs = BlobStore(s3_server.endpoint_url, s3_server.bucket, s3_server.access_key,
+                      s3_server.secret_key)
+    register(blobs, BASE_ID, tiny_model_dir)
+    folder = node_cache_dir() / BASE_ID
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def serving_url(s3_server, ray_head, node_cache, adapter_key) -> Iterator[str]:
     """Deploy through ``python -m serving.deploy``; shut Serve down afterwards."""
     config = {
-        "base_models": [{"id": BASE_ID, "path": str(tiny_model_dir)}],
+        "base_models": [{"id": BASE_ID}],  # registered in the bucket: no path anywhere
         "s3_bucket": s3_server.bucket,
         "app_name": APP_NAME,
         # Two slots for the two adapters of this module: the last slot gets occupied, which
@@ -72,6 +97,22 @@ def _chat(client: OpenAI, model: str) -> str:
 
 def test_models_lists_the_base_model(client: OpenAI) -> None:
     assert BASE_ID in {m.id for m in client.models.list().data}
+
+
+def test_the_replica_serves_the_copy_it_fetched_into_its_nodes_cache(
+        client: OpenAI, node_cache: Path, tiny_model_dir: Path) -> None:
+    """Every file of the registered model is in the node's cache, byte for byte, and the
+    engine answers from it."""
+    assert _chat(client, BASE_ID).strip()
+    registered = [p.relative_to(tiny_model_dir) for p in tiny_model_dir.rglob("*")
+                  if p.is_file() and not p.name.startswith(".")]
+    assert registered
+    for name in registered:
+        assert _sha256(node_cache / name) == _sha256(tiny_model_dir / name), name
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
