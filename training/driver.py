@@ -159,11 +159,8 @@ def fit(spec: TrainingSpec, s3: Any) -> Outcome:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec.model_dump(mode="json")},
-        scaling_config=ScalingConfig(
-            num_workers=spec.hyperparameters.num_workers,
-            use_gpu=spec.use_gpu,
-            resources_per_worker={"CPU": spec.cpus_per_worker},
-        ),
+        scaling_config=ScalingConfig(**scaling(
+            spec.hyperparameters.num_workers, spec.use_gpu, spec.cpus_per_worker)),
         torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
         # Checkpoints land in jobs/{job_id}/checkpoints/step-{step:08d}/.
         run_config=RunConfig(
@@ -182,6 +179,32 @@ def fit(spec: TrainingSpec, s3: Any) -> Outcome:
         checkpoint_key=str(metrics["checkpoint_key"]),
         trained_tokens=int(metrics["trained_tokens"]),
     )
+
+
+def scaling(num_workers: int, use_gpu: bool, cpus_per_worker: float) -> dict[str, Any]:
+    """Ray Train's ``ScalingConfig`` for the run: how many workers, what each holds, where.
+
+    On GPUs one GPU per worker (plus the spec's CPUs for its data and host work), packed:
+    ranks on one node talk over NVLink, and ZeRO-3 gathers every layer's weights on every
+    step. On CPUs spread, best effort, one worker per node where there are enough nodes:
+    each node's cores and memory serve one rank, and a job still starts on a single node.
+
+    >>> scaling(2, use_gpu=True, cpus_per_worker=4.0)  # doctest: +NORMALIZE_WHITESPACE
+    {'num_workers': 2, 'use_gpu': True, 'resources_per_worker': {'CPU': 4.0, 'GPU': 1},
+     'placement_strategy': 'PACK'}
+    >>> scaling(2, use_gpu=False, cpus_per_worker=1.0)  # doctest: +NORMALIZE_WHITESPACE
+    {'num_workers': 2, 'use_gpu': False, 'resources_per_worker': {'CPU': 1.0},
+     'placement_strategy': 'SPREAD'}
+    """
+    resources: dict[str, float] = {"CPU": cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = 1
+    return {
+        "num_workers": num_workers,
+        "use_gpu": use_gpu,
+        "resources_per_worker": resources,
+        "placement_strategy": "PACK" if use_gpu else "SPREAD",
+    }
 
 
 def forget_earlier_runs(spec: TrainingSpec, s3: Any) -> None:

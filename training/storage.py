@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 import boto3
 import pyarrow.fs
+from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from contract.spec import S3Location
@@ -43,12 +44,24 @@ def list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
     return keys
 
 
-def upload_files(s3: Any, bucket: str, prefix: str, paths: list[Path]) -> list[str]:
-    """One ``put_object`` per file, in the given order (put the file readers check last)."""
+MULTIPART_THRESHOLD = 64 * 1024**2
+"""Files larger than this go up in parts: S3 refuses a single PUT over 5 GB, and a lost
+part is retried alone."""
+
+PART_SIZE = 64 * 1024**2
+"""One part of a multipart upload; S3 allows 10,000 parts, so 640 GiB per file."""
+
+
+def upload_files(s3: Any, bucket: str, prefix: str, paths: list[Path],
+                 part_size: int = PART_SIZE) -> list[str]:
+    """``upload_file`` per file, in the given order (put the file readers check last);
+    multipart above :data:`MULTIPART_THRESHOLD`, streamed from disk, never read whole."""
+    transfer = TransferConfig(multipart_threshold=min(MULTIPART_THRESHOLD, part_size),
+                              multipart_chunksize=part_size)
     keys = []
     for path in paths:
         key = f"{prefix}{path.name}"
-        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+        s3.upload_file(str(path), bucket, key, Config=transfer)
         keys.append(key)
     return keys
 

@@ -71,3 +71,33 @@ def test_deepspeed_internals_are_where_deepspeed_private_expects_them():
     ops = module(check, "deepspeed.ops")
     check("__compatible_ops__" in inspect.getsource(ops),
           "deepspeed.ops has no __compatible_ops__ registry")
+    partitioning = module(check, "deepspeed.runtime.zero.partition_parameters")
+    convert = inspect.getsource(partitioning.Init._convert_to_deepspeed_param)
+    check("param.ds_numel = param.numel()" in convert and "param.ds_tensor" in convert,
+          "a ZeRO-3 parameter no longer carries ds_numel and ds_tensor (partition_numel)")
+
+
+def test_torch_cpu_probes_are_where_torch_private_expects_them():
+    import torch
+
+    import training.torch_private
+
+    check = checker(training.torch_private, "torch", torch.__version__)
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        probe = getattr(torch.cpu, name, None)
+        check(callable(probe), f"no torch.cpu.{name}")
+        check(isinstance(probe(), bool), f"torch.cpu.{name}() no longer answers a bool")
+    check(isinstance(training.torch_private.cpu_has_bf16(), bool), "cpu_has_bf16 broke")
+
+
+def test_only_torch_private_reads_torch_cpu_internals():
+    import ast
+    from pathlib import Path
+
+    for path in Path(training.deepspeed_private.__file__).parent.glob("*.py"):
+        if path.name == "torch_private.py":
+            continue
+        uses = {ast.unparse(node) for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                and ast.unparse(node.value) == "torch.cpu"}
+        assert not uses, f"training/{path.name} uses {uses}: go through training.torch_private"
