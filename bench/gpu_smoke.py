@@ -45,10 +45,9 @@ from typing import Any
 
 from bench.environment import REPO, code_version, machine, versions
 from bench.ray_stack import Stack, openft_stack, read_events, s3_client, submit, wait_for
+from training.model_load import READY_LOG
 
 MODEL_ID = "smoke-llama"
-READY_LOG = "openft-model-ready"
-"""Prefix of the line each training rank logs once its model is built (training.model_load)."""
 CAPITALS = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
             ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Peru", "Lima"), ("Kenya", "Nairobi")]
 

@@ -12,6 +12,7 @@ whole in any process. Under ZeRO-2 (or none) every rank builds the whole model.
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,12 @@ from transformers.integrations import HfDeepSpeedConfig
 from contract.model_cache import ensure_local
 from contract.spec import TrainingSpec
 from training import storage
-from training.deepspeed_private import skip_shm_comm_op
+from training.deepspeed_private import partition_numel, skip_shm_comm_op
+
+READY_LOG = "openft-model-ready"
+"""Prefix of the one line each rank logs once its model is built (then JSON: rank, dtype,
+attention, ZeRO stage, parameters and how many this rank holds): an operator reading the
+job's logs, and ``bench/gpu_smoke.py``, see how the model was laid out."""
 
 
 def base_model_dir(spec: TrainingSpec) -> Path:
@@ -41,8 +47,14 @@ def load_base_model(spec: TrainingSpec, ds_config: dict[str, Any], dtype: torch.
     :class:`HfDeepSpeedConfig`), whose dtype follows the config's ``bf16`` flag, so ``dtype``
     must agree with it. Every rank must call this together (partitioning is collective).
     """
-    folder = base_model_dir(spec)
-    kwargs = {"dtype": dtype, "attn_implementation": attention_implementation(spec.use_gpu, dtype)}
+    attention = attention_implementation(spec.use_gpu, dtype)
+    model = _load(base_model_dir(spec), ds_config, dtype, attention)
+    print(f"{READY_LOG} {json.dumps(layout(model, ds_config, attention))}", flush=True)
+    return model
+
+
+def _load(folder: Path, ds_config: dict[str, Any], dtype: torch.dtype, attention: str) -> Any:
+    kwargs = {"dtype": dtype, "attn_implementation": attention}
     if not is_zero3(ds_config):
         return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     # zero.Init reads the world size from DeepSpeed's comm layer, which deepspeed.initialize
@@ -59,6 +71,20 @@ def load_base_model(spec: TrainingSpec, ds_config: dict[str, Any], dtype: torch.
         return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     finally:
         del partitioned
+
+
+def layout(model: Any, ds_config: dict[str, Any], attention: str) -> dict[str, Any]:
+    """How the built model sits on this rank: what :data:`READY_LOG` reports."""
+    total = local = 0
+    for param in model.parameters():
+        held, whole = partition_numel(param) if hasattr(param, "ds_numel") else \
+            (param.numel(), param.numel())
+        local, total = local + held, total + whole
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    return {"rank": rank, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "attn_implementation": attention,
+            "zero_stage": int(ds_config.get("zero_optimization", {}).get("stage", 0)),
+            "parameters": total, "local_parameters": local}
 
 
 def is_zero3(ds_config: dict[str, Any]) -> bool:
