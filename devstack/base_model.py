@@ -9,8 +9,9 @@ its own dependencies are not needed). transformers dequantizes the GGUF; the wei
 as bf16 safetensors that vLLM, transformers and PEFT all read.
 
 Idempotent: a folder holding the completion marker is left alone. The launcher (``make run``),
-the tests and the benches call it; no role does: a cluster's base models are folders that its
-serving config and ``OPENFT_BASE_MODELS`` name.
+the tests and the benches call it; no role does: ``make run`` then registers the folder in the
+bucket (``service.base_models``), from where every node fetches it, as a cluster's operator
+registers its own base models.
 """
 
 from __future__ import annotations

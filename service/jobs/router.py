@@ -8,7 +8,6 @@ from fastapi import APIRouter, Query, Request
 
 from service.deps import CallerDep, ContextDep, SessionDep
 from service.jobs import service
-from service.jobs.hyperparameters import Limits
 from service.jobs.protocol import CreateJobRequest, FineTuningJob, JobCheckpoint, JobEvent
 from service.pagination import ListPage, page
 
@@ -19,8 +18,7 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 @router.post("", response_model=FineTuningJob)
 def create_job(ctx: ContextDep, session: SessionDep, caller: CallerDep,
                body: CreateJobRequest) -> FineTuningJob:
-    return service.create(session, caller, body, set(ctx.settings.base_model_dirs()),
-                          Limits.of(ctx.settings))
+    return service.create(ctx, session, caller, body)
 
 
 @router.get("", response_model=ListPage[FineTuningJob])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Iterable
 from typing import Any
@@ -12,12 +13,14 @@ from sqlalchemy.orm import Session
 from contract.bucket import control_key
 from contract.hyperparameters import OPENAI_KEYS
 from service.auth import Caller
-from service.context import RayRuns
+from service.base_models.service import BaseModelUnavailable, tokenizer_dir
+from service.context import AppContext, RayRuns
 from service.db import CheckpointRow, JobEventRow, JobRow
 from service.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
 from service.files.service import get_row as get_file_row
 from service.ids import new_id, now, random_tail
 from service.jobs import hyperparameters
+from service.jobs.capacity import ClusterView, ModelFacts
 from service.jobs.protocol import (
     CreateJobRequest,
     DpoHyperparameters,
@@ -28,6 +31,7 @@ from service.jobs.protocol import (
 )
 from service.lifecycle import (
     CANCELLABLE,
+    FOLLOWED,
     PAUSABLE,
     RESUMABLE,
     JobStatus,
@@ -38,6 +42,7 @@ from service.models.service import owning_job
 from service.storage import BlobStore
 
 METADATA_MAX_KEYS, METADATA_KEY_MAX, METADATA_VALUE_MAX = 16, 64, 512
+log = logging.getLogger("openft.jobs")
 
 
 def to_object(row: JobRow) -> FineTuningJob:
@@ -59,8 +64,9 @@ def to_object(row: JobRow) -> FineTuningJob:
     )
 
 
-def create(session: Session, caller: Caller, req: CreateJobRequest,
-           base_models: set[str], limits: hyperparameters.Limits) -> FineTuningJob:
+def create(ctx: AppContext, session: Session, caller: Caller,
+           req: CreateJobRequest) -> FineTuningJob:
+    base_models = set(ctx.settings.base_model_configs())
     base_model, init_adapter_key = _starting_model(session, caller, req.model, base_models)
     method_type = req.method.type if req.method else "supervised"
     if method_type == "reinforcement":
@@ -82,10 +88,7 @@ def create(session: Session, caller: Caller, req: CreateJobRequest,
             raise InvalidRequest(f"File {file_id} has purpose {f.purpose!r}, not 'fine-tune'.",
                                  param=param, code="invalid_file")
     requested, where = _requested_hyperparameters(req, method_type)
-    try:
-        hyperparameters.check_limits(requested, limits)
-    except hyperparameters.OutOfLimits as e:
-        raise InvalidRequest(str(e), param=f"{where}.{e.param}", code="invalid_value") from None
+    _check_fit(ctx, session, base_model, requested, where)
     job_id = new_id("ftjob")
     row = JobRow(
         id=job_id, organization=caller.organization, model=req.model,
@@ -107,6 +110,58 @@ def create(session: Session, caller: Caller, req: CreateJobRequest,
     add_event(session, job_id, f"Created fine-tuning job: {job_id}")
     add_event(session, job_id, f"Validating training file: {req.training_file}")
     return to_object(row)
+
+
+def _check_fit(ctx: AppContext, session: Session, base_model: str,
+               requested: dict[str, Any], where: str) -> None:
+    """Refuse what this deployment and this cluster can never run; with Ray unreachable or
+    the model's config unreadable, only what the settings alone rule out."""
+    model = model_facts(ctx, base_model)
+    try:
+        hyperparameters.check_limits(
+            requested, hyperparameters.Limits.of(ctx.settings, base_model, model), model,
+            cluster_view(ctx, session))
+    except hyperparameters.OutOfLimits as e:
+        param = "model" if e.param == "model" else f"{where}.{e.param}"
+        raise InvalidRequest(str(e), param=param, code="invalid_value") from None
+
+
+def model_facts(ctx: AppContext, base_model: str) -> ModelFacts | None:
+    """The base model's shape from its ``config.json``; None when it cannot be read now
+    (validation then fails the job naming the model)."""
+    try:
+        return ModelFacts.from_folder(tokenizer_dir(ctx.settings, ctx.blobs, base_model))
+    except (BaseModelUnavailable, OSError, ValueError, KeyError) as e:
+        log.warning("cannot read the config of base model %s: %s", base_model, e)
+        return None
+
+
+def cluster_view(ctx: AppContext, session: Session) -> ClusterView | None:
+    """What the Ray cluster offers training, counting what openft's own runs hold as room
+    (it comes back when they end); None while Ray cannot be reached."""
+    nodes = ctx.ray.cluster()
+    if nodes is None:
+        return None
+    st = ctx.settings
+    return ClusterView.of(nodes, use_gpu=st.training_use_gpu,
+                          cpus_per_worker=st.training_cpus_per_worker,
+                          gpu_memory_gib=st.training_gpu_memory_gib,
+                          held_workers=workers_of(session, running=True))
+
+
+def workers_of(session: Session, running: bool) -> int:
+    """Workers of the runs submitted to Ray: all of them (``running``), or those Ray may not
+    have placed yet (the job still ``queued``), whose room Ray still reports free."""
+    statuses = sorted(FOLLOWED) if running else [JobStatus.QUEUED]
+    rows = session.scalars(select(JobRow).where(
+        JobRow.ray_submission_id.is_not(None), JobRow.status.in_(statuses)))
+    return sum(worker_count(row) for row in rows)
+
+
+def worker_count(row: JobRow) -> int:
+    """A job's resolved ``num_workers`` (1 before validation resolved it)."""
+    workers = row.method_hyperparameters.get("num_workers")
+    return workers if isinstance(workers, int) else 1
 
 
 def _starting_model(session: Session, caller: Caller, model: str,

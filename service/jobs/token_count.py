@@ -69,10 +69,11 @@ class ChatTokenCounter:
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
 
     @staticmethod
-    @functools.lru_cache(maxsize=8)
     def for_model(model_dir: Path) -> ChatTokenCounter:
-        """One counter per base model for the process: loading tokenizer.json is not free."""
-        return ChatTokenCounter(model_dir)
+        """One counter per base model for the process: loading tokenizer.json is not free.
+        Keyed by the tokenizer's mtime too: a re-registered model's new tokenizer replaces
+        the old file in the API's cache under the same path."""
+        return _cached_counter(model_dir, (model_dir / "tokenizer.json").stat().st_mtime_ns)
 
     def count(self, example: Mapping[str, Any]) -> int:
         """Tokens of one rendered example, with its tool definitions if it has any."""
@@ -81,3 +82,9 @@ class ChatTokenCounter:
                                      tools=example.get("tools") or None,
                                      add_generation_prompt=False, **self._tokens)
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_counter(model_dir: Path, mtime_ns: int) -> ChatTokenCounter:
+    del mtime_ns  # part of the cache key only
+    return ChatTokenCounter(model_dir)

@@ -32,7 +32,7 @@ class ServedModel:
 
 def _base_models(settings: Settings, created: int) -> list[ServedModel]:
     return [ServedModel(ModelObject(id=m, created=created, owned_by=BASE_OWNER), m)
-            for m in settings.base_model_dirs()]
+            for m in settings.base_model_configs()]
 
 
 def list_models(session: Session, settings: Settings, caller: Caller,
@@ -88,7 +88,7 @@ def owning_job(session: Session, model_id: str) -> tuple[JobRow | None, str]:
 def delete(session: Session, settings: Settings, blobs: BlobStore, caller: Caller,
            model_id: str) -> None:
     """Stop listing and serving a fine-tuned model; its job and adapter objects stay."""
-    if model_id in settings.base_model_dirs():
+    if model_id in settings.base_model_configs():
         raise PermissionDenied(f"You cannot delete the base model {model_id}.", param="model")
     job = session.scalar(select(JobRow).where(
         JobRow.fine_tuned_model == model_id, JobRow.status == JobStatus.SUCCEEDED))

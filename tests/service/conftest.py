@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.main import create_app
+from service.main import build_context, create_app
 from service.settings import Settings
+from tests.service.fake_ray import FakeRay
 from tests.support.postgres import fresh_database
 
 KEY_A, KEY_B = "sk-test-a", "sk-test-b"
@@ -59,7 +60,9 @@ def settings(tmp_path: Path, s3_server, tiny_model_dir: Path, database_url: str)
 
 @pytest.fixture
 def app(settings: Settings):
-    return create_app(settings, run_scheduler=False)
+    """Ray is a fake reporting one free CPU node: validation sizes runs from the cluster."""
+    return create_app(settings, run_scheduler=False,
+                      context=lambda s: build_context(s, ray=FakeRay()))
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 
 :class:`FakeRay` implements :class:`service.jobs.ray_jobs.RayRuns`: a test submits nothing
 real, says what Ray reports of a run (``ray.report(sid, "RUNNING")``) and can make Ray forget
-it (``ray.forget(sid)``), as a restarted cluster does. :class:`MemoryBlobs` holds the bucket
+it (``ray.forget(sid)``), as a restarted cluster does; ``ray.nodes`` is the cluster it reports
+(one CPU node by default, :func:`node` builds others) and ``ray.unreachable`` makes it answer
+nothing, as a head that is down does. :class:`MemoryBlobs` holds the bucket
 in a dict, with the methods of :class:`service.storage.BlobStore` the service uses.
 """
 
@@ -12,7 +14,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from service.context import RunState, RunStatus
+from service.context import ClusterNode, Resources, RunState, RunStatus
+
+GIB = 1 << 30
+
+
+def node(cpus: float = 4, gpus: float = 0, memory_gib: float = 16,
+         accelerator: str | None = None, free_cpus: float | None = None,
+         free_gpus: float | None = None, name: str = "node") -> ClusterNode:
+    """A Ray node, all free unless ``free_cpus`` / ``free_gpus`` say less is."""
+    total = Resources(cpus, gpus, memory_gib * GIB)
+    free = Resources(cpus if free_cpus is None else free_cpus,
+                     gpus if free_gpus is None else free_gpus, memory_gib * GIB)
+    return ClusterNode(name, total, free, accelerator)
 
 
 @dataclass
@@ -29,6 +43,8 @@ class FakeRay:
     stopped: list[str] = field(default_factory=list)
     refuse: bool = False
     """Submit raises, as a head that is still starting does."""
+    nodes: list[ClusterNode] = field(default_factory=lambda: [node()])
+    unreachable: bool = False
 
     def submit(self, submission_id: str, entrypoint: str, env_vars: dict[str, str],
                metadata: dict[str, str]) -> str:
@@ -45,6 +61,9 @@ class FakeRay:
         self.stopped.append(submission_id)
         if submission_id in self.states:
             self.states[submission_id] = RunState("STOPPED", "stopped")
+
+    def cluster(self) -> list[ClusterNode] | None:
+        return None if self.unreachable else list(self.nodes)
 
     def close(self) -> None:
         pass

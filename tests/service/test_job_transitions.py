@@ -53,7 +53,7 @@ from service.lifecycle import (
 from service.main import build_context, create_app
 from service.settings import Settings
 from tests.service.conftest import KEY_A, KEY_B, ORG_A, ORG_B, chat_jsonl
-from tests.service.fake_ray import FakeRay, MemoryBlobs
+from tests.service.fake_ray import FakeRay, MemoryBlobs, node
 from tests.service.openai_spec import openapi_document
 from tests.service.test_files_and_auth import assert_envelope, upload
 from tests.support.postgres import fresh_database
@@ -118,12 +118,17 @@ class Jobs:
         self.client, self.headers, self.scheduler = client, headers, scheduler
         self.ray, self.blobs = ray, blobs
 
-    def create(self, body: bytes = b"") -> str:
-        file_id = upload(self.client, self.headers, body or chat_jsonl(12)).json()["id"]
-        resp = self.client.post(JOBS, headers=self.headers,
-                                json={"model": "tiny-llama", "training_file": file_id})
+    def create(self, body: bytes = b"", **hyperparameters) -> str:
+        resp = self.ask(body, **hyperparameters)
         assert resp.status_code == 200, resp.text
         return resp.json()["id"]
+
+    def ask(self, body: bytes = b"", **hyperparameters):
+        """The create request itself, answered as it is."""
+        file_id = upload(self.client, self.headers, body or chat_jsonl(12)).json()["id"]
+        method = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+        return self.client.post(JOBS, headers=self.headers, json={
+            "model": "tiny-llama", "training_file": file_id, "method": method})
 
     def get(self, job_id: str) -> dict:
         return self.client.get(f"{JOBS}/{job_id}", headers=self.headers).json()
@@ -269,6 +274,86 @@ def test_a_refused_submit_is_tried_again_next_tick(jobs):
     jobs.ray.refuse = False
     jobs.scheduler.tick()
     assert jobs.run_of(job_id) == f"openft-{job_id}"
+
+
+# -- the cluster's capacity --------------------------------------------------------------------
+def test_a_job_the_cluster_can_never_hold_is_refused_at_create(jobs):
+    jobs.ray.nodes = [node(cpus=0), node(cpus=2, free_cpus=1.5)]  # serving holds 0.5
+    resp = jobs.ask(num_workers=2)
+    assert_envelope(resp, 400, param="method.supervised.hyperparameters.num_workers",
+                    code="invalid_value")
+    assert "room for 1 worker" in resp.json()["error"]["message"]
+    assert_envelope(jobs.ask(batch_size=3, num_workers=2), 400,
+                    param="method.supervised.hyperparameters.batch_size")
+    jobs.create(num_workers=1)
+
+
+def running_on_half_the_cluster(jobs: Jobs, app) -> str:
+    """A job whose 2 workers hold 2 of the 4 CPUs, with room for more jobs to run beside."""
+    app.state.ctx.settings.max_concurrent_jobs = 3
+    job_id = jobs.create(num_workers=2)
+    jobs.scheduler.tick()
+    jobs.ray.nodes = [node(cpus=4, free_cpus=2)]  # Ray placed its workers
+    jobs.ray.report(jobs.run_of(job_id), "RUNNING")
+    jobs.scheduler.tick()
+    assert jobs.get(job_id)["status"] == "running"
+    return job_id
+
+
+def test_a_job_that_fits_later_waits_queued_saying_why_once_then_launches(jobs, app):
+    first = running_on_half_the_cluster(jobs, app)
+    job_id = jobs.create(num_workers=3)  # fits the cluster once the first job ends
+    for _ in range(3):
+        jobs.scheduler.tick()
+    assert jobs.get(job_id)["status"] == "queued" and len(jobs.ray.submitted) == 1
+    waiting = [m for m in jobs.messages(job_id) if m.startswith("Waiting for room")]
+    assert waiting == ["Waiting for room on the Ray cluster: this job needs 3 worker(s) of "
+                       "1 CPU, 2 free now"]
+    assert jobs.post(first, "cancel").status_code == 200
+    jobs.ray.nodes = [node(cpus=4)]
+    jobs.scheduler.tick()
+    assert jobs.run_of(job_id) == f"openft-{job_id}"
+    assert jobs.messages(job_id)[0] == "Submitted the training run to Ray"
+
+
+def test_jobs_queued_behind_a_waiting_one_wait_their_turn(jobs, app):
+    first = running_on_half_the_cluster(jobs, app)
+    big, small = jobs.create(num_workers=3), jobs.create(num_workers=1)
+    jobs.scheduler.tick()
+    assert len(jobs.ray.submitted) == 1  # the small one fits now, but the big one is older
+    jobs.post(first, "cancel")
+    jobs.ray.nodes = [node(cpus=4)]
+    jobs.scheduler.tick()
+    assert {jobs.run_of(big), jobs.run_of(small)} == {f"openft-{big}", f"openft-{small}"}
+
+
+def test_a_gpu_cluster_trains_on_gpus(jobs):
+    jobs.ray.nodes = [node(cpus=32, gpus=8, accelerator="H100")]
+    job_id = jobs.create()
+    jobs.scheduler.tick()
+    spec = jobs.spec(job_id)
+    assert spec.use_gpu is True and jobs.get(job_id)["status"] == "queued"
+    assert (spec.hyperparameters.zero_stage, spec.hyperparameters.gradient_checkpointing) == (
+        2, False)  # a tiny model fits one GPU many times over
+
+
+def test_while_ray_is_unreachable_jobs_are_created_and_wait(jobs):
+    jobs.ray.unreachable = True
+    job_id = jobs.create(num_workers=8)  # capacity unknown: nothing refused
+    jobs.scheduler.tick()
+    assert jobs.get(job_id)["status"] == "validating_files" and jobs.ray.submitted == {}
+    jobs.ray.unreachable = False
+    jobs.scheduler.tick()
+    assert jobs.get(job_id)["status"] == "queued"
+    assert jobs.ray.submitted == {}  # 8 workers do not fit the 4 CPUs: waiting, not failed
+
+
+def test_max_seq_length_follows_the_longest_example(jobs):
+    job_id = jobs.create()
+    jobs.scheduler.tick()
+    hp = jobs.spec(job_id).hyperparameters
+    assert hp.max_seq_length % 64 == 0 and hp.max_seq_length < 1024
+    assert hp.batch_size == hp.num_workers == 1  # 12 examples: batch 1, never rounded up
 
 
 # -- running -> succeeded | failed -----------------------------------------------------------

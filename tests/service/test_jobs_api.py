@@ -36,8 +36,9 @@ def test_validation_resolves_auto_hyperparameters_and_writes_spec(client, app, a
     Scheduler(app.state.ctx).validate(job_id)
     job = client.get(f"/v1/fine_tuning/jobs/{job_id}", headers=as_a).json()
     assert job["status"] == "queued"
-    # 12 examples: ceil(100/12)=9 epochs; 2 workers: batch 2; multiplier 1.0 (README rule)
-    assert job["hyperparameters"] == {"batch_size": 2, "learning_rate_multiplier": 1.0,
+    # 12 examples: ceil(100/12)=9 epochs; batch 1 (never rounded up to the workers);
+    # multiplier 1.0 (README rule)
+    assert job["hyperparameters"] == {"batch_size": 1, "learning_rate_multiplier": 1.0,
                                       "n_epochs": 9}
     spec = json.loads(app.state.ctx.blobs.get(spec_key(job_id)))
     assert spec["hyperparameters"]["n_epochs"] == 9

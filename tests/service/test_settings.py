@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from contract.base_models import BaseModelConfig
 from contract.serving import ServingOptions
 from service.settings import Settings
 
@@ -60,7 +63,7 @@ def test_flat_variables_still_parse_beside_the_serving_group(env, tmp_path) -> N
     assert settings.s3_secret_key.get_secret_value() == "shh"
     assert settings.webhook_secret.get_secret_value() == "whsec_c2VjcmV0"
     assert settings.webhooks == {"org": ["https://hooks.example/a"]}
-    assert settings.base_model_dirs() == {"m": tmp_path / "m"}
+    assert settings.base_model_configs() == {"m": BaseModelConfig(volume_path=str(tmp_path / "m"))}
     assert (settings.ray_num_cpus, settings.training_max_workers) == (3, 4)
 
 
@@ -70,3 +73,24 @@ def test_serving_defaults_are_the_contracts(env) -> None:
     assert settings.serving.options() == ServingOptions()
     assert settings.resolved_serving_url == f"http://127.0.0.1:{ServingOptions().port}"
     assert settings.serving.port != settings.port  # both on one host under make run
+
+
+def test_base_models_take_engine_settings_and_the_default_is_a_bucket_model(env) -> None:
+    env.setenv("OPENFT_BASE_MODELS", '{"llama-70b": {"tensor_parallel_size": 8, '
+               '"gpu_memory_utilization": 0.85, "max_model_len": 8192}, "q": "~/q"}')
+    env.setenv("OPENFT_SERVING_TOOL_CALL_PARSERS", '{"q": "hermes"}')
+
+    models = Settings().base_model_configs()
+
+    assert list(models) == ["SmolLM2-135M-Instruct", "llama-70b", "q"]
+    assert models["SmolLM2-135M-Instruct"] == BaseModelConfig()  # fetched from the bucket
+    big = models["llama-70b"]
+    assert (big.volume_path, big.tensor_parallel_size, big.max_model_len) == (None, 8, 8192)
+    assert models["q"].volume_path == str(Path("~/q").expanduser())
+    assert models["q"].tool_call_parser == "hermes"
+
+
+def test_an_unknown_base_model_setting_is_refused(env) -> None:
+    env.setenv("OPENFT_BASE_MODELS", '{"m": {"tensor_paralel_size": 2}}')
+    with pytest.raises(ValidationError, match="tensor_paralel_size"):
+        Settings()

@@ -1,5 +1,15 @@
 """Stage two: ``queued`` jobs without a run are submitted to Ray, oldest first, within
-``max_concurrent_jobs`` across every API replica."""
+``max_concurrent_jobs`` across every API replica, and only once the cluster has room for
+their workers.
+
+Room is Ray's free resources (:meth:`~service.context.RayRuns.cluster`) less the workers of
+runs submitted but not yet started, which Ray still reports free. A job that does not fit
+waits, with one event saying why, and holds back the jobs queued after it (oldest first, so
+a big job is not starved by small ones); a job that no longer fits even on the whole cluster
+(it shrank since the job was created) waits without holding the others back. While Ray
+cannot be reached nothing is launched; on a cluster with no node for a worker yet (an
+autoscaler at zero) runs are submitted as they come, for the autoscaler to see them.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +22,19 @@ from sqlalchemy.orm import Session
 from contract.bucket import spec_key
 from contract.spec import TrainingSpec
 from service.context import AppContext
-from service.db import JobRow
+from service.db import JobEventRow, JobRow
+from service.jobs.capacity import ClusterView
+from service.jobs.service import cluster_view, worker_count, workers_of
 from service.lifecycle import FOLLOWED, JobStatus, add_event
 from service.settings import Settings
 from service.storage import BlobStore
 
 log = logging.getLogger("openft.scheduler")
 LAUNCH_LOCK_KEY = 0x6F70656E6674  # "openft": one PostgreSQL advisory lock for launches
+
+
+WAITING = "capacity"
+"""``data.waiting`` of the event that says a job waits for room: said once, not per tick."""
 
 
 def launch_queued(ctx: AppContext) -> None:
@@ -32,13 +48,43 @@ def launch_queued(ctx: AppContext) -> None:
         waiting = s.scalars(
             select(JobRow).where(JobRow.status == JobStatus.QUEUED,
                                  JobRow.ray_submission_id.is_(None))
-            .order_by(JobRow.created_at).limit(free).with_for_update(skip_locked=True)
+            .order_by(JobRow.created_at).with_for_update(skip_locked=True)
         ).all()
+        if not waiting:
+            return
+        cluster = cluster_view(ctx, s)
+        if cluster is None:
+            log.warning("Ray cannot be reached; %d queued job(s) wait", len(waiting))
+            return
+        room = cluster.worker_slots - workers_of(s, running=True)  # free now
+        room -= workers_of(s, running=False)  # submitted, not placed yet
         for job in waiting:
-            _launch(ctx, s, job)
+            if free <= 0:
+                return
+            needs = worker_count(job)
+            if needs > room and cluster.has_workers:
+                _say_waiting(s, job, needs, room, cluster)
+                if needs <= cluster.worker_slots:
+                    return  # it fits once running jobs end: first in line
+                continue
+            if _launch(ctx, s, job):
+                free, room = free - 1, room - needs
 
 
-def _launch(ctx: AppContext, s: Session, job: JobRow) -> None:
+def _say_waiting(s: Session, job: JobRow, needs: int, room: int, cluster: ClusterView) -> None:
+    last = s.scalar(select(JobEventRow).where(JobEventRow.job_id == job.id)
+                    .order_by(JobEventRow.seq.desc()).limit(1))
+    if last is not None and (last.data or {}).get("waiting") == WAITING:
+        return
+    add_event(s, job.id, (
+        f"Waiting for room on the Ray cluster: this job needs {needs} worker(s) of "
+        f"{cluster.describe_worker()}, {max(room, 0)} free now"
+        + ("" if needs <= cluster.worker_slots else
+           f", {cluster.worker_slots} on the whole cluster beside serving")),
+        data={"waiting": WAITING, "num_workers": needs, "free_workers": max(room, 0)})
+
+
+def _launch(ctx: AppContext, s: Session, job: JobRow) -> bool:
     # Each run of a job (a resume, a recovery) is a new Ray job: Ray refuses a reused id.
     submission_id = f"openft-{job.id}" + (f"-r{job.run_count}" if job.run_count else "")
     if job.resume_from:
@@ -53,11 +99,12 @@ def _launch(ctx: AppContext, s: Session, job: JobRow) -> None:
         )
     except Exception as e:  # a fresh head refuses for a few seconds: next tick
         log.warning("could not submit %s to Ray yet: %s", job.id, e)
-        return
+        return False
     job.ray_submission_id = submission_id
     job.run_count += 1
     add_event(s, job.id, "Submitted the training run to Ray" + (
         f", resuming from {job.resume_from}" if job.resume_from else ""))
+    return True
 
 
 def _point_spec_at_checkpoint(blobs: BlobStore, job: JobRow) -> None:
