@@ -20,6 +20,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   value: "http://{{ include "openft.fullname" . }}-ray-head-svc:8000"
 - name: OPENFT_DEFAULT_BASE_MODEL
   value: "true"
+- name: OPENFT_MODEL_CACHE_DIR
+  value: /tmp/openft-models
 {{- /* The serving knobs (contract/serving.py) come from serving.config, the one place the
   chart sets them: the API's limits (max_model_len, max_lora_rank) then match serving's. */}}
 {{- range $key, $value := .Values.serving.config }}
