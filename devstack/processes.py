@@ -1,4 +1,4 @@
-"""Start and stop the embedded servers (SeaweedFS, Ray head) by process group, never by name.
+"""Start and stop the embedded servers (SeaweedFS, Ray nodes) by process group, never by name.
 
 Both ``make run`` and the test fixtures use these, so a server started for a test is stopped
 the same way as one started for a user: by the PID of the group it was started in.
@@ -6,6 +6,7 @@ the same way as one started for a user: by the PID of the group it was started i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,7 +24,11 @@ from pathlib import Path
 
 @dataclass
 class ManagedProcess:
-    """A child started in its own session, so signalling its group reaches its children too."""
+    """A child started in its own session, so signalling its group reaches its children too.
+
+    Not all of them: Ray's raylet puts each worker in a process group of its own (within the
+    same session), so stopping and killing also sweep the session.
+    """
 
     name: str
     popen: subprocess.Popen[bytes]
@@ -37,23 +42,76 @@ class ManagedProcess:
         return self.popen.poll() is None
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM the group, then SIGKILL what is left after ``timeout`` seconds."""
+        """SIGTERM the group, then SIGKILL what is left after ``timeout`` seconds; then give
+        the rest of the session (workers in groups of their own) 5 s to follow, and SIGKILL
+        whatever has not."""
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(self.popen.pid, sig)
             except ProcessLookupError:
-                return
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if self.popen.poll() is not None and not _group_alive(self.popen.pid):
-                    return
-                time.sleep(0.1)
+                break
+            if _wait_for(lambda: self.popen.poll() is not None
+                         and not _group_alive(self.popen.pid), wait):
+                break
+        if not _wait_for(lambda: not session_pids(self.popen.pid), 5.0):
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL every process of the session at once, as when a machine or pod is lost:
+        nothing gets to clean up."""
+        deadline = time.monotonic() + 10  # a process stuck in the kernel dies when it leaves
+        while (members := session_pids(self.popen.pid)) and time.monotonic() < deadline:
+            for pid in members:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
 
     def log_tail(self, n: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
+
+
+def session_pids(sid: int) -> list[int]:
+    """The live processes of session ``sid`` (read from Linux's ``/proc``; none elsewhere).
+
+    A child started by :func:`start` leads its own session and everything it starts stays
+    in it, whatever process group they move to, unless they start a session themselves.
+    """
+    try:
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return []
+    members = []
+    for name in entries:
+        try:
+            if os.getsid(int(name)) == sid and not _zombie(name):
+                members.append(int(name))
+        except OSError:
+            continue
+    return members
+
+
+def _zombie(pid: str) -> bool:
+    """An exited process its parent has not reaped yet: signals cannot end it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+
+
+def _wait_for(check, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()
 
 
 def _group_alive(pgid: int) -> bool:
@@ -163,34 +221,113 @@ def start_seaweedfs(
     return proc
 
 
-def start_ray_head(
-    temp_dir: Path, gcs_port: int, dashboard_port: int, num_cpus: int, log_dir: Path,
-    env: Mapping[str, str] | None = None,
-) -> ManagedProcess:
-    """A local Ray head on loopback with the dashboard (it serves the Jobs API)."""
-    temp_dir.mkdir(parents=True, exist_ok=True)
-    argv = [
-        venv_bin("ray"), "start", "--head", "--block",
-        "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
-        f"--num-cpus={num_cpus}", "--num-gpus=0",
-        "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
-        # Every other listener on a free port too: Ray's defaults (agent 52365, metrics, ...)
-        # collide with any other Ray on the host, and the Jobs API then has no agent.
+def detected_gpus() -> int:
+    """GPUs on this machine, as ``nvidia-smi -L`` lists them (0 without the command).
+
+    ``make run`` on a GPU box declares them to Ray; otherwise no job or replica asking for a
+    GPU could ever be placed.
+    """
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30,
+                             check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return gpu_count(out)
+
+
+def gpu_count(nvidia_smi_l: str) -> int:
+    """The GPUs in ``nvidia-smi -L``'s output: one ``GPU <n>: ...`` line each (MIG devices
+    are indented lines under their GPU and are not counted).
+
+    >>> gpu_count("GPU 0: NVIDIA H100 (UUID: GPU-1)\\n  MIG 1g.10gb Device 0: (UUID: MIG-1)\\n"
+    ...           "GPU 1: NVIDIA H100 (UUID: GPU-2)\\n")
+    2
+    >>> gpu_count("No devices were found\\n")
+    0
+    """
+    return sum(1 for line in nvidia_smi_l.splitlines() if line.startswith("GPU "))
+
+
+def _node_ports() -> list[str]:
+    """Every listener of a node besides the GCS and dashboard, each on a free port: Ray's
+    defaults (agent 52365, metrics, ...) collide with any other Ray node on the host, and the
+    Jobs API then has no agent."""
+    return [
         f"--dashboard-agent-listen-port={free_port()}",
         f"--dashboard-agent-grpc-port={free_port()}",
         f"--runtime-env-agent-port={free_port()}",
         f"--metrics-export-port={free_port()}",
-        f"--ray-client-server-port={free_port()}",
-        f"--node-manager-port={free_port()}",
         f"--object-manager-port={free_port()}",
     ]
+
+
+def _ray_env(env: Mapping[str, str] | None) -> dict[str, str]:
     full_env = dict(env if env is not None else os.environ)
     full_env.setdefault("RAY_AUTH_MODE", "disabled")
-    proc = start("ray-head", argv, log_dir, full_env)
+    return full_env
+
+
+def start_ray_head(
+    temp_dir: Path, gcs_port: int, dashboard_port: int, num_cpus: int, log_dir: Path,
+    env: Mapping[str, str] | None = None, num_gpus: int | None = None,
+) -> ManagedProcess:
+    """A local Ray head with the dashboard on loopback (it serves the Jobs API).
+
+    ``num_cpus=0`` makes a head that runs no work, as on KubeRay, where tasks and replicas
+    go to worker nodes (:func:`start_ray_worker`). ``num_gpus`` defaults to the GPUs
+    :func:`detected_gpus` finds.
+    """
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    gpus = detected_gpus() if num_gpus is None else num_gpus
+    argv = [
+        venv_bin("ray"), "start", "--head", "--block",
+        "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
+        f"--num-cpus={num_cpus}", f"--num-gpus={gpus}",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+        f"--ray-client-server-port={free_port()}",
+        f"--node-manager-port={free_port()}",
+        *_node_ports(),
+    ]
+    proc = start("ray-head", argv, log_dir, _ray_env(env))
     wait_until(
         lambda: http_ok(f"http://127.0.0.1:{dashboard_port}/api/version"),
         "Ray dashboard", proc, 120,
     )
+    return proc
+
+
+def start_ray_worker(
+    address: str, temp_dir: Path, num_cpus: int, log_dir: Path,
+    env: Mapping[str, str] | None = None, num_gpus: int | None = None,
+    resources: Mapping[str, float] | None = None, name: str = "ray-worker",
+) -> ManagedProcess:
+    """A Ray worker node joining the head at ``address`` (its GCS, ``host:port``), as a
+    KubeRay worker pod runs ``ray start --address``: its own process group (stopping or
+    killing it is losing the node), temp dir, resources and environment (``env`` is what
+    the pod spec gives the node: its model cache, the bucket's credentials), every listener
+    on a free port. ``name`` names its log file.
+
+    Ray replaces a loopback ``--node-ip-address`` with the host's own address (one that
+    other machines could reach) and binds some listeners (GCS, metrics) on all interfaces,
+    head included: the host's firewall, not these flags, keeps them private.
+    Returns once the node's raylet listens; the GCS lists the node moments later.
+    """
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    gpus = detected_gpus() if num_gpus is None else num_gpus
+    node_manager_port = free_port()
+    argv = [
+        venv_bin("ray"), "start", f"--address={address}", "--block",
+        "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", f"--num-gpus={gpus}",
+        f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        f"--node-manager-port={node_manager_port}",
+        *_node_ports(),
+        *([f"--resources={json.dumps(dict(resources))}"] if resources else []),
+    ]
+    proc = start(name, argv, log_dir, _ray_env(env))
+    wait_until(lambda: port_open(node_manager_port), f"Ray worker node {name}", proc, 120)
     return proc
