@@ -21,6 +21,7 @@ import torch
 from contract.chat_format import preference_conversations
 from training.chat_template import IGNORE_INDEX, ChatTokenizer, TokenizedExample, tokenize_chat
 from training.packing import collate, model_device
+from training.token_loss import final_hidden_states, sequence_logps
 
 
 @dataclass(frozen=True)
@@ -84,25 +85,6 @@ def _window(example: TokenizedExample, drop: int, max_seq_length: int) -> Tokeni
     return TokenizedExample(example.input_ids[drop:end], example.labels[drop:end])
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed log-probability of each row's labelled tokens: ``[batch, seq, vocab] -> [batch]``.
-
-    Shifted as in :func:`training.packing.weighted_token_loss`: position ``i`` predicts token
-    ``i + 1``.
-    ``logsumexp`` and ``gather`` avoid a full-vocabulary ``log_softmax`` copy.
-
-        >>> logits = torch.tensor([[[0.0, 0.0], [math.log(3), 0.0], [0.0, 0.0]]])
-        >>> sequence_logps(logits, torch.tensor([[-100, 1, 0]]))  # log(1/2) + log(3/4)
-        tensor([-0.9808])
-    """
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:].to(shift_logits.device)
-    mask = shift_labels != IGNORE_INDEX
-    index = torch.where(mask, shift_labels, 0).unsqueeze(-1)
-    token_logps = shift_logits.gather(-1, index).squeeze(-1) - shift_logits.logsumexp(-1)
-    return (token_logps * mask).sum(-1)
-
-
 @dataclass(frozen=True)
 class PreferenceStats:
     """Batch means of one step; a reward is ``beta * (policy - reference)`` log-prob."""
@@ -154,13 +136,12 @@ def preference_batch(
 
 
 def batch_logps(model: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """One forward of ``model`` over ``batch``; :func:`sequence_logps` of each row."""
+    """One forward of ``model`` over ``batch``; the summed log-probability of each row's
+    labelled tokens (:func:`training.token_loss.sequence_logps`: no full logits)."""
     device = model_device(model)
-    logits = model(
-        input_ids=batch["input_ids"].to(device),
-        attention_mask=batch["attention_mask"].to(device),
-    ).logits
-    return sequence_logps(logits, batch["labels"])
+    inputs = {"input_ids": batch["input_ids"].to(device),
+              "attention_mask": batch["attention_mask"].to(device), "use_cache": False}
+    return sequence_logps(model, final_hidden_states(model, inputs), batch["labels"])
 
 
 @contextlib.contextmanager

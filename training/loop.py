@@ -29,13 +29,14 @@ from training import storage
 from training.adapter import save_adapter, upload_adapter
 from training.checkpoints import Checkpointer, restore, starting_checkpoint
 from training.control import PauseWatch, any_rank, s3_control_reader
-from training.data import StepPlan, epoch_indices, plan_steps, resume_point
+from training.data import StepPlan, epoch_indices, micro_batch_size, plan_steps, resume_point
 from training.deepspeed_private import skip_shm_comm_op
 from training.events import EventWriter, s3_event_writer
 from training.examples import load_data
 from training.model_load import load_base_model
 from training.objectives import Objective, Preference, Sums, Supervised, add, all_reduced
 from training.run import Run
+from training.torch_private import cpu_has_bf16
 from training.trainer_state import TrainerState, checkpoint_due
 
 
@@ -50,7 +51,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     data = load_data(spec)
     objective = objective_for(spec, data.pad_id)
     plan = plan_steps(len(data.train), world_size, hp.batch_size, hp.n_epochs)
-    engine = build_engine(spec, plan, world_size)
+    micro_batch = micro_batch_size(plan.examples_per_rank_step, objective.max_example_tokens)
+    engine = build_engine(spec, plan, world_size, micro_batch)
     checkpoint = starting_checkpoint(spec)
     start = (
         restore(engine, checkpoint, plan, rank, world_size)
@@ -66,7 +68,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     with rank0_events(spec, rank) as events:
         run = Run(spec, plan, rank, world_size, events)
         checkpoints = Checkpointer(engine, run, run_metrics)
-        validation = Validation(objective, data.valid, run, spec.eval_every_steps)
+        validation = Validation(objective, data.valid, run, spec.eval_every_steps, micro_batch)
         paused = train(engine, data.train, objective, validation, run, start, checkpoints,
                        pause_check(spec, rank))
     if paused:
@@ -85,29 +87,46 @@ def objective_for(spec: TrainingSpec, pad_id: int) -> Objective:
     hp = spec.hyperparameters
     if spec.method == "dpo":
         assert hp.beta is not None  # TrainingSpec refuses a DPO spec without it
-        return Preference(pad_id=pad_id, beta=hp.beta)
+        return Preference(pad_id=pad_id, beta=hp.beta, max_seq_length=hp.max_seq_length)
     return Supervised(max_seq_length=hp.max_seq_length, pad_id=pad_id, packing=hp.packing)
 
 
 def use_bf16(spec: TrainingSpec) -> bool:
-    return spec.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    """Train in bf16 where the hardware computes it: a GPU with bf16, or (CPU workers) an x86
+    CPU with AVX-512 BF16 or AMX; fp32 elsewhere, where bf16 would be emulated and slower.
+
+    Weights, activations and gradients are then bf16; DeepSpeed's bf16 mode keeps fp32
+    master weights and fp32 Adam states in the optimizer, and the loss upcasts each chunk of
+    logits to fp32 (:mod:`training.token_loss`).
+    """
+    if spec.use_gpu:
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
 
 
 def deepspeed_config(
-    zero_stage: int, examples_per_step: int, world_size: int, bf16: bool
+    zero_stage: int, examples_per_step: int, world_size: int, bf16: bool,
+    micro_batch: int | None = None,
 ) -> dict[str, Any]:
     """The ZeRO config seen to work on CPU under Ray Train (gloo, no FusedAdam build).
 
-    One forward per optimizer step: a rank's examples of the step go in one packed or padded
-    batch (:mod:`training.packing`), so DeepSpeed accumulates nothing.
+    A rank's ``examples_per_step`` go through forwards of ``micro_batch`` examples each (all
+    of them in one forward when ``None``), a divisor of it
+    (:func:`training.data.micro_batch_size`); DeepSpeed accumulates the gradients of the
+    ``examples_per_step / micro_batch`` forwards and divides each loss by that count.
 
-    >>> deepspeed_config(zero_stage=2, examples_per_step=2, world_size=2, bf16=False)[
-    ...     "train_batch_size"]
-    4
+    >>> config = deepspeed_config(zero_stage=2, examples_per_step=8, world_size=2, bf16=False,
+    ...                           micro_batch=2)
+    >>> [config[k] for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+    ...                      "train_batch_size")]
+    [2, 4, 16]
     """
+    micro = examples_per_step if micro_batch is None else micro_batch
+    if micro < 1 or examples_per_step % micro:
+        raise ValueError(f"micro_batch {micro} does not divide {examples_per_step} examples")
     return {
-        "train_micro_batch_size_per_gpu": examples_per_step,
-        "gradient_accumulation_steps": 1,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": examples_per_step // micro,
         "train_batch_size": examples_per_step * world_size,
         "gradient_clipping": 1.0,
         "zero_optimization": {"stage": zero_stage},
@@ -195,9 +214,10 @@ def initialize_deepspeed(**kwargs: Any) -> Any:
     return engine
 
 
-def build_engine(spec: TrainingSpec, plan: StepPlan, world_size: int) -> Any:
+def build_engine(spec: TrainingSpec, plan: StepPlan, world_size: int, micro_batch: int) -> Any:
     hp = spec.hyperparameters
-    ds_config = deepspeed_config(hp.zero_stage, plan.grad_accum, world_size, use_bf16(spec))
+    ds_config = deepspeed_config(hp.zero_stage, plan.examples_per_rank_step, world_size,
+                                 use_bf16(spec), micro_batch)
     model = build_model(spec, ds_config)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=0.0)
@@ -246,23 +266,20 @@ def train(
 ) -> bool:
     """Train from ``start`` to the last step, or until a pause; returns whether paused.
 
-    Each optimizer step is one forward and backward of this rank's ``grad_accum`` examples.
-    Checks for a pause after every step but the last, all ranks agreeing. The run always
-    ends on a checkpoint of the step it stopped at.
+    Each optimizer step is :func:`accumulate` over this rank's ``examples_per_rank_step``
+    examples. Checks for a pause after every step but the last, all ranks agreeing. The run
+    always ends on a checkpoint of the step it stopped at.
     """
     plan, spec = run.plan, run.spec
     step, metrics = start.step, start.metrics
-    first_epoch, first_micro = resume_point(step, plan)
+    first_epoch, first_at = resume_point(step, plan)
+    per_step = plan.examples_per_rank_step
     for epoch in range(first_epoch, plan.n_epochs):
         indices = epoch_indices(len(examples), plan, spec.seed, epoch, run.rank, run.world_size)
         if epoch == first_epoch:
-            indices = indices[first_micro:]  # a multiple of grad_accum: steps stay aligned
-        for at in range(0, len(indices), plan.grad_accum):
-            engine.train()
-            chunk = [examples[i] for i in indices[at : at + plan.grad_accum]]
-            loss, sums = objective.step(engine, chunk)
-            engine.backward(loss)
-            engine.step()
+            indices = indices[first_at:]  # a multiple of per_step: steps stay aligned
+        for at in range(0, len(indices), per_step):
+            sums = accumulate(engine, objective, [examples[i] for i in indices[at : at + per_step]])
             step += 1
             metrics = step_metrics(step, plan.total_steps, objective, all_reduced(sums))
             metrics.update(validation.at(step, engine))
@@ -275,6 +292,24 @@ def train(
     if checkpoints.last_step != step:  # resumed from the last step: nothing left to train
         checkpoints.save(step, metrics or {"step": step})
     return False
+
+
+def accumulate(engine: Any, objective: Objective, examples: Sequence[Any]) -> Sums:
+    """One optimizer step over ``examples``, in forwards of the engine's micro-batch size;
+    the step's metric sums on this rank.
+
+    DeepSpeed divides each forward's loss (a mean over its examples) by the number of
+    forwards and steps the optimizer at the last one (its accumulation boundary).
+    """
+    engine.train()
+    micro = engine.train_micro_batch_size_per_gpu()
+    sums: Sums = {}
+    for at in range(0, len(examples), micro):
+        loss, micro_sums = objective.step(engine, examples[at : at + micro])
+        engine.backward(loss)
+        engine.step()
+        sums = add(sums, micro_sums)
+    return sums
 
 
 def step_metrics(step: int, total_steps: int, objective: Objective, sums: Sums) -> dict[str, Any]:
@@ -302,19 +337,19 @@ class Validation:
     """Loss on held-out examples: a rotating sample every ``every`` steps and at the last
     step (``valid_*``), and the whole file at the last step (``full_valid_*``).
 
-    Every rank evaluates its share of the same sample in the same number of forwards (ZeRO-3
-    gathers weights collectively in each); sums are added over ranks, so each example
-    counts once.
+    Every rank evaluates its share of the same sample in the same number of forwards of
+    ``batch`` examples (ZeRO-3 gathers weights collectively in each); sums are added over
+    ranks, so each example counts once.
     """
 
     def __init__(self, objective: Objective, examples: Sequence[Any], run: Run,
-                 every: int | None) -> None:
+                 every: int | None, batch: int) -> None:
         self._objective = objective
         self._examples = examples
         self._run = run
         total = run.plan.total_steps
         self._every = every or max(1, total // 10)
-        self._batch = run.plan.grad_accum
+        self._batch = batch
 
     def at(self, step: int, model: Any) -> dict[str, float]:
         """The validation metrics due after ``step``; ``{}`` when none are."""
@@ -322,7 +357,7 @@ class Validation:
         if not self._examples or not (last or step % self._every == 0):
             return {}
         n = len(self._examples)
-        size = min(n, self._batch * self._run.world_size)
+        size = min(n, self._run.plan.examples_per_rank_step * self._run.world_size)
         first = (step // self._every) * size
         metrics = self._evaluate(model, [(first + k) % n for k in range(size)], "valid")
         if last:

@@ -1,7 +1,8 @@
 """What one optimizer step minimises: the supervised token loss or DPO's preference loss.
 
-Both objectives take the examples one rank trains on in one step and give the loss to
-backpropagate plus plain sums (loss, correct tokens, pairs...) that the loop adds across
+Both objectives take the examples of one forward (a micro-batch of a rank's step) and give
+the loss to backpropagate, their mean over those examples (DeepSpeed's accumulation turns it
+into the step's mean), plus plain sums (loss, correct tokens, pairs...) that the loop adds across
 ranks and steps before turning them into metrics, so every example weighs the same whichever
 rank saw it. Metric names follow OpenAI's: ``{prefix}_loss`` and
 ``{prefix}_mean_token_accuracy`` with prefix ``train``, ``valid`` or ``full_valid``.
@@ -18,14 +19,20 @@ import torch.distributed as dist
 
 from training.chat_template import TokenizedExample
 from training.dpo import PreferenceExample, preference_step
-from training.packing import build_batch, model_device, model_inputs, weighted_token_loss
+from training.packing import build_batch, model_device, model_inputs
+from training.token_loss import final_hidden_states, weighted_token_loss
 
 Sums = dict[str, float]
 
 
 class Objective(Protocol):
+    @property
+    def max_example_tokens(self) -> int:
+        """The most tokens one example can put in a forward (it sizes micro-batches)."""
+        ...
+
     def step(self, model: Any, examples: Sequence[Any]) -> tuple[torch.Tensor, Sums]:
-        """The loss of one step's examples on this rank, and its metric sums."""
+        """The mean loss of one forward's examples, and its metric sums."""
         ...
 
     def metrics(self, sums: Sums, prefix: str) -> dict[str, float]:
@@ -45,10 +52,14 @@ class Supervised:
     pad_id: int
     packing: bool
 
+    @property
+    def max_example_tokens(self) -> int:
+        return self.max_seq_length
+
     def step(self, model: Any, examples: Sequence[TokenizedExample]) -> tuple[torch.Tensor, Sums]:
         batch = build_batch(examples, self.max_seq_length, self.pad_id, self.packing)
-        logits = model(**model_inputs(batch, model_device(model))).logits
-        loss, loss_sum, correct, count = weighted_token_loss(logits, batch)
+        hidden = final_hidden_states(model, model_inputs(batch, model_device(model)))
+        loss, loss_sum, correct, count = weighted_token_loss(model, hidden, batch)
         tokens = sum(example.num_tokens for example in examples)
         sums = {"loss_sum": float(loss_sum), "correct": float(correct), "count": float(count),
                 "tokens": float(tokens)}
@@ -75,6 +86,11 @@ class Preference:
 
     pad_id: int
     beta: float
+    max_seq_length: int
+
+    @property
+    def max_example_tokens(self) -> int:
+        return 2 * self.max_seq_length  # the chosen row and the rejected one
 
     def step(self, model: Any,
              examples: Sequence[PreferenceExample]) -> tuple[torch.Tensor, Sums]:

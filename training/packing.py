@@ -1,10 +1,12 @@
-"""One forward batch per optimizer step: packed or padded rows, no cross-talk, one loss.
+"""One forward batch (a micro-batch): packed or padded rows, no cross-talk, one loss.
 
-A step's examples become rows of at most ``max_seq_length`` tokens: several examples per row
-with packing on (first-fit decreasing), one per row with packing off. Either way the loss is
-the same number with the same gradient, the mean over the step's examples of each example's
-mean token loss, which is what the one-example-per-forward loop computed before (DeepSpeed
-averaged per-example mean losses over gradient accumulation).
+A micro-batch's examples become rows of at most ``max_seq_length`` tokens: several examples
+per row with packing on (first-fit decreasing), one per row with packing off. Either way the
+loss is the same number with the same gradient, the mean over the micro-batch's examples of
+each example's mean token loss. Every micro-batch of a step holds as many examples
+(:func:`training.data.micro_batch_size`) and DeepSpeed divides each micro-batch's loss by
+their count, so the step's loss is the mean over all its examples however they are split:
+what the one-example-per-forward loop computed first.
 
 How attention stays inside each example. No ``attention_mask`` is passed, only
 ``position_ids`` that restart at 0 at every example (and at the row's trailing padding):
@@ -35,8 +37,8 @@ before it is the previous example's last token, which must not learn to predict 
 the first label is never a target anyway). ``loss_weights`` is aligned with ``labels``:
 ``loss_weights[r, t]`` weighs the loss of predicting ``labels[r, t]`` from the logits at
 ``t - 1``; an example with ``n`` trained tokens gives each ``1 / (n * N)`` for ``N`` examples
-in the step. An example with no trained token (all cut by truncation) adds 0 to the loss and
-still counts in ``N``, as it counted in DeepSpeed's ``1 / grad_accum`` before.
+in the batch. An example with no trained token (all cut by truncation) adds 0 to the loss and
+still counts in ``N``. :func:`training.token_loss.weighted_token_loss` computes the loss.
 
 Two examples, ``max_seq_length=8``, packing on then off:
 
@@ -97,13 +99,9 @@ def build_batch(
     max_seq_length: int,
     pad_id: int,
     packing: bool,
-    *,
-    examples_in_step: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """One forward batch of ``examples``; see the module docstring for every tensor.
 
-    ``examples_in_step`` is the ``N`` the loss averages over: ``len(examples)`` unless one
-    step's examples are split over several forward batches, when it is the step's total.
     Returns ``input_ids``, ``position_ids``, ``labels``, ``loss_weights`` (rows x width) and
     ``cu_seq_lens`` (int32 boundaries of every example and padding run, rows flattened).
     """
@@ -111,7 +109,7 @@ def build_batch(
         raise ValueError("a batch needs at least one example")
     rows = pack(examples, max_seq_length) if packing else [[i] for i in range(len(examples))]
     width = max(sum(examples[i].num_tokens for i in row) for row in rows)
-    n_examples = len(examples) if examples_in_step is None else examples_in_step
+    n_examples = len(examples)
 
     input_ids, position_ids, labels, weights = [], [], [], []
     cu_seq_lens = [0]
@@ -201,27 +199,3 @@ def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str) -> 
         "max_length_k": max_length,
     }
 
-
-def weighted_token_loss(
-    logits: torch.Tensor, batch: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The step's loss (mean over examples of their mean token loss), plus metric sums.
-
-    Same return contract as :func:`training.loop.token_loss`: ``(loss, loss_sum, correct,
-    count)``, the last three over trained tokens, so ``loss_sum / count`` is the
-    token-weighted train loss and ``correct / count`` the accuracy. The loss keeps a graph
-    even when no token is trained, so backward stays collective.
-    """
-    shift_logits = logits[:, :-1].float()
-    shift_labels = batch["labels"][:, 1:].to(shift_logits.device)
-    shift_weights = batch["loss_weights"][:, 1:].to(shift_logits.device)
-    per_token = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view_as(shift_labels)
-    mask = shift_labels != IGNORE_INDEX
-    correct = ((shift_logits.argmax(-1) == shift_labels) & mask).sum()
-    loss = (per_token * shift_weights).sum()
-    return loss, per_token.sum().detach(), correct, mask.sum()

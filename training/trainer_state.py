@@ -20,7 +20,9 @@ STATE_FILE = "trainer_state.json"
 def checkpoint_due(step: int, plan: StepPlan, every_steps: int | None) -> bool:
     """At the end of every epoch, and every ``every_steps`` optimizer steps when set.
 
-    >>> plan = StepPlan(grad_accum=2, micro_steps_per_epoch=6, n_epochs=2)  # 3 steps/epoch
+    >>> plan = StepPlan(examples_per_rank_step=2, examples_per_rank_epoch=6, n_epochs=2)
+    >>> plan.steps_per_epoch
+    3
     >>> [s for s in range(1, 7) if checkpoint_due(s, plan, every_steps=None)]
     [3, 6]
     >>> [s for s in range(1, 7) if checkpoint_due(s, plan, every_steps=2)]
@@ -61,8 +63,8 @@ class TrainerState:
 
 def run_shape(plan: StepPlan, world_size: int) -> dict[str, int]:
     """
-    >>> run_shape(StepPlan(grad_accum=2, micro_steps_per_epoch=6, n_epochs=5), world_size=2)
-    {'world_size': 2, 'grad_accum': 2, 'micro_steps_per_epoch': 6, 'n_epochs': 5}
+    >>> run_shape(StepPlan(2, 6, n_epochs=5), world_size=2)
+    {'world_size': 2, 'examples_per_rank_step': 2, 'examples_per_rank_epoch': 6, 'n_epochs': 5}
     """
     return {"world_size": world_size, **asdict(plan)}
 

@@ -41,7 +41,7 @@ def test_spec_fields_default_to_no_extra_checkpoints_and_a_fresh_start():
         TrainingSpec.model_validate({**SPEC, "checkpoint_every_steps": 0})
 
 
-PLAN = StepPlan(grad_accum=2, micro_steps_per_epoch=6, n_epochs=3)  # 3 steps per epoch
+PLAN = StepPlan(examples_per_rank_step=2, examples_per_rank_epoch=6, n_epochs=3)  # 3 steps per epoch
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_a_resumed_run_sees_the_rest_of_the_uninterrupted_data_order(num_example
     for rank, step in itertools.product(range(world), range(plan.total_steps + 1)):
         whole = list(micro_batches(num_examples, plan, rank, world, step=0))
         rest = list(micro_batches(num_examples, plan, rank, world, step))
-        assert rest == whole[step * plan.grad_accum :], (rank, step)
+        assert rest == whole[step * plan.examples_per_rank_step :], (rank, step)
 
 
 @pytest.mark.parametrize(

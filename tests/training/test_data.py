@@ -6,16 +6,15 @@ import doctest
 from collections import Counter
 
 import pytest
-import torch
 
 import training.data
 import training.events
 import training.loop
 from training.chat_template import TokenizedExample
-from training.data import StepPlan, epoch_indices, plan_steps
+from training.data import StepPlan, epoch_indices, micro_batch_size, plan_steps
 from training.loop import deepspeed_config, lr_factor, shard, warmup_steps
 from training.objectives import Supervised
-from training.packing import collate, weighted_token_loss
+from training.packing import collate
 
 
 @pytest.mark.parametrize("module", [training.data, training.events, training.loop])
@@ -24,7 +23,7 @@ def test_docstring_examples_hold(module):
 
 
 @pytest.mark.parametrize(
-    ("num_examples", "world", "batch", "epochs", "grad_accum", "micro", "total_steps"),
+    ("num_examples", "world", "batch", "epochs", "per_step", "per_epoch", "total_steps"),
     [
         (12, 2, 4, 5, 2, 6, 15),  # the integration test's shape
         (12, 1, 4, 1, 4, 12, 3),
@@ -33,12 +32,32 @@ def test_docstring_examples_hold(module):
         (3, 4, 8, 1, 2, 2, 1),  # fewer examples than ranks: repeats fill the step
     ],
 )
-def test_plan_steps(num_examples, world, batch, epochs, grad_accum, micro, total_steps):
+def test_plan_steps(num_examples, world, batch, epochs, per_step, per_epoch, total_steps):
     plan = plan_steps(num_examples, world, batch, epochs)
 
-    assert (plan.grad_accum, plan.micro_steps_per_epoch) == (grad_accum, micro)
+    assert (plan.examples_per_rank_step, plan.examples_per_rank_epoch) == (per_step, per_epoch)
     assert plan.total_steps == total_steps
-    assert plan.micro_steps_per_epoch % plan.grad_accum == 0
+    assert plan.examples_per_rank_epoch % plan.examples_per_rank_step == 0
+
+
+@pytest.mark.parametrize(
+    ("per_step", "max_example_tokens", "micro"),
+    [
+        (8, 1024, 8),  # 8k tokens: the whole step in one forward
+        (64, 1024, 8),  # a bigger batch: more forwards, not more memory
+        (12, 2048, 4),
+        (10, 2048, 2),  # 4 would fit but does not divide 10
+        (7, 1024, 7),
+        (7, 2048, 1),  # a prime: one example per forward
+        (4, 32768, 1),  # longer than the budget: still one example
+    ],
+)
+def test_micro_batches_hold_at_most_8k_tokens_and_divide_the_step(
+    per_step, max_example_tokens, micro
+):
+    assert micro_batch_size(per_step, max_example_tokens) == micro
+    assert per_step % micro == 0
+    assert micro * max_example_tokens <= 8192 or micro == 1
 
 
 @pytest.mark.parametrize(("num_examples", "world"), [(12, 2), (13, 2), (5, 3), (3, 4), (7, 1)])
@@ -46,7 +65,7 @@ def test_shards_cover_every_example_once_before_any_repeat(num_examples, world):
     plan = plan_steps(num_examples, world, batch_size=2 * world, n_epochs=1)
     shards = [epoch_indices(num_examples, plan, 7, 0, rank, world) for rank in range(world)]
 
-    assert {len(s) for s in shards} == {plan.micro_steps_per_epoch}
+    assert {len(s) for s in shards} == {plan.examples_per_rank_epoch}
     counts = Counter(i for s in shards for i in s)
     assert set(counts) == set(range(num_examples))
     assert max(counts.values()) - min(counts.values()) <= max(1, world // num_examples + 1)
@@ -77,40 +96,6 @@ def test_objective_counts_prompt_and_completion_tokens():
     assert sum(map(objective.num_tokens, examples)) == 5
 
 
-def loss_batch(labels: list[list[int]]) -> dict[str, torch.Tensor]:
-    """Labels and per-token weights of one example per row, as build_batch weighs them."""
-    weights = [[1.0 / (sum(t != -100 for t in row[1:]) * len(labels)) if t != -100 and i else 0.0
-                for i, t in enumerate(row)] for row in labels]
-    return {"labels": torch.tensor(labels), "loss_weights": torch.tensor(weights)}
-
-
-def test_token_loss_counts_only_trained_positions():
-    vocab = 4
-    # Position i predicts label i + 1; only labels 2 and 3 of the sequence are trained.
-    logits = torch.full((1, 4, vocab), -10.0)
-    logits[0, 1, 2] = 10.0  # right about token 2
-    logits[0, 2, 0] = 10.0  # wrong about token 3
-
-    mean, loss_sum, correct, count = weighted_token_loss(
-        logits.requires_grad_(), loss_batch([[-100, -100, 2, 3]]))
-    mean = mean.detach()
-
-    assert int(count) == 2 and int(correct) == 1
-    assert float(mean) == pytest.approx(float(loss_sum) / 2)
-    assert float(mean) > 5  # the wrong guess dominates
-
-
-def test_token_loss_of_an_example_with_nothing_to_train_is_zero_with_a_graph():
-    logits = torch.randn(1, 3, 5, requires_grad=True)
-    batch = {"labels": torch.tensor([[-100, -100, -100]]), "loss_weights": torch.zeros(1, 3)}
-
-    mean, _, correct, count = weighted_token_loss(logits, batch)
-    value = float(mean.detach())
-
-    assert value == 0.0 and int(count) == 0 and int(correct) == 0
-    mean.backward()  # backward must still run on every rank
-
-
 @pytest.mark.parametrize(
     ("step", "total", "warmup", "expected"),
     [(0, 10, 2, 0.5), (1, 10, 2, 1.0), (2, 10, 2, 1.0), (9, 10, 2, 0.125), (0, 1, 1, 1.0)],
@@ -137,16 +122,24 @@ def test_validation_shards_cover_every_example_once_with_equal_forwards():
     assert sorted(i for s in shards for i in s if i is not None) == list(range(7))
 
 
-@pytest.mark.parametrize(("stage", "accum", "world", "bf16"), [(2, 2, 2, False), (3, 4, 1, True)])
-def test_deepspeed_config(stage, accum, world, bf16):
-    config = deepspeed_config(stage, accum, world, bf16)
+@pytest.mark.parametrize(
+    ("stage", "per_step", "micro", "world", "bf16", "accumulation"),
+    [(2, 2, None, 2, False, 1), (3, 4, 1, 1, True, 4), (2, 12, 4, 2, False, 3)],
+)
+def test_deepspeed_config(stage, per_step, micro, world, bf16, accumulation):
+    config = deepspeed_config(stage, per_step, world, bf16, micro_batch=micro)
 
-    assert config["train_batch_size"] == accum * world
-    assert config["train_micro_batch_size_per_gpu"] == accum  # one forward per step
-    assert config["gradient_accumulation_steps"] == 1
+    assert config["train_batch_size"] == per_step * world
+    assert config["train_micro_batch_size_per_gpu"] == (micro or per_step)
+    assert config["gradient_accumulation_steps"] == accumulation
     assert config["zero_optimization"] == {"stage": stage}
     assert config["bf16"] == {"enabled": bf16}
     assert config["zero_allow_untested_optimizer"] is True
+
+
+def test_deepspeed_config_refuses_a_micro_batch_that_does_not_divide_the_step():
+    with pytest.raises(ValueError, match="does not divide"):
+        deepspeed_config(2, examples_per_step=6, world_size=1, bf16=False, micro_batch=4)
 
 
 def test_step_plan_is_plain_data():

@@ -18,7 +18,6 @@ from training.dpo import (
     preference_batch,
     preference_step,
     reference_logps,
-    sequence_logps,
     tokenize_preference,
 )
 
@@ -131,32 +130,7 @@ def test_truncation_keeps_the_prompt_shared_and_cuts_it_from_the_start(
         assert trained_text(tokenizer, ex.chosen) == PREFERRED + END
 
 
-# --- sequence_logps and dpo_loss -----------------------------------------------------------
-
-
-def test_sequence_logps_sums_shifted_labelled_tokens():
-    logits = torch.tensor(
-        [
-            [[0.0, 0.0, 0.0, 0.0], [math.log(3), 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 5.0]],
-            [[0.0, math.log(7), 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [9.0, 9.0, 9.0, 9.0]],
-        ]
-    )
-    labels = torch.tensor(
-        [
-            [IGNORE_INDEX, 2, 0],  # log(1/4) + log(3/6); the last position predicts nothing
-            [IGNORE_INDEX, 1, IGNORE_INDEX],  # log(7/10) only
-        ]
-    )
-
-    logps = sequence_logps(logits, labels)
-
-    expected = torch.tensor([math.log(1 / 4) + math.log(1 / 2), math.log(7 / 10)])
-    torch.testing.assert_close(logps, expected, rtol=0, atol=1e-6)
-
-
-def test_sequence_logps_of_a_row_without_labels_is_zero():
-    logits = torch.randn(1, 4, 8)
-    assert sequence_logps(logits, torch.full((1, 4), IGNORE_INDEX)).tolist() == [0.0]
+# --- dpo_loss -----------------------------------------------------------------------------
 
 
 def test_dpo_loss_by_hand():

@@ -1,4 +1,5 @@
-"""Packing: exact batch tensors, no cross-talk in a real Llama, one loss however batched."""
+"""Packing: exact batch tensors, no cross-talk in a real Llama, one loss however batched
+(packed or not, in one forward or in micro-batches)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 
 import training.packing
 from training.chat_template import IGNORE_INDEX, TokenizedExample
-from training.packing import build_batch, model_inputs, pack, weighted_token_loss
+from training.packing import build_batch, model_inputs, pack
+from training.token_loss import final_hidden_states, weighted_token_loss
 
 X = IGNORE_INDEX
 
@@ -76,12 +78,12 @@ C = TokenizedExample([3, 4], [X, X])  # truncation left no trained token
         (
             [B, A],  # the longer example goes first in its row
             True,
-            {"examples_in_step": 4},
+            {},
             {
                 "input_ids": [[5, 6, 7, 8, 9]],
                 "position_ids": [[0, 1, 2, 0, 1]],
                 "labels": [[X, 6, 7, X, 9]],
-                "loss_weights": [[0, 1 / 8, 1 / 8, 0, 1 / 4]],
+                "loss_weights": [[0, 1 / 4, 1 / 4, 0, 1 / 2]],
                 "cu_seq_lens": [0, 3, 5],
             },
         ),
@@ -200,7 +202,8 @@ def test_each_example_sees_only_itself_and_the_loss_is_the_mean_of_losses_alone(
             got = logits[row, start : start + examples[i].num_tokens]
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
-        loss, loss_sum, correct, count = weighted_token_loss(logits, batch)
+        hidden = final_hidden_states(model, model_inputs(batch, "cpu"))
+        loss, loss_sum, correct, count = weighted_token_loss(model, hidden, batch)
         torch.testing.assert_close(loss, mean_loss_alone(model, examples), rtol=1e-5, atol=1e-6)
         # The metric sums are the old loop's, added over its micro steps.
         sums = torch.stack(
@@ -215,30 +218,34 @@ def test_each_example_sees_only_itself_and_the_loss_is_the_mean_of_losses_alone(
 def test_lora_gradients_match_examples_trained_one_by_one(tiny_model_dir, examples, packing):
     model = with_lora(load(tiny_model_dir, "sdpa"))
     batch = build_batch(examples, MAX_SEQ_LENGTH, pad_id=0, packing=packing)
-    loss, *_ = weighted_token_loss(model(**model_inputs(batch, "cpu")).logits, batch)
+    hidden = final_hidden_states(model, model_inputs(batch, "cpu"))
+    loss, *_ = weighted_token_loss(model, hidden, batch)
     loss.backward()
     lora = {n: p for n, p in model.named_parameters() if p.requires_grad}
     batched = {n: p.grad.clone() for n, p in lora.items()}
 
     model.zero_grad()
-    mean_loss_alone(model, examples).backward()  # what DeepSpeed's 1/grad_accum averaged
+    mean_loss_alone(model, examples).backward()  # one example per forward
     assert len(lora) == 2 * 4 * 2  # A and B of 4 projections in 2 layers
     for name, param in lora.items():
         assert param.grad.abs().sum() > 0, name
         torch.testing.assert_close(batched[name], param.grad, rtol=1e-4, atol=1e-6)
 
 
-def test_split_step_batches_add_up_to_the_whole_step(tiny_model_dir, examples):
+@pytest.mark.parametrize("micro", [1, 7])
+@pytest.mark.parametrize("packing", [True, False])
+def test_micro_batch_losses_averaged_as_deepspeed_does_are_the_step_loss(
+    tiny_model_dir, examples, micro, packing
+):
+    """DeepSpeed divides each micro-batch's loss by the number of micro-batches."""
     model = load(tiny_model_dir, "sdpa")
     n = len(examples)
     with torch.no_grad():
-        parts = [
-            weighted_token_loss(model(**model_inputs(batch, "cpu")).logits, batch)[0]
-            for batch in (
-                build_batch(chunk, MAX_SEQ_LENGTH, pad_id=0, packing=True, examples_in_step=n)
-                for chunk in (examples[:3], examples[3:])
-            )
-        ]
+        parts = []
+        for at in range(0, n, micro):
+            batch = build_batch(examples[at : at + micro], MAX_SEQ_LENGTH, 0, packing)
+            hidden = final_hidden_states(model, model_inputs(batch, "cpu"))
+            parts.append(weighted_token_loss(model, hidden, batch)[0] / (n // micro))
         torch.testing.assert_close(sum(parts), mean_loss_alone(model, examples))
 
 
