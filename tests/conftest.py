@@ -102,6 +102,6 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> I
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.support.tiny_model import build_tiny_llama
+    from devstack.tiny_model import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

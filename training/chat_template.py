@@ -169,7 +169,7 @@ def tokenize_chat(
     the space before the answer). The result is cut to ``max_seq_length`` tokens (the end of
     long conversations is lost).
 
-    With the ChatML tiny tokenizer of the tests (``tests/support/tiny_model.py``)::
+    With the ChatML tiny tokenizer of the tests (``devstack/tiny_model.py``)::
 
         >>> ex = tokenize_chat(tok, [{"role": "user", "content": "Hi"},
         ...                          {"role": "assistant", "content": "Hello!"}], 64)

@@ -48,7 +48,7 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def long_context_model_dir(tmp_path_factory) -> Path:
-    from tests.support.tiny_model import build_tiny_llama
+    from devstack.tiny_model import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-long"), context=MAX_MODEL_LEN)
 

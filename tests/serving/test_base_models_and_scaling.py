@@ -46,8 +46,8 @@ def second_model_dir(tmp_path_factory):
     """Another tiny Llama, with Qwen2.5's chat template: it renders ``tools`` (hermes format)."""
     from transformers import AutoTokenizer
 
+    from devstack.tiny_model import build_tiny_llama
     from tests.support.chat_templates import QWEN2_5
-    from tests.support.tiny_model import build_tiny_llama
 
     path = build_tiny_llama(tmp_path_factory.mktemp("tiny-b"), seed=1)
     tokenizer = AutoTokenizer.from_pretrained(path)

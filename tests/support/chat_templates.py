@@ -1,6 +1,6 @@
 """Small local tokenizers that carry the real chat templates of the base model families we train.
 
-Each builder trains a BPE on a tiny corpus (like ``tests/support/tiny_model.py``), adds the
+Each builder trains a BPE on a tiny corpus (like ``devstack/tiny_model.py``), adds the
 family's special tokens, sets the official chat template (copied from the model's
 ``tokenizer_config.json``; the source is named above each one) and saves the tokenizer, so
 that ``AutoTokenizer`` and the service's torch-free token counter can both load it from disk.

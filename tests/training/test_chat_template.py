@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.tiny_model import build_tokenizer
+from devstack.tiny_model import build_tokenizer
 from training.chat_template import IGNORE_INDEX, TokenizedExample, tokenize_chat
 
 

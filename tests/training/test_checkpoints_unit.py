@@ -41,7 +41,8 @@ def test_spec_fields_default_to_no_extra_checkpoints_and_a_fresh_start():
         TrainingSpec.model_validate({**SPEC, "checkpoint_every_steps": 0})
 
 
-PLAN = StepPlan(examples_per_rank_step=2, examples_per_rank_epoch=6, n_epochs=3)  # 3 steps per epoch
+# 3 steps per epoch
+PLAN = StepPlan(examples_per_rank_step=2, examples_per_rank_epoch=6, n_epochs=3)
 
 
 @pytest.mark.parametrize(

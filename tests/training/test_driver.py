@@ -1,7 +1,7 @@
 """The training driver, submitted through Ray's Jobs API exactly as the service submits it.
 
 Real SeaweedFS, a real local Ray head, Ray Train with two gloo workers, DeepSpeed ZeRO-2 and
-PEFT LoRA on the tiny Llama of ``tests/support/tiny_model.py``.
+PEFT LoRA on the tiny Llama of ``devstack/tiny_model.py``.
 """
 
 from __future__ import annotations
