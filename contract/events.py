@@ -47,6 +47,9 @@ class MetricsData(BaseModel):
     step: int
     total_steps: int | None = None
     train_loss: float | None = None
+    peak_memory_gib: float | None = None
+    """Rank 0's peak memory in the step: CUDA memory on a GPU, the resident high-water mark
+    on a CPU (``training.memory``)."""
 
 
 class MetricsEvent(_Event):

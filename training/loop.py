@@ -33,6 +33,7 @@ from training.data import StepPlan, epoch_indices, micro_batch_size, plan_steps,
 from training.deepspeed_private import skip_shm_comm_op
 from training.events import EventWriter, s3_event_writer
 from training.examples import load_data
+from training.memory import step_peak_memory_gib
 from training.model_load import load_base_model
 from training.objectives import Objective, Preference, Sums, Supervised, add, all_reduced
 from training.run import Run
@@ -282,6 +283,7 @@ def train(
             sums = accumulate(engine, objective, [examples[i] for i in indices[at : at + per_step]])
             step += 1
             metrics = step_metrics(step, plan.total_steps, objective, all_reduced(sums))
+            metrics["peak_memory_gib"] = step_peak_memory_gib(spec.use_gpu)
             metrics.update(validation.at(step, engine))
             emit_metrics(run.events, metrics)
             paused = step < plan.total_steps and any_rank(pause_requested())
