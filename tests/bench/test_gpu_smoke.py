@@ -75,3 +75,17 @@ def test_without_cuda_and_without_dry_it_refuses_at_once(tmp_path):
                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "--dry" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_dry_run_passes_every_check_on_this_cpu(tmp_path):
+    """The whole smoke check but CUDA: real SeaweedFS, Ray, training driver and vLLM."""
+    done = subprocess.run([sys.executable, "-m", "bench.gpu_smoke", "--dry", "--results-dir",
+                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    report = json.loads((tmp_path / "gpu_smoke-dry.json").read_text())
+    failed = [c for c in report["checks"] if not c["ok"]]
+    assert done.returncode == 0 and not failed, (failed, done.stdout[-3000:])
+    names = " / ".join(c["name"] for c in report["checks"])
+    for step in ("ZeRO-2 LoRA", "ZeRO-3 LoRA", "ZeRO-3 full fine-tune", "DPO", "resume",
+                 "same greedy tokens", "placed the replica"):
+        assert step in names
