@@ -9,6 +9,7 @@ figure: the ranks of one run hold about the same.
 from __future__ import annotations
 
 import resource
+from pathlib import Path
 
 import torch
 
@@ -21,5 +22,16 @@ def step_peak_memory_gib(on_gpu: bool) -> float:
         peak = torch.cuda.max_memory_allocated() / GIB
         torch.cuda.reset_peak_memory_stats()
         return round(peak, 3)
-    # ru_maxrss is in KiB on Linux.
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB, 3)
+    return round(_resident_peak_kib() * 1024 / GIB, 3)
+
+
+def _resident_peak_kib() -> int:
+    """This process's VmHWM: its own high-water mark. ``ru_maxrss`` would do but for one
+    thing: Linux carries it over an exec, so a fresh process reports its parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
