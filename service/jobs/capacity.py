@@ -219,10 +219,27 @@ class TrainingLoad:
     lora_r: int
     weight_bytes: int
     """2 on GPU (bf16), 4 on CPU (fp32, the safe side)."""
+    sequences_per_worker_step: int = 0
+    """Sequences one worker trains on per optimizer step (examples, twice that for DPO's
+    pairs); 0 when unknown. A forward never holds more than these."""
 
     @property
     def tokens_per_forward(self) -> int:
-        return max(TOKENS_PER_FORWARD, self.max_seq_length)
+        """Tokens of the largest forward: the token budget, or one sequence when a single one
+        is longer; never more than the step's own sequences.
+
+        >>> TrainingLoad(1, 64, False, 8, 4, sequences_per_worker_step=1).tokens_per_forward
+        64
+        >>> TrainingLoad(1, 1024, False, 8, 4, sequences_per_worker_step=32).tokens_per_forward
+        8192
+        >>> TrainingLoad(1, 16384, False, 8, 4).tokens_per_forward
+        16384
+        """
+        budget = max(TOKENS_PER_FORWARD, self.max_seq_length)
+        if self.sequences_per_worker_step <= 0:
+            return budget
+        return min(budget, max(self.max_seq_length,
+                               self.sequences_per_worker_step * self.max_seq_length))
 
 
 def worker_memory(model: ModelFacts, load: TrainingLoad, zero_stage: int,

@@ -154,9 +154,10 @@ def _smallest_plan(given: dict[str, Any], limits: Limits, model: ModelFacts,
                    cluster: ClusterView, memory: float) -> MemoryPlan:
     """The plan with the least memory per worker that the given knobs allow."""
     workers = given.get("num_workers") or min(cluster.worker_slots, limits.max_workers)
+    per_worker = max(1, int(given.get("batch_size") or 1) // max(1, workers))
     load = TrainingLoad(workers, given.get("max_seq_length") or MIN_SEQ_LENGTH,
                         bool(given.get("full_finetune")), given.get("lora_r") or 1,
-                        cluster.weight_bytes)
+                        cluster.weight_bytes, sequences_per_worker_step=per_worker)
     return memory_plan(model, load, memory, given.get("zero_stage", 3),
                        given.get("gradient_checkpointing", True))
 
@@ -187,8 +188,9 @@ def resolve(requested: dict[str, Any], n_examples: int, limits: Limits,
     stage, checkpointing = pick("zero_stage", limits.zero_stage), pick(
         "gradient_checkpointing", None)
     if model is not None and cluster is not None and cluster.memory_per_worker is not None:
+        sequences = batch // workers * (2 if method == "dpo" else 1)
         plan = memory_plan(model, TrainingLoad(workers, length, full, lora_r,
-                                               cluster.weight_bytes),
+                                               cluster.weight_bytes, sequences),
                            cluster.memory_per_worker, stage, checkpointing)
         stage, checkpointing = plan.zero_stage, plan.gradient_checkpointing
     auto = {

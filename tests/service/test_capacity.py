@@ -219,3 +219,17 @@ def test_a_real_head_reports_its_cpus_and_what_a_placement_group_holds(ray_head_
             ray.shutdown()
     finally:
         jobs.close()
+
+
+SMOLLM2_135M = ModelFacts(hidden=576, layers=30, intermediate=1536, vocab=49152, heads=9,
+                          kv_heads=3, tied=True, context=8192)
+
+
+def test_checkpointing_is_left_off_when_the_steps_own_examples_are_short():
+    """A forward holds no more than the step's sequences: twelve short rows at batch 1 (what
+    `make run`'s README job is) need no recomputation; a step of 32 long rows does."""
+    memory = 3.9 * GIB  # a 1-CPU worker's share of a 24 GiB, 4-CPU node, fp32
+    short = TrainingLoad(1, 64, False, 8, 4, sequences_per_worker_step=1)
+    long = TrainingLoad(1, 1024, False, 8, 4, sequences_per_worker_step=32)
+    assert not memory_plan(SMOLLM2_135M, short, memory).gradient_checkpointing
+    assert memory_plan(SMOLLM2_135M, long, memory).gradient_checkpointing
