@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.environment import REPO, code_version, machine, versions
+from bench.ray_stack import Stack, openft_stack, read_metrics, s3_client, submit, wait_for
 
 MODULE = "bench.train_throughput"
 """This module's import name (``__name__`` is ``__main__`` under ``python -m``)."""
@@ -293,56 +294,6 @@ def timed_window(ends: Sequence[float], tokens: Sequence[int], warmup: int) -> t
 # --- openft ----------------------------------------------------------------------------
 
 
-@dataclass
-class Stack:
-    """SeaweedFS and a Ray head on loopback, started by this bench."""
-
-    endpoint_url: str
-    bucket: str
-    dashboard_url: str
-    env: dict[str, str]
-    root: Path
-
-
-@contextmanager
-def openft_stack(root: Path) -> Iterator[Stack]:
-    """SeaweedFS plus a Ray head declaring the machine's 2 CPUs; stopped by process group."""
-    from devstack.processes import free_port, start_ray_head, start_seaweedfs
-
-    bucket, port = "openft-bench", free_port()
-    s3_env = {
-        "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
-        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    weed = start_seaweedfs(root / "s3", port, bucket, s3_env["AWS_ACCESS_KEY_ID"],
-                           s3_env["AWS_SECRET_ACCESS_KEY"], root / "logs")
-    ray_head = None
-    try:
-        dashboard = free_port()
-        env = dict(os.environ, **s3_env, RAY_AUTH_MODE="disabled",
-                   RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2")
-        ray_root = Path("/tmp") / f"ray-bench-{os.getpid()}"  # Ray's socket paths stay short
-        ray_head = start_ray_head(ray_root, free_port(), dashboard, num_cpus=os.cpu_count() or 2,
-                                  log_dir=root / "logs", env=env)
-        yield Stack(s3_env["AWS_ENDPOINT_URL"], bucket, f"http://127.0.0.1:{dashboard}",
-                    s3_env, root)
-    finally:
-        if ray_head is not None:
-            ray_head.stop()
-            shutil.rmtree(Path("/tmp") / f"ray-bench-{os.getpid()}", ignore_errors=True)
-        weed.stop()
-
-
-def s3_client(stack: Stack) -> Any:
-    import boto3
-
-    return boto3.client("s3", endpoint_url=stack.endpoint_url, region_name="us-east-1",
-                        aws_access_key_id=stack.env["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=stack.env["AWS_SECRET_ACCESS_KEY"])
-
-
 def run_openft(stack: Stack, args: argparse.Namespace, training_file: bytes, num_workers: int,
                cpus_per_worker: float) -> Measured:
     """One run of the product's driver through the Jobs API; measured from its workers."""
@@ -410,39 +361,6 @@ def run_openft(stack: Stack, args: argparse.Namespace, training_file: bytes, num
         final_train_loss=float(metrics[-1]["train_loss"]),
         loadavg_before=load_before, loadavg_after=os.getloadavg()[0],
     )
-
-
-def submit(client: Any, **job: Any) -> str:
-    """A fresh head answers "No available agent to submit job" for its first seconds."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            return str(client.submit_job(**job))
-        except RuntimeError as e:
-            if "No available agent" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-
-
-def wait_for(client: Any, submission_id: str, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = str(client.get_job_status(submission_id).value)
-        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
-            return status
-        time.sleep(0.5)
-    client.stop_job(submission_id)
-    return "TIMEOUT"
-
-
-def read_metrics(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
-    """The ``data`` of the run's ``metrics`` events, by step."""
-    listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
-    events = []
-    for key in sorted(item["Key"] for item in listing.get("Contents", [])):
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
-        events += [json.loads(line) for line in body.splitlines() if line.strip()]
-    return sorted((e["data"] for e in events if e["type"] == "metrics"), key=lambda d: d["step"])
 
 
 def read_step_log(path: Path) -> list[dict[str, Any]]:
