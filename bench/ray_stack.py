@@ -32,7 +32,7 @@ class Stack:
 def openft_stack(root: Path, num_cpus: int | None = None,
                  extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
     """SeaweedFS plus a Ray head with ``num_cpus`` (default: the machine's) and its GPUs."""
-    from devstack.processes import free_port, start_ray_head, start_seaweedfs
+    from devstack.processes import free_port, free_ports, start_ray_head, start_seaweedfs
 
     bucket, port = "openft-bench", free_port()
     s3_env = {
@@ -46,7 +46,7 @@ def openft_stack(root: Path, num_cpus: int | None = None,
     ray_head = None
     ray_root = Path("/tmp") / f"ray-bench-{os.getpid()}"  # Ray's socket paths stay short
     try:
-        dashboard, gcs = free_port(), free_port()
+        dashboard, gcs = free_ports(2, avoid={port})
         env = dict(os.environ, **s3_env, RAY_AUTH_MODE="disabled",
                    RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2", **(extra_env or {}))
         ray_head = start_ray_head(ray_root, gcs, dashboard,

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,6 +189,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int, avoid: Collection[int] = ()) -> list[int]:
+    """``n`` distinct free ports, none of them in ``avoid``.
+
+    All held open until every one is chosen: asked one at a time, the OS may hand a port it
+    just gave back out again, and a server given the same port for two listeners refuses to
+    start (Ray: "trying to use a port number ... used by other components").
+    """
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            if port not in avoid:
+                ports.append(port)
+        return ports
+    finally:
+        for s in held:
+            s.close()
+
+
 def venv_bin(name: str) -> str:
     """A console script of this interpreter's environment (``weed``, ``ray``)."""
     candidate = Path(sys.executable).parent / name
@@ -210,11 +233,12 @@ def start_seaweedfs(
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
+    master, volume, filer, webdav = free_ports(4, avoid={port})
     argv = [
         venv_bin("weed"), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-s3.port={port}", f"-bucket={bucket}",
-        f"-master.port={free_port()}", f"-volume.port={free_port()}",
-        f"-filer.port={free_port()}", f"-webdav.port={free_port()}",
+        f"-master.port={master}", f"-volume.port={volume}",
+        f"-filer.port={filer}", f"-webdav.port={webdav}",
     ]
     proc = start("seaweedfs", argv, log_dir, env)
     wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/"), "SeaweedFS S3", proc, 60)
@@ -251,17 +275,26 @@ def gpu_count(nvidia_smi_l: str) -> int:
     return sum(1 for line in nvidia_smi_l.splitlines() if line.startswith("GPU "))
 
 
-def _node_ports() -> list[str]:
-    """Every listener of a node besides the GCS and dashboard, each on a free port: Ray's
-    defaults (agent 52365, metrics, ...) collide with any other Ray node on the host, and the
-    Jobs API then has no agent."""
-    return [
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
-        f"--object-manager-port={free_port()}",
-    ]
+NODE_LISTENERS = ("--node-manager-port", "--dashboard-agent-listen-port",
+                  "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+                  "--metrics-export-port", "--object-manager-port")
+HEAD_LISTENERS = ("--ray-client-server-port", *NODE_LISTENERS)
+
+
+def _listener_ports(flags: tuple[str, ...], avoid: Collection[int] = ()) -> dict[str, int]:
+    """Every listener of a node besides the GCS and dashboard, each on its own free port:
+    Ray's defaults (agent 52365, metrics, ...) collide with any other Ray node on the host,
+    and the Jobs API then has no agent.
+
+    >>> ports = _listener_ports(HEAD_LISTENERS, avoid={6380})
+    >>> len(set(ports.values())) == len(HEAD_LISTENERS) and 6380 not in ports.values()
+    True
+    """
+    return dict(zip(flags, free_ports(len(flags), avoid), strict=True))
+
+
+def _flags(ports: dict[str, int]) -> list[str]:
+    return [f"{flag}={port}" for flag, port in ports.items()]
 
 
 def _ray_env(env: Mapping[str, str] | None) -> dict[str, str]:
@@ -289,9 +322,7 @@ def start_ray_head(
         "--include-dashboard=true", "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
-        f"--ray-client-server-port={free_port()}",
-        f"--node-manager-port={free_port()}",
-        *_node_ports(),
+        *_flags(_listener_ports(HEAD_LISTENERS, avoid={gcs_port, dashboard_port})),
     ]
     proc = start("ray-head", argv, log_dir, _ray_env(env))
     wait_until(
@@ -319,13 +350,13 @@ def start_ray_worker(
     """
     temp_dir.mkdir(parents=True, exist_ok=True)
     gpus = detected_gpus() if num_gpus is None else num_gpus
-    node_manager_port = free_port()
+    ports = _listener_ports(NODE_LISTENERS)
+    node_manager_port = ports["--node-manager-port"]
     argv = [
         venv_bin("ray"), "start", f"--address={address}", "--block",
         "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", f"--num-gpus={gpus}",
         f"--temp-dir={temp_dir}", "--disable-usage-stats",
-        f"--node-manager-port={node_manager_port}",
-        *_node_ports(),
+        *_flags(ports),
         *([f"--resources={json.dumps(dict(resources))}"] if resources else []),
     ]
     proc = start(name, argv, log_dir, _ray_env(env))

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from devstack.processes import ManagedProcess, free_port, start_ray_head, start_seaweedfs
+from devstack.processes import (
+    ManagedProcess,
+    free_port,
+    free_ports,
+    start_ray_head,
+    start_seaweedfs,
+)
 
 S3_ACCESS_KEY = "test-access"
 S3_SECRET_KEY = "test-secret"
@@ -90,7 +96,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def ray_head(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[RayHead]:
     """A Ray head whose workers (training, serving replicas) can reach the test S3 server."""
     root = Path("/tmp") / f"ray-{os.getpid()}"  # Ray's socket paths must stay short
-    gcs_port, dash_port = free_port(), free_port()
+    gcs_port, dash_port = free_ports(2)
     env = dict(os.environ, **s3_server.env)
     proc = start_ray_head(root, gcs_port, dash_port, num_cpus=4, log_dir=root, env=env)
     try:

@@ -36,7 +36,7 @@ from contract.bucket import base_model_manifest_key
 from devstack.processes import (
     ManagedProcess,
     free_port,
-    gpu_count,
+    free_ports,
     start,
     start_ray_head,
     start_ray_worker,
@@ -203,7 +203,7 @@ def node_resource(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def cluster(root: Path, bucket: S3Server) -> Iterator[Cluster]:
-    gcs_port, dashboard_port = free_port(), free_port()
+    gcs_port, dashboard_port = free_ports(2)
     node_env = {**bucket.env, "VLLM_CPU_KVCACHE_SPACE": "1"}
     # The head's pod gets the same template (its driver reads the bucket), and a cache of its
     # own that nothing should need: it runs no Train worker and no replica.
@@ -314,15 +314,6 @@ def test_a_job_spreads_over_two_nodes_survives_losing_one_and_its_model_answers(
     print(f"killed {victim} after the checkpoint of step {first}, "
           f"{killed_at - began:.0f}s in; {restart!r}; done in {time.monotonic() - began:.0f}s")
 
-
-def test_gpus_are_counted_from_nvidia_smi():
-    """``make run`` declares to Ray the GPUs ``nvidia-smi -L`` lists."""
-    import doctest
-
-    import devstack.processes
-
-    assert doctest.testmod(devstack.processes).failed == 0
-    assert gpu_count("") == 0
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from openai import BadRequestError, NotFoundError, OpenAI
 
-from devstack.processes import free_port
+from devstack.processes import free_ports
 from devstack.stack import running_stack
 from tests.service.openai_spec import template_of, validate_response
 
@@ -72,12 +72,10 @@ def wait_for_terminal(client: OpenAI, job_id: str, timeout: float = 1200):
 
 @pytest.fixture(scope="module")
 def stack_env(tiny_model_dir: Path) -> dict[str, str]:
+    ports = ("OPENFT_PORT", "OPENFT_S3_PORT", "OPENFT_RAY_GCS_PORT",
+             "OPENFT_RAY_DASHBOARD_PORT", "OPENFT_SERVING_PORT")
     return {
-        "OPENFT_PORT": str(free_port()),
-        "OPENFT_S3_PORT": str(free_port()),
-        "OPENFT_RAY_GCS_PORT": str(free_port()),
-        "OPENFT_RAY_DASHBOARD_PORT": str(free_port()),
-        "OPENFT_SERVING_PORT": str(free_port()),
+        **{name: str(port) for name, port in zip(ports, free_ports(len(ports)), strict=True)},
         "OPENFT_DEFAULT_BASE_MODEL": "false",
         "OPENFT_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)}),
     }

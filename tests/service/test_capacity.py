@@ -12,7 +12,7 @@ import pytest
 
 import service.jobs.capacity
 import service.jobs.ray_jobs
-from devstack.processes import free_port, start_ray_head, wait_until
+from devstack.processes import free_port, free_ports, start_ray_head, wait_until
 from service.jobs.capacity import (
     GIB,
     ClusterView,
@@ -189,7 +189,7 @@ def test_an_unreachable_dashboard_is_an_unknown_cluster():
 @pytest.fixture(scope="module")
 def ray_head_dashboard() -> Iterator[tuple[str, str]]:
     with tempfile.TemporaryDirectory(prefix="cap", dir="/tmp") as tmp:
-        gcs, dashboard = free_port(), free_port()
+        gcs, dashboard = free_ports(2)
         head = start_ray_head(Path(tmp) / "ray", gcs, dashboard, 3, Path(tmp), num_gpus=0)
         try:
             yield f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}"

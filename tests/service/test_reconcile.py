@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devstack.processes import free_port, start_ray_head
+from devstack.processes import free_ports, start_ray_head
 from tests.conftest import RayHead
 from tests.service.conftest import chat_jsonl
 from tests.support.api_process import api_process, wait_for, wait_status
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def second_ray_head(s3_server) -> Iterator[RayHead]:
     root = Path("/tmp") / f"ray2-{os.getpid()}"
-    gcs, dash = free_port(), free_port()
+    gcs, dash = free_ports(2)
     proc = start_ray_head(root, gcs, dash, num_cpus=4, log_dir=root,
                           env=dict(os.environ, **s3_server.env))
     try:

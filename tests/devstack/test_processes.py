@@ -1,0 +1,28 @@
+"""Process supervision helpers: ports that never collide, GPUs counted as nvidia-smi lists them."""
+
+from __future__ import annotations
+
+import doctest
+
+import devstack.processes
+from devstack.processes import free_ports, gpu_count
+
+
+def test_the_module_examples_hold():
+    assert doctest.testmod(devstack.processes).failed == 0
+
+
+def test_ports_asked_together_are_distinct_and_avoid_those_taken():
+    """A Ray head given one port for two listeners refuses to start; one at a time, the OS
+    may hand the same port out twice (a CI run lost every Ray test to it once)."""
+    for _ in range(20):
+        taken = set(free_ports(3))
+        ports = free_ports(12, avoid=taken)
+        assert len(set(ports)) == 12
+        assert not taken & set(ports)
+
+
+def test_gpus_are_counted_from_nvidia_smi():
+    """``make run`` declares to Ray the GPUs ``nvidia-smi -L`` lists."""
+    assert gpu_count("") == 0
+    assert gpu_count("GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1)\n") == 1
