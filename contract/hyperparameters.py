@@ -36,6 +36,10 @@ ZeroStage = Literal[2, 3]
 NumWorkers = Annotated[int, Field(ge=1, le=64)]
 DpoBeta = Annotated[float, Field(gt=0, le=2)]
 
+TOKENS_PER_FORWARD = 8192
+"""The most tokens one training forward holds (a micro-batch; one example when a single one
+is longer): training splits each step by it, and the service's memory estimate counts on it."""
+
 DPO_BETA = 0.1
 """DPO's ``beta`` when a job leaves it ``auto`` (other methods have none)."""
 

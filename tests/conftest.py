@@ -59,6 +59,12 @@ class S3Server:
             region_name="us-east-1",
         )
 
+    def blobs(self):
+        """The bucket as the API reaches it (what ``service.base_models.register`` takes)."""
+        from service.storage import BlobStore
+
+        return BlobStore(self.endpoint_url, self.bucket, self.access_key, self.secret_key)
+
     @property
     def env(self) -> dict[str, str]:
         """The AWS_* variables a training or serving process needs to reach this server."""

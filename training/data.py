@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contract.chat_format import read_examples
+from contract.hyperparameters import TOKENS_PER_FORWARD
 from contract.spec import TrainingSpec
 from training.storage import read_bytes
 
@@ -30,11 +31,6 @@ def read_jsonl(spec: TrainingSpec, s3: Any, key: str) -> list[dict[str, Any]]:
     """The examples of one file of the run, lines of the spec's method (chat or DPO)."""
     body = read_bytes(s3, spec.s3.bucket, key)
     return read_examples(body.splitlines(), spec.method)
-
-
-TOKENS_PER_FORWARD = 8192
-"""The most tokens one forward may hold (:func:`micro_batch_size`): activation memory is
-then bounded by this, whatever the batch size, at one example per forward at the longest."""
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract.hyperparameters import TOKENS_PER_FORWARD
 from service.context import ClusterNode, Resources
 
 GIB = 1 << 30
@@ -70,10 +71,6 @@ ACTIVATION_FACTOR = 34
 
 USABLE_FRACTION = 0.85
 """Share of a worker's memory the estimate may fill."""
-
-TOKENS_PER_FORWARD = 8192
-"""Training's token budget per forward (``training.data.TOKENS_PER_FORWARD``): a micro-batch
-holds at most this many tokens, or one example when a single one is longer."""
 
 GATHERED_LAYERS = 2
 """Layers ZeRO-3 holds whole at once: the one computing and the one prefetched."""

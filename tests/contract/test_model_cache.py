@@ -241,7 +241,6 @@ def test_a_folder_registered_multipart_comes_back_identical_from_real_s3(s3_serv
     """Against SeaweedFS: the registration uploads in parts (5 MiB, the smallest S3 allows)
     and a node fetches in ranged parts of another size; the copy is byte for byte the same."""
     from service.base_models.service import register
-    from service.storage import BlobStore
 
     folder = tmp_path / "model"
     (folder / "sub").mkdir(parents=True)
@@ -250,8 +249,7 @@ def test_a_folder_registered_multipart_comes_back_identical_from_real_s3(s3_serv
     for name, body in files.items():
         (folder / name).write_bytes(body)
     (folder / ".openft-base-model.json").write_text("{}")  # hidden: not part of the model
-    blobs = BlobStore(s3_server.endpoint_url, s3_server.bucket, s3_server.access_key,
-                      s3_server.secret_key)
+    blobs = s3_server.blobs()
 
     first = register(blobs, "cache-test", folder, part_size=5 * 1024 * 1024)
     again = register(blobs, "cache-test", folder, part_size=5 * 1024 * 1024)

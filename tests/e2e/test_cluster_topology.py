@@ -44,6 +44,7 @@ from devstack.processes import (
 )
 from tests.conftest import S3Server
 from tests.support.api_process import KEY, api_process
+from tests.support.jobs import wait_for_terminal
 from tests.support.postgres import fresh_database
 from tests.training.runs import PAIRS, chat_line, of_type, read_events
 
@@ -293,7 +294,7 @@ def test_a_job_spreads_over_two_nodes_survives_losing_one_and_its_model_answers(
     cluster.nodes[victim].process.kill()
     cluster.add_nodes("w3")  # KubeRay recreates the pod: new temp dir, empty cache
 
-    job = wait_for_terminal(client, job.id)
+    job = wait_for_terminal(client, job.id, timeout=600)
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=200)]
     assert job.status == "succeeded", (job.error, messages[:20], ray_job_logs(cluster, job.id))
     # Ray Train's recovery, as the user sees it: from a checkpoint taken before the loss.
@@ -346,15 +347,6 @@ def wait_for_checkpoint(bucket: S3Server, job_id: str, timeout: float = 300) -> 
         time.sleep(0.1)
     raise AssertionError(f"no checkpoint of {job_id} after {timeout:.0f}s")
 
-
-def wait_for_terminal(client: OpenAI, job_id: str, timeout: float = 600):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(1)
-    raise AssertionError(f"job {job_id} still {job.status} after {timeout:.0f}s")
 
 
 def holds_model(cache_dir: Path, manifest: BaseModelManifest) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from pathlib import Path
 
 import boto3
@@ -21,6 +20,7 @@ from openai import BadRequestError, NotFoundError, OpenAI
 from devstack.processes import free_ports
 from devstack.stack import running_stack
 from tests.service.openai_spec import template_of, validate_response
+from tests.support.jobs import wait_for_terminal
 
 pytestmark = pytest.mark.slow
 
@@ -60,15 +60,6 @@ def greedy(client: OpenAI, model: str) -> str:
     return out.choices[0].message.content or ""
 
 
-def wait_for_terminal(client: OpenAI, job_id: str, timeout: float = 1200):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(2)
-    raise AssertionError(f"job {job_id} still {job.status} after {timeout}s")
-
 
 @pytest.fixture(scope="module")
 def stack_env(tiny_model_dir: Path) -> dict[str, str]:
@@ -95,7 +86,7 @@ def test_upload_train_serve_and_restart(tmp_path: Path, stack_env: dict[str, str
             model="tiny-llama", training_file=uploaded.id, suffix="geo",
             hyperparameters={"n_epochs": 4, "learning_rate_multiplier": 20},
         )
-        job = wait_for_terminal(client, job.id)
+        job = wait_for_terminal(client, job.id, timeout=1200, every=2)
         events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
         assert job.status == "succeeded", (job.error, [e.message for e in events][:10])
         assert job.fine_tuned_model == f"ft:tiny-llama:personal:geo:{job.fine_tuned_model[-12:]}"

@@ -54,11 +54,7 @@ def node_cache(s3_server, tiny_model_dir) -> Iterator[Path]:
     head runs with this process's environment), removed afterwards."""
     from contract.base_models import node_cache_dir
     from service.base_models.service import register
-    from service.storage import BlobStore
-
-    blobs = BlobStore(s3_server.endpoint_url, s3_server.bucket, s3_server.access_key,
-                      s3_server.secret_key)
-    register(blobs, BASE_ID, tiny_model_dir)
+    register(s3_server.blobs(), BASE_ID, tiny_model_dir)
     folder = node_cache_dir() / BASE_ID
     try:
         yield folder

@@ -5,15 +5,13 @@ Shared by the slow tests of ``tests/training``; no fixtures here, only helpers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
 import uuid
 from pathlib import Path
 
-from contract.base_models import BaseModelManifest, ManifestFile
-from contract.bucket import base_model_file_key, base_model_manifest_key, events_prefix, spec_key
+from contract.bucket import events_prefix, spec_key
 from contract.hyperparameters import DPO_BETA, Hyperparameters
 from contract.spec import S3Location, TrainingSpec
 
@@ -165,18 +163,3 @@ def of_type(events: list[dict], type_: str) -> list[dict]:
     """The ``data`` of every event of one type, in order."""
     return [e["data"] for e in events if e["type"] == type_]
 
-
-def register_base_model(s3_server, base_id: str, folder: Path) -> None:
-    """What ``python -m service.base_models register`` leaves in the bucket: every file of
-    the folder under ``base/{base_id}/``, then the manifest."""
-    s3 = s3_server.client()
-    files = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        body = path.read_bytes()
-        s3.put_object(Bucket=s3_server.bucket, Key=base_model_file_key(base_id, path.name),
-                      Body=body)
-        files.append(ManifestFile(name=path.name, size=len(body),
-                                  sha256=hashlib.sha256(body).hexdigest()))
-    manifest = BaseModelManifest(id=base_id, files=files)
-    s3.put_object(Bucket=s3_server.bucket, Key=base_model_manifest_key(base_id),
-                  Body=manifest.model_dump_json())

@@ -22,13 +22,13 @@ import pytest
 import training.adapter
 import training.driver
 import training.model_load
+from service.base_models.service import register
 from tests.training.runs import (
     PAIRS,
     chat_line,
     make_spec,
     of_type,
     read_events,
-    register_base_model,
     start,
     upload_file,
     wait,
@@ -231,7 +231,7 @@ def test_a_bucket_registered_base_model_is_fetched_into_the_node_cache_and_train
     s3_server, ray_head, tiny_model_dir, tmp_path
 ):
     base_id = "tiny-llama-registered"
-    register_base_model(s3_server, base_id, tiny_model_dir)
+    register(s3_server.blobs(), base_id, tiny_model_dir)
     spec = make_spec(s3_server, tiny_model_dir, upload_file(
         s3_server, [chat_line(c, city) for c, city in PAIRS]),
         base_model_path=None, base_model_id=base_id, zero_stage=3, n_epochs=2)
