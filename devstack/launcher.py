@@ -27,7 +27,7 @@ from devstack.processes import ManagedProcess, start_ray_head, start_seaweedfs
 from service.auth import generate_key
 from service.base_models.service import register, registered_manifest
 from service.main import create_app
-from service.settings import DEFAULT_BASE_MODEL_ID, Settings
+from service.settings import DEFAULT_BASE_MODEL_ID, EMBEDDED_S3_CREDENTIALS, Settings
 from service.storage import BlobStore
 
 log = logging.getLogger("openft.launcher")
@@ -69,9 +69,7 @@ def default_model_dir(settings: Settings) -> Path:
 def register_base_models(settings: Settings) -> None:
     """With the bucket up and before serving deploys: register the default model (a no-op
     once it is) and refuse to start with a bucket model nobody registered."""
-    blobs = BlobStore(settings.resolved_s3_endpoint_url, settings.s3_bucket,
-                      settings.s3_access_key, settings.s3_secret_key.get_secret_value(),
-                      settings.s3_region)
+    blobs = BlobStore.from_settings(settings)
     blobs.ensure_bucket()
     if settings.default_base_model:
         done = register(blobs, DEFAULT_BASE_MODEL_ID, default_model_dir(settings))
@@ -92,10 +90,10 @@ def node_cache_dir(settings: Settings) -> Path:
 def stack_env(settings: Settings) -> dict[str, str]:
     """Environment of the Ray head: its workers (training, serving) read the bucket with it."""
     endpoint = settings.resolved_s3_endpoint_url
+    keys = settings.s3_credentials()  # None: the default chain (an IAM role) on this host
     return dict(
         os.environ,
-        AWS_ACCESS_KEY_ID=settings.s3_access_key,
-        AWS_SECRET_ACCESS_KEY=settings.s3_secret_key.get_secret_value(),
+        **({"AWS_ACCESS_KEY_ID": keys[0], "AWS_SECRET_ACCESS_KEY": keys[1]} if keys else {}),
         AWS_ENDPOINT_URL=endpoint,
         AWS_ENDPOINT_URL_S3=endpoint,
         AWS_REGION=settings.s3_region,
@@ -144,9 +142,11 @@ def main() -> None:
         env = stack_env(settings)
         if not settings.s3_endpoint_url:
             print(f"openft: starting SeaweedFS S3 on 127.0.0.1:{settings.s3_port}", flush=True)
+            # Without an endpoint the pair is the configured one or the embedded default.
+            access_key, secret_key = settings.s3_credentials() or EMBEDDED_S3_CREDENTIALS
             started.append(start_seaweedfs(
                 settings.data_dir / "s3", settings.s3_port, settings.s3_bucket,
-                settings.s3_access_key, settings.s3_secret_key.get_secret_value(), logs))
+                access_key, secret_key, logs))
             _record_pids(settings, started)
         if not settings.ray_address:
             print(f"openft: starting Ray head ({settings.ray_num_cpus} CPUs)", flush=True)

@@ -76,6 +76,11 @@ class RayRuns(Protocol):
         reached (capacity unknown: nothing is refused, nothing launched)."""
         ...
 
+    def ping(self, timeout: float = 2.0) -> None:
+        """Raise unless Ray answers (with our credentials) within ``timeout`` seconds: the
+        readiness probe's check."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -23,8 +25,10 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    make_url,
+    text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
@@ -153,21 +157,101 @@ class WebhookDeliveryRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+MIGRATION_LOCK_KEY = 0x6F66746D6967  # "oftmig": one PostgreSQL advisory lock for migrations
+"""Held while a process migrates: hook Jobs and API replicas take turns, and the second
+finds the schema at head and does nothing. (Not the scheduler's launch lock.)"""
+
+PG_CONNECT_TIMEOUT_S = 10
+"""libpq waits forever for an unreachable host by default; a probe or a start-up must not."""
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         # The scheduler thread and request threads share the file.
         return create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-    return create_engine(url, pool_pre_ping=True)
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        # A bare URL (as managed databases hand them out) means SQLAlchemy's default driver,
+        # psycopg 3 since 2.1; the one openft installs is psycopg2.
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    libpq = parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in (
+        "psycopg2", "psycopg")
+    return create_engine(parsed, pool_pre_ping=True,
+                         connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S} if libpq else {})
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the latest Alembic revision."""
+class Migration(NamedTuple):
+    """What :func:`migrate` did: the revision found and the one left (equal: nothing)."""
+
+    before: str | None
+    after: str | None
+
+    def describe(self) -> str:
+        if self.before == self.after:
+            return f"database schema already at head ({self.after})"
+        return f"migrated database schema from {self.before or 'empty'} to {self.after}"
+
+
+class SchemaNotAtHead(RuntimeError):
+    """The API was told not to migrate (``OPENFT_MIGRATE_ON_START=false``) and the schema is
+    older (or newer) than this code's."""
+
+
+def _alembic_config() -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    return cfg
+
+
+def head_revision() -> str | None:
+    """The latest revision of this code's migrations."""
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def _current_revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+@contextmanager
+def _migration_lock(conn: Connection) -> Iterator[None]:
+    """PostgreSQL: a session advisory lock on ``conn`` for as long as it migrates. SQLite
+    serves one process and needs none."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    conn.commit()
+    try:
+        yield
+    finally:
+        conn.rollback()  # a failed migration leaves the transaction aborted
+        conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        conn.commit()
+
+
+def migrate(engine: Engine) -> Migration:
+    """Bring the schema to the latest Alembic revision, one process at a time."""
+    cfg = _alembic_config()
+    with engine.connect() as conn, _migration_lock(conn):
+        with conn.begin():
+            before = _current_revision(conn)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            after = _current_revision(conn)
+    return Migration(before, after)
+
+
+def require_head(engine: Engine) -> None:
+    """Raise :class:`SchemaNotAtHead` unless the schema is at this code's latest revision."""
+    with engine.connect() as conn:
+        current = _current_revision(conn)
+    head = head_revision()
+    if current != head:
+        raise SchemaNotAtHead(
+            f"the database schema is at revision {current or '(none: empty database)'}, "
+            f"this openft needs {head}; OPENFT_MIGRATE_ON_START is false, so run "
+            "`python -m service.migrate` first (the Helm chart's migration hook does)")
 
 
 class Database:

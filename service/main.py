@@ -15,14 +15,16 @@ from fastapi import FastAPI
 from service.auth import KeyRing, parse_api_keys
 from service.chat.router import router as chat_router
 from service.context import AppContext, RayRuns
-from service.db import Database, migrate
+from service.db import Database, migrate, require_head
 from service.errors import install_handlers
 from service.files.router import router as files_router
 from service.ids import now
 from service.jobs.ray_jobs import RayJobs
 from service.jobs.router import router as jobs_router
 from service.jobs.scheduler import Scheduler
+from service.metrics import install_metrics
 from service.models.router import router as models_router
+from service.readiness import readyz
 from service.settings import Settings
 from service.storage import BlobStore
 from service.webhooks import WebhookSender
@@ -37,15 +39,16 @@ def build_context(settings: Settings, *, blobs: BlobStore | None = None,
     if not settings.api_keys:
         raise ValueError("OPENFT_API_KEYS is not set: no caller could authenticate")
     db = Database(settings.resolved_database_url)
-    migrate(db.engine)
+    if settings.migrate_on_start:
+        migrate(db.engine)
+    else:
+        require_head(db.engine)
     if blobs is None:
-        blobs = BlobStore(settings.resolved_s3_endpoint_url, settings.s3_bucket,
-                          settings.s3_access_key, settings.s3_secret_key.get_secret_value(),
-                          settings.s3_region)
+        blobs = BlobStore.from_settings(settings)
         blobs.ensure_bucket()
     return AppContext(
         settings=settings, db=db, blobs=blobs, keys=KeyRing(parse_api_keys(settings.api_keys)),
-        ray=ray or RayJobs(settings.resolved_ray_address),
+        ray=ray or RayJobs.from_settings(settings),
         serving=httpx.AsyncClient(base_url=settings.resolved_serving_url,
                                   timeout=httpx.Timeout(600.0, connect=5.0)),
         started_at=now(),
@@ -63,7 +66,8 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True,
         ctx = await asyncio.to_thread(context, settings)
         app.state.ctx = ctx
         sender = WebhookSender(ctx.db, settings)
-        tasks = [asyncio.create_task(Scheduler(ctx).run_forever()),
+        scheduler = Scheduler(ctx, metrics=app.state.metrics.scheduler)
+        tasks = [asyncio.create_task(scheduler.run_forever()),
                  asyncio.create_task(sender.run_forever())] if run_scheduler else []
         try:
             yield
@@ -79,6 +83,7 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True,
 
     app = FastAPI(title="openft", version="0.1.0", lifespan=lifespan)
     install_handlers(app)
+    install_metrics(app)
     for router in (files_router, jobs_router, models_router, chat_router):
         app.include_router(router)
 
@@ -86,5 +91,8 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True,
     def healthz() -> dict[str, str | int]:
         # The pid lets a supervisor check that the process it started is the one answering.
         return {"status": "ok", "pid": os.getpid()}
+
+    # Readiness (database, bucket, Ray answer); no key: probes carry none.
+    app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
 
     return app

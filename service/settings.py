@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ConfigDict, Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.base_models import BaseModelConfig
 from contract.serving import ServingOptions
 
 DEFAULT_BASE_MODEL_ID = "SmolLM2-135M-Instruct"
+EMBEDDED_S3_CREDENTIALS = ("openft", "openft-secret")
+"""Access and secret key of the SeaweedFS that ``make run`` starts when no endpoint is set."""
 
 
 class ServingSettings(ServingOptions):
@@ -52,6 +54,12 @@ class Settings(BaseSettings):
 
     database_url: str | None = None
     """SQLAlchemy URL; unset means SQLite at ``<data_dir>/openft.db``."""
+    migrate_on_start: bool = True
+    """Bring the schema to the latest revision when the API starts (under a lock, so
+    replicas take turns). ``false`` where a deploy step migrates first (the Helm chart's
+    hook runs ``python -m service.migrate``): the API then only checks the schema is at the
+    latest revision and refuses to start otherwise, instead of migrating from every replica
+    at once with the permissions that takes."""
 
     s3_endpoint_url: str | None = None
     """S3-compatible endpoint; unset means ``make run`` starts SeaweedFS on ``s3_port``."""
@@ -59,14 +67,20 @@ class Settings(BaseSettings):
     """Port of the embedded SeaweedFS S3 server."""
     s3_bucket: str = "openft"
     """The one bucket holding files, job specs, events, checkpoints and adapters."""
-    s3_access_key: str = "openft"
-    """Access key for S3 (the embedded server is started with it)."""
-    s3_secret_key: SecretStr = SecretStr("openft-secret")
-    """Secret key for S3; never logged."""
+    s3_access_key: str | None = None
+    """Access key for S3. Unset (with ``s3_secret_key``): boto3's default credential chain
+    (an IAM role, workload identity, ``AWS_*`` variables), or, with the embedded SeaweedFS,
+    the key it is started with (``openft``)."""
+    s3_secret_key: SecretStr | None = None
+    """Secret key for S3, set together with ``s3_access_key``; never logged."""
     s3_region: str = "us-east-1"
 
     ray_address: str | None = None
     """Ray dashboard (Jobs API) URL, e.g. ``http://127.0.0.1:8265``; unset: start a head."""
+    ray_auth_token: SecretStr | None = None
+    """Token of a Ray cluster started with token auth (``RAY_AUTH_MODE=token``, Ray 2.52+):
+    sent as ``Authorization: Bearer <token>`` on every Jobs and state API call. The dashboard
+    runs any job it is given, so a shared cluster must not leave it open. Unset: no header."""
     ray_dashboard_port: int = 8265
     ray_gcs_port: int = 6380
     """GCS port of the embedded head (not 6379: Redis often sits there)."""
@@ -117,6 +131,11 @@ class Settings(BaseSettings):
     training_zero_stage: Literal[2, 3] | None = None
     """DeepSpeed ZeRO stage of a job that leaves ``zero_stage`` auto; unset: chosen from the
     model's size and the memory per worker (README, "Hyperparameters")."""
+    training_s3_credentials: Literal["runtime_env", "node"] = "runtime_env"
+    """How a training run gets the bucket's credentials. ``runtime_env``: the API sends its
+    own in the Ray job's ``runtime_env`` (``make run``: one machine, one key). ``node``: the
+    Ray nodes hold them (pod env, an IAM role) and the job carries none: a ``runtime_env`` is
+    readable by anyone who can list the cluster's jobs."""
     training_tokens_per_s: float = 200.0
     """Rough throughput of one run, for the duration estimate in the validation summary."""
     training_startup_s: float = 30.0
@@ -130,6 +149,20 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _s3_key_pair(self) -> Settings:
+        if (self.s3_access_key is None) != (self.s3_secret_key is None):
+            raise ValueError("set both OPENFT_S3_ACCESS_KEY and OPENFT_S3_SECRET_KEY, or "
+                             "neither (boto3's default credential chain)")
+        return self
+
+    def s3_credentials(self) -> tuple[str, str] | None:
+        """``(access key, secret key)``, or None for boto3's default credential chain; the
+        embedded SeaweedFS (no endpoint set) has its own fixed pair."""
+        if self.s3_access_key is not None and self.s3_secret_key is not None:
+            return self.s3_access_key, self.s3_secret_key.get_secret_value()
+        return None if self.s3_endpoint_url else EMBEDDED_S3_CREDENTIALS
 
     @property
     def resolved_database_url(self) -> str:

@@ -11,24 +11,44 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from service.settings import Settings
+
 
 class BlobStore:
-    """Thin seam over one S3 bucket, so the rest of the service never speaks boto3."""
+    """Thin seam over one S3 bucket, so the rest of the service never speaks boto3.
 
-    def __init__(self, endpoint_url: str, bucket: str, access_key: str, secret_key: str,
-                 region: str = "us-east-1"):
+    ``access_key``/``secret_key`` left None: boto3's default credential chain (an IAM role,
+    workload identity, ``AWS_*`` variables) finds them.
+    """
+
+    def __init__(self, endpoint_url: str, bucket: str, access_key: str | None = None,
+                 secret_key: str | None = None, region: str = "us-east-1"):
         self.endpoint_url = endpoint_url
         self.bucket = bucket
         self.region = region
-        self._s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            region_name=region,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"},
-                          s3={"addressing_style": "path"}),
-        )
+        self._s3 = self._client(access_key, secret_key, Config(
+            retries={"max_attempts": 3, "mode": "standard"}, s3={"addressing_style": "path"}))
+        # A readiness probe must answer within seconds: one try, short timeouts.
+        self._probe = self._client(access_key, secret_key, Config(
+            connect_timeout=2, read_timeout=2, retries={"max_attempts": 1},
+            s3={"addressing_style": "path"}))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BlobStore:
+        """The configured bucket, with the configured keys or the default chain."""
+        access_key, secret_key = settings.s3_credentials() or (None, None)
+        return cls(settings.resolved_s3_endpoint_url, settings.s3_bucket, access_key,
+                   secret_key, settings.s3_region)
+
+    def _client(self, access_key: str | None, secret_key: str | None, config: Config) -> Any:
+        keys = ({} if access_key is None else
+                {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key})
+        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region,
+                            config=config, **keys)
+
+    def ping(self) -> None:
+        """Raise unless the bucket answers within a few seconds (``HeadBucket``)."""
+        self._probe.head_bucket(Bucket=self.bucket)
 
     def ensure_bucket(self) -> None:
         try:

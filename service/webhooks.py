@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import httpx
@@ -29,8 +30,13 @@ from service.settings import Settings
 log = logging.getLogger("openft.webhooks")
 
 
-def enqueue_settled(session: Session, settings: Settings) -> int:
-    """Outbox rows for jobs whose terminal status has not been announced yet."""
+def enqueue_settled(session: Session, settings: Settings,
+                    on_settled: Callable[[JobRow], None] | None = None) -> int:
+    """Outbox rows for jobs whose terminal status has not been announced yet.
+
+    ``on_settled`` sees each job as it is announced: once, by the one replica that does
+    (the scheduler's job-duration metric).
+    """
     jobs = session.scalars(select(JobRow).where(
         JobRow.status.in_(TERMINAL),
         (JobRow.notified_status.is_(None)) | (JobRow.notified_status != JobRow.status),
@@ -46,6 +52,8 @@ def enqueue_settled(session: Session, settings: Settings) -> int:
                 payload=payload, attempts=0, next_attempt_at=time.time()))
             created += 1
         job.notified_status = job.status
+        if on_settled is not None:
+            on_settled(job)
     return created
 
 

@@ -30,9 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = Settings()
-    blobs = BlobStore(settings.resolved_s3_endpoint_url, settings.s3_bucket,
-                      settings.s3_access_key, settings.s3_secret_key.get_secret_value(),
-                      settings.s3_region)
+    blobs = BlobStore.from_settings(settings)
     target = f"s3://{settings.s3_bucket}/base/{args.id}/ at {settings.resolved_s3_endpoint_url}"
     try:
         done = register(blobs, args.id, args.folder.expanduser().resolve(),

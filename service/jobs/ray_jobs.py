@@ -9,6 +9,10 @@ The cluster's resources come from the same port: Ray's state API lists the nodes
 totals, and what is held is summed from the placement groups that are placed (Train worker
 groups, Serve LLM replicas) and the alive actors outside them (other Serve replicas). The
 dashboard has no endpoint with free resources as numbers for both autoscaler versions.
+
+A cluster with token auth (``RAY_AUTH_MODE=token``, Ray 2.52+) refuses every call without
+``Authorization: Bearer <token>`` (401 without one, 403 with a wrong one), the header Ray's
+own SDK sends (``ray._private.authentication``); :class:`RayJobs` sends it on every call.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import httpx
 
 from service.context import ClusterNode, Resources, RunState
+from service.settings import Settings
 
 STATE_API_LIMIT = 10_000
 """Rows asked of Ray's state API per list; its default (100) would drop actors on a busy
@@ -27,8 +32,26 @@ cluster."""
 class RayJobs:
     """:class:`RayRuns` on Ray's Jobs API (the dashboard's HTTP port)."""
 
-    def __init__(self, dashboard_url: str, timeout: float = 10.0):
-        self._http = httpx.Client(base_url=dashboard_url.rstrip("/"), timeout=timeout)
+    def __init__(self, dashboard_url: str, timeout: float = 10.0,
+                 auth_token: str | None = None):
+        headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
+        self._http = httpx.Client(base_url=dashboard_url.rstrip("/"), timeout=timeout,
+                                  headers=headers)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RayJobs:
+        token = settings.ray_auth_token
+        return cls(settings.resolved_ray_address,
+                   auth_token=token.get_secret_value() if token else None)
+
+    def ping(self, timeout: float = 2.0) -> None:
+        """Raise unless the dashboard answers an authenticated call within ``timeout``
+        (``GET /api/version``: cheap, and refused like any other call without the token)."""
+        r = self._http.get("/api/version", timeout=timeout)
+        if r.status_code in (401, 403):
+            raise PermissionError(f"the Ray dashboard refused the auth token ({r.status_code}): "
+                                  "check OPENFT_RAY_AUTH_TOKEN")
+        r.raise_for_status()
 
     def submit(self, submission_id: str, entrypoint: str, env_vars: dict[str, str],
                metadata: dict[str, str]) -> str:

@@ -65,6 +65,10 @@ class FakeRay:
     def cluster(self) -> list[ClusterNode] | None:
         return None if self.unreachable else list(self.nodes)
 
+    def ping(self, timeout: float = 2.0) -> None:
+        if self.unreachable:
+            raise ConnectionError("Ray is unreachable")
+
     def close(self) -> None:
         pass
 
@@ -85,6 +89,9 @@ class MemoryBlobs:
     region: str = "us-east-1"
 
     def ensure_bucket(self) -> None:
+        pass
+
+    def ping(self) -> None:
         pass
 
     def upload_stream(self, key: str, stream: IO[bytes]) -> None:

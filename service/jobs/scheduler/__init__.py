@@ -15,30 +15,46 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from sqlalchemy import select
 
 from service.context import AppContext
 from service.db import JobRow
+from service.ids import now
 from service.jobs.scheduler import follow, launch, validate
 from service.lifecycle import FOLLOWED, JobStatus
+from service.metrics import SchedulerMetrics
 from service.webhooks import enqueue_settled
 
 log = logging.getLogger("openft.scheduler")
 
 
 class Scheduler:
-    def __init__(self, ctx: AppContext):
+    def __init__(self, ctx: AppContext, metrics: SchedulerMetrics | None = None):
         self.ctx = ctx
+        self.metrics = metrics or SchedulerMetrics()
 
     async def run_forever(self) -> None:
+        due = time.monotonic()
         while True:
-            try:
-                await asyncio.to_thread(self.tick)
-            except Exception:  # one bad tick must not stop the loop
-                log.exception("scheduler tick failed")
+            await asyncio.to_thread(self._timed_tick, due)
+            due = time.monotonic() + self.ctx.settings.scheduler_interval_s
             await asyncio.sleep(self.ctx.settings.scheduler_interval_s)
+
+    def _timed_tick(self, due: float) -> None:
+        """One tick, with how late it started (a busy event loop or thread pool) and how
+        long it took."""
+        started = time.monotonic()
+        self.metrics.tick_started(started - due)
+        failed = False
+        try:
+            self.tick()
+        except Exception:  # one bad tick must not stop the loop
+            failed = True
+            log.exception("scheduler tick failed")
+        self.metrics.tick_ended(time.monotonic() - started, failed)
 
     def tick(self) -> None:
         for job_id in self._ids([JobStatus.VALIDATING_FILES]):
@@ -46,8 +62,12 @@ class Scheduler:
         self.launch_queued()
         for job_id in self._ids(FOLLOWED, submitted=True):
             self._guarded(self.follow, job_id)
+        settled: list[tuple[str, float]] = []
         with self.ctx.db.session() as s:
-            enqueue_settled(s, self.ctx.settings)
+            enqueue_settled(s, self.ctx.settings, on_settled=lambda job: settled.append(
+                (job.status, (job.finished_at or now()) - job.created_at)))
+        for status, seconds in settled:  # once committed: a rolled-back tick announces again
+            self.metrics.job_settled(status, seconds)
 
     def validate(self, job_id: str) -> None:
         validate.validate(self.ctx, job_id)

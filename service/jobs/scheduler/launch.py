@@ -121,11 +121,13 @@ def _serialize_launches(s: Session) -> None:
 
 
 def training_env(st: Settings) -> dict[str, str]:
-    """What the training run needs to reach the bucket; travels in Ray's runtime_env."""
+    """What the training run needs to reach the bucket; travels in Ray's ``runtime_env``,
+    which anyone who may list the cluster's jobs can read. So the bucket's keys travel only
+    with ``training_s3_credentials="runtime_env"`` and keys configured; with ``"node"`` (or
+    the default credential chain) the Ray nodes supply them. The Ray token and the database
+    URL never travel: the driver inherits the head's own ``RAY_AUTH_TOKEN``."""
     endpoint = st.resolved_s3_endpoint_url
-    return {
-        "AWS_ACCESS_KEY_ID": st.s3_access_key,
-        "AWS_SECRET_ACCESS_KEY": st.s3_secret_key.get_secret_value(),
+    env = {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ENDPOINT_URL_S3": endpoint,
         "AWS_REGION": st.s3_region,
@@ -135,3 +137,7 @@ def training_env(st: Settings) -> dict[str, str]:
         # With several Ray clusters on one host, Ray Train's helpers must know which is ours.
         "RAY_API_SERVER_ADDRESS": st.resolved_ray_address,
     }
+    keys = st.s3_credentials() if st.training_s3_credentials == "runtime_env" else None
+    if keys is not None:
+        env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = keys
+    return env
