@@ -19,6 +19,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import Literal, Protocol
 
 from fastapi import HTTPException
 
@@ -32,12 +33,25 @@ class AdapterGone(HTTPException):
         super().__init__(404, f"The model `{model_id}` does not exist.")
 
 
+Eviction = Literal["lru", "deleted"]
+"""Why an adapter left: room for another (least recently used), or deleted from S3."""
+
+
+class AdapterEvents(Protocol):
+    """What residency changes report (``serving.metrics.AdapterMetrics``)."""
+
+    def loaded(self, seconds: float, resident: int) -> None: ...
+
+    def evicted(self, reason: Eviction, resident: int) -> None: ...
+
+
 class ResidentAdapters:
     """The adapters registered on one replica's engine, kept in step with S3.
 
     ``exists(model_id)`` asks S3; ``load(model_id)`` downloads and registers an adapter;
     ``unload(model_id)`` unregisters it and forgets its local copy. All three are injected, so
-    the bookkeeping is tested without an engine.
+    the bookkeeping is tested without an engine; ``events``, if given, hears of each load
+    (timed by ``clock``) and eviction.
     """
 
     def __init__(
@@ -48,6 +62,7 @@ class ResidentAdapters:
         load: Callable[[str], Awaitable[None]],
         unload: Callable[[str], Awaitable[None]],
         clock: Callable[[], float] = time.monotonic,
+        events: AdapterEvents | None = None,
     ) -> None:
         self._capacity = capacity
         self._recheck_s = recheck_s
@@ -55,6 +70,7 @@ class ResidentAdapters:
         self._load = load
         self._unload = unload
         self._clock = clock
+        self._events = events
         self._resident: OrderedDict[str, None] = OrderedDict()
         self._checked_at: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -71,11 +87,14 @@ class ResidentAdapters:
             if model_id in self._resident:
                 self._resident.move_to_end(model_id)
                 return
+            started = self._clock()
             await self._load(model_id)
             self._resident[model_id] = None
             log.info("adapter %s loaded from S3", model_id)
+            if self._events is not None:
+                self._events.loaded(self._clock() - started, len(self._resident))
         while len(self._resident) > self._capacity:
-            await self._drop(next(iter(self._resident)), "least recently used")
+            await self._drop(next(iter(self._resident)), "lru")
 
     async def sweep(self) -> None:
         """Drop every held adapter that S3 no longer has (one pass)."""
@@ -101,11 +120,11 @@ class ResidentAdapters:
         if not await self._exists(model_id):
             self._checked_at.pop(model_id, None)
             if model_id in self._resident:
-                await self._drop(model_id, "deleted from S3", locked=True)
+                await self._drop(model_id, "deleted", locked=True)
             raise AdapterGone(model_id)
         self._checked_at[model_id] = self._clock()
 
-    async def _drop(self, model_id: str, why: str, locked: bool = False) -> None:
+    async def _drop(self, model_id: str, why: Eviction, locked: bool = False) -> None:
         if locked:
             await self._unload(model_id)
         else:
@@ -113,7 +132,12 @@ class ResidentAdapters:
                 await self._unload(model_id)
         self._resident.pop(model_id, None)
         self._checked_at.pop(model_id, None)
-        log.info("adapter %s unloaded: %s", model_id, why)
+        log.info("adapter %s unloaded: %s", model_id, _WHY[why])
+        if self._events is not None:
+            self._events.evicted(why, len(self._resident))
 
     def _lock(self, model_id: str) -> asyncio.Lock:
         return self._locks.setdefault(model_id, asyncio.Lock())
+
+
+_WHY: dict[Eviction, str] = {"lru": "least recently used", "deleted": "deleted from S3"}

@@ -114,6 +114,13 @@ def llm_config(config: ServingConfig, base: BaseModelSpec, accelerator: Accelera
 
     Pure: it reads neither the cluster nor the model's folder, so a GPU cluster's config
     renders on any machine.
+
+    ``log_engine_metrics`` is on: vLLM's own engine metrics (requests running and waiting,
+    KV-cache use, time to first token, tokens generated) are what an operator watches a
+    model by, and Ray's engine exports them through Ray's metrics only then, as
+    ``ray_vllm_*`` on each node's metrics export port beside serving's adapter metrics
+    (``serving.metrics``). vLLM's ``disable_log_stats`` must stay unset: it switches off the
+    stat loggers that feed them (Ray refuses the two together).
     """
     # Heavy (Ray Serve LLM and serving.server import vLLM and torch): only once a config is
     # built, so that serving.deploy's config checks and engine_kwargs run without them.
@@ -143,7 +150,7 @@ def llm_config(config: ServingConfig, base: BaseModelSpec, accelerator: Accelera
         engine_kwargs=engine_kwargs(config, base, accelerator) | tool_kwargs(base),
         runtime_env={"env_vars": dict(_REPLICA_ENV)},
         experimental_configs={ADAPTER_RECHECK_KEY: config.adapter_recheck_s},
-        log_engine_metrics=False,
+        log_engine_metrics=True,  # see the docstring
     )
 
 
@@ -157,13 +164,14 @@ def build_app(config: ServingConfig, accelerator: Accelerator) -> Application:
     import serving.adapters
     import serving.base_model
     import serving.ingress
+    import serving.metrics
     import serving.ray_llm_private
     import serving.server
     from serving.ingress import OpenFTIngress
 
     # Replicas are created by the detached Serve controller with the import path of whichever
     # driver started Serve first, which need not see this package: ship our classes by value.
-    for module in (serving.adapters, serving.base_model, serving.ingress,
+    for module in (serving.adapters, serving.base_model, serving.ingress, serving.metrics,
                    serving.ray_llm_private, serving.server):
         ray.cloudpickle.register_pickle_by_value(module)
 

@@ -2,6 +2,7 @@
 
     python -m serving.deploy --config serving.json [--address 127.0.0.1:6379]
                              [--serve-url http://ray-head:8000]
+    python -m serving.deploy --submit http://ray-head:8265 --config JSON [--timeout S]
 
 ``--config`` is a path to a JSON file or the JSON itself (see ``ServingConfig``). The command
 connects to the cluster, puts the engines on its GPUs if it has any (``accelerator``: auto),
@@ -10,17 +11,28 @@ without blocking, waits (bounded by ``ready_timeout_s``) until ``GET /v1/models`
 base model, and exits 0. The app keeps running: the Serve
 controller is a detached actor. Exit status 1 means the config was invalid or the app did not
 become ready; the message says why.
+
+The first form must run on a Ray node (``make run``, a shell on the head). ``--submit`` is for
+a process that is not one, such as the Helm chart's deploy hook: it validates the config here,
+then runs the first form on the head as a Ray job through the Jobs API at the dashboard URL,
+prints the job's logs as they come and exits with its outcome. It waits for the head to come
+up (a fresh cluster pulls its image first). With Ray token auth on, it sends the token in
+``$OPENFT_RAY_AUTH_TOKEN`` or ``$RAY_AUTH_TOKEN``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shlex
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -134,8 +146,90 @@ def default_serve_url(config: ServingConfig) -> str:
     return f"http://{host}:{config.port}"
 
 
+def deploy_entrypoint(config_json: str, python: str = "python",
+                      serve_url: str | None = None) -> str:
+    """The shell command the Ray job runs on the head: this module's first form.
+
+    >>> print(deploy_entrypoint('{"s3_bucket": "b"}'))
+    python -m serving.deploy --config '{"s3_bucket": "b"}'
+    """
+    argv = [python, "-m", "serving.deploy", "--config", config_json]
+    return shlex.join(argv + (["--serve-url", serve_url] if serve_url else []))
+
+
+def submission_id(config_json: str, now: datetime) -> str:
+    """Names the deploy among the cluster's Ray jobs: which config, and when (Ray refuses a
+    reused id, and a ``helm upgrade`` may deploy the same config again).
+
+    >>> submission_id("{}", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    'openft-serving-deploy-44136fa355b3-20260102T030405Z'
+    """
+    digest = hashlib.sha256(config_json.encode()).hexdigest()[:12]
+    return f"openft-serving-deploy-{digest}-{now:%Y%m%dT%H%M%SZ}"
+
+
+def auth_headers(env: Mapping[str, str]) -> dict[str, str]:
+    """The Ray dashboard's bearer token, when token auth is on. Ray's client adds it by
+    itself only where ``RAY_AUTH_MODE=token`` is set, which KubeRay does on Ray pods and
+    not on a hook's pod."""
+    token = env.get("OPENFT_RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def submit(entrypoint: str, job_id: str, url: str, headers: dict[str, str],
+           timeout: float) -> None:
+    """Run ``entrypoint`` as the Ray job ``job_id`` on the cluster whose dashboard is ``url``,
+    print its logs as they grow, and return once it succeeded; raise otherwise."""
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + timeout
+    client = _until(deadline, f"the Ray Jobs API at {url}",
+                    lambda: JobSubmissionClient(url, headers=headers))
+    _until(deadline, f"submitting {job_id}",
+           lambda: client.submit_job(entrypoint=entrypoint, submission_id=job_id))
+    print(f"submitted Ray job {job_id} to {url}", flush=True)
+    printed = 0
+    while True:
+        status = str(client.get_job_status(job_id))
+        logs = client.get_job_logs(job_id)
+        sys.stdout.write(logs[printed:])
+        sys.stdout.flush()
+        printed = len(logs)
+        if status in TERMINAL:
+            break
+        if time.monotonic() > deadline:
+            client.stop_job(job_id)
+            raise DeployError(f"Ray job {job_id} still {status} after {timeout:.0f}s; stopped it")
+        time.sleep(2)
+    if status != "SUCCEEDED":
+        message = client.get_job_info(job_id).message or ""
+        raise DeployError(f"Ray job {job_id} {status}: {message.strip()}")
+
+
+def _until(deadline: float, what: str, attempt):
+    """``attempt()``'s result, retried while the head is not up yet (connection refused,
+    no job agent yet) until ``deadline``. A refused token is no such wait: Ray raises
+    ``AuthenticationError`` (neither ``OSError`` nor ``RuntimeError``), which ends it."""
+    last_said = 0.0
+    while True:
+        try:
+            return attempt()
+        except (OSError, RuntimeError) as e:
+            now = time.monotonic()
+            if now > deadline:
+                raise DeployError(f"gave up waiting for {what}: {e}") from e
+            if now - last_said > 30:
+                print(f"waiting for {what}: {e}", flush=True)
+                last_said = now
+            time.sleep(3)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.deploy", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m serving.deploy", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="JSON file or inline JSON")
     parser.add_argument(
         "--address",
@@ -147,14 +241,43 @@ def main(argv: list[str] | None = None) -> int:
         help="base URL to check readiness at, when this process does not run on the Ray head "
         "(default: http://<host>:<port> from the config)",
     )
+    parser.add_argument(
+        "--submit", metavar="DASHBOARD_URL",
+        help="run the deploy as a Ray job through the Jobs API at this URL "
+        "(http://<head>:8265) instead of connecting to Ray from this process",
+    )
+    parser.add_argument(
+        "--timeout", type=float,
+        help="with --submit: seconds to wait for the head, the job and the app "
+        "(default: the config's ready_timeout_s plus 600)",
+    )
+    parser.add_argument(
+        "--entrypoint-python", default="python",
+        help="with --submit: the interpreter the job runs, as the head names it "
+        "(default: python, the image's)",
+    )
     args = parser.parse_args(argv)
+    if args.submit is None and (args.timeout is not None
+                                or args.entrypoint_python != "python"):
+        parser.error("--timeout and --entrypoint-python go with --submit")
+    if args.timeout is not None and args.timeout <= 0:
+        parser.error("--timeout must be positive")
     try:
         config = load_config(args.config)
     except (OSError, ValidationError, ValueError) as e:
         print(f"serving.deploy: invalid config: {e}", file=sys.stderr)
         return 1
     try:
-        deploy(config, args.address, (args.serve_url or default_serve_url(config)).rstrip("/"))
+        if args.submit:
+            # Inline and as given (a file here is not on the head); the head applies defaults.
+            config_json = config.model_dump_json(exclude_unset=True)
+            submit(deploy_entrypoint(config_json, args.entrypoint_python, args.serve_url),
+                   submission_id(config_json, datetime.now(UTC)), args.submit.rstrip("/"),
+                   auth_headers(os.environ),
+                   args.timeout if args.timeout is not None else config.ready_timeout_s + 600)
+        else:
+            deploy(config, args.address,
+                   (args.serve_url or default_serve_url(config)).rstrip("/"))
     except Exception as e:  # noqa: BLE001 - one clear line for the launcher, whatever failed
         print(f"serving.deploy: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -36,6 +36,7 @@ from ray import serve
 from contract.bucket import ADAPTER_CONFIG, DELETED_MARKER
 from serving.adapters import ResidentAdapters
 from serving.base_model import use_local_folder
+from serving.metrics import AdapterMetrics
 from serving.ray_llm_private import AdapterLoader, Engine, Server
 from vllm_cpu.dtype import this_machine_engine_dtype
 
@@ -180,6 +181,7 @@ class OpenFTServer(Server):
                 exists=self._adapter_exists,
                 load=self._register,
                 unload=self._unregister,
+                events=AdapterMetrics(base_model=llm_config.model_id),
             )
             self._sweeper = asyncio.create_task(self._adapters.sweep_forever())
 
