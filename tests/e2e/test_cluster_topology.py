@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -32,50 +31,21 @@ import pytest
 from openai import OpenAI
 
 from contract.base_models import MODEL_CACHE_ENV, BaseModelManifest
-from contract.bucket import base_model_manifest_key
 from devstack.processes import (
     ManagedProcess,
     free_port,
     free_ports,
-    start,
     start_ray_head,
     start_ray_worker,
-    start_seaweedfs,
 )
 from tests.conftest import S3Server
+from tests.e2e.pods import BASE_ID, answer, pod_env, run_to_end
 from tests.support.api_process import KEY, api_process
 from tests.support.jobs import wait_for_terminal
-from tests.support.postgres import fresh_database
 from tests.training.runs import PAIRS, chat_line, of_type, read_events
 
-BASE_ID = "tiny-llama"
 NODE_CPUS = 2
 """Per worker node: one Train worker (1 CPU) plus, on one of them, the serving replica (0.5)."""
-IMAGE_ENV = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
-             "NUMBA_CACHE_DIR": "/tmp/numba-cache"}
-"""The ENV lines of deploy/Dockerfile: every container of the chart starts with them."""
-
-
-def pod_env(**variables: str) -> dict[str, str]:
-    """A container's environment: the image's, plus what the pod spec sets. Nothing of this
-    test process leaks in (no OPENFT_*, no AWS_*), so a setting the chart forgets fails here."""
-    host = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
-    return {**host, **IMAGE_ENV, **variables}
-
-
-def run_to_end(name: str, argv: list[str], log_dir: Path, env: dict[str, str],
-               timeout: float) -> None:
-    """Run a one-shot command (a chart's Job) in its own process group; fail with its log."""
-    proc = start(name, argv, log_dir, env)
-    try:
-        rc = proc.popen.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.stop()
-        raise AssertionError(
-            f"{name} still running after {timeout:.0f}s:\n{proc.log_tail()}") from None
-    assert rc == 0, f"{name} exited {rc}:\n{proc.log_tail(60)}"
-
-
 # --- the services outside the cluster --------------------------------------------------------
 
 
@@ -96,35 +66,6 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 shutil.copytree(session.resolve() / "logs", kept / f"ray-{session.parent.name}",
                                 ignore_dangling_symlinks=True, dirs_exist_ok=True)
         shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def bucket(root: Path) -> Iterator[S3Server]:
-    port = free_port()
-    proc = start_seaweedfs(root / "s3", port, "openft-topo", "topo-access", "topo-secret",
-                           root / "logs")
-    try:
-        yield S3Server(f"http://127.0.0.1:{port}", "openft-topo", "topo-access", "topo-secret",
-                       proc)
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-def database_url() -> Iterator[str]:
-    with fresh_database("openft_topology") as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def registered(bucket: S3Server, tiny_model_dir: Path, root: Path) -> BaseModelManifest:
-    """The tiny model uploaded once with the registration command an operator runs."""
-    env = pod_env(OPENFT_S3_ENDPOINT_URL=bucket.endpoint_url, OPENFT_S3_BUCKET=bucket.bucket,
-                  OPENFT_S3_ACCESS_KEY=bucket.access_key, OPENFT_S3_SECRET_KEY=bucket.secret_key)
-    run_to_end("register", [sys.executable, "-m", "service.base_models", "register",
-                            "--id", BASE_ID, str(tiny_model_dir)], root / "logs", env, 120)
-    body = bucket.client().get_object(Bucket=bucket.bucket, Key=base_model_manifest_key(BASE_ID))
-    return BaseModelManifest.model_validate_json(body["Body"].read())
 
 
 # --- the Ray cluster -------------------------------------------------------------------------
@@ -221,11 +162,12 @@ def cluster(root: Path, bucket: S3Server) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="module")
-def serve_url(cluster: Cluster, registered: BaseModelManifest, root: Path) -> str:
+def serve_url(cluster: Cluster, registered: BaseModelManifest, root: Path,
+              bucket: S3Server) -> str:
     """Serving deployed from outside the cluster: a process that is no Ray node, given only
     the head's address and a config with no path and no secret in it."""
     port = free_port()
-    config = {"host": "127.0.0.1", "port": port, "s3_bucket": "openft-topo",
+    config = {"host": "127.0.0.1", "port": port, "s3_bucket": bucket.bucket,
               "base_models": [{"id": BASE_ID}], "ready_timeout_s": 420}
     url = f"http://127.0.0.1:{port}"
     run_to_end("serving-deploy", [sys.executable, "-m", "serving.deploy",
@@ -318,14 +260,6 @@ def test_a_job_spreads_over_two_nodes_survives_losing_one_and_its_model_answers(
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def answer(client: OpenAI, model: str) -> str:
-    out = client.chat.completions.create(
-        model=model, max_tokens=8, temperature=0,
-        messages=[{"role": "user", "content": "What is the capital of France?"}])
-    assert out.model == model
-    return out.choices[0].message.content or ""
 
 
 def wait_for(get, count: int, what: str, timeout: float = 300) -> list[str]:
