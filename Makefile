@@ -54,6 +54,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check contract service training serving vllm_cpu devstack tests bench
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/hadolint --config deploy/.hadolint.yaml deploy/api.Dockerfile deploy/ray.Dockerfile
+	$(VENV)/bin/helm lint --strict helm/openft
 
 # Benchmarks (bench/README.md); each prints a table and writes bench/results/.
 bench-json: $(STAMP)
