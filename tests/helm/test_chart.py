@@ -678,3 +678,33 @@ def test_standard_labels_on_every_object(rendered: dict[str, Manifests], name: s
         for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance",
                     "app.kubernetes.io/version", "app.kubernetes.io/managed-by", "helm.sh/chart"):
             assert key in labels, (m["kind"], m["metadata"]["name"], key)
+
+
+def undocumented_values(text: str) -> list[str]:
+    """Keys of a values file that carry a value but no comment: neither on the line above
+    nor on an ancestor's (a documented block, such as ``resources`` or a list of worker
+    groups, documents what it holds)."""
+    lines = text.splitlines()
+    stack: list[tuple[int, bool]] = []
+    out = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)(-\s+)?([A-Za-z_][\w.-]*):\s*(.*)$", line)
+        if not m or line.lstrip().startswith("#"):
+            continue
+        indent = len(m.group(1)) + len(m.group(2) or "")
+        documented = i > 0 and lines[i - 1].strip().startswith("#")
+        floor = len(m.group(1)) if m.group(2) else indent  # a list item leaves its siblings
+        while stack and stack[-1][0] >= floor:
+            stack.pop()
+        if m.group(4).strip() and not documented and not any(d for _, d in stack):
+            out.append(f"line {i + 1}: {line.strip()}")
+        stack.append((indent, documented))
+    return out
+
+
+def test_every_value_is_documented() -> None:
+    assert undocumented_values((CHART / "values.yaml").read_text()) == []
+    # The check itself: an undocumented setting is caught, a documented block's leaves are not.
+    assert undocumented_values("api:\n  # -- documented\n  replicas: 1\n  port: 80\n") == \
+        ["line 4: port: 80"]
+    assert undocumented_values("# -- limits\nresources:\n  limits: {cpu: 1}\n") == []
