@@ -3,6 +3,7 @@
     python -m serving.deploy --config serving.json [--address 127.0.0.1:6379]
                              [--serve-url http://ray-head:8000]
     python -m serving.deploy --submit http://ray-head:8265 --config JSON [--timeout S]
+                             [--keep-deployed SECONDS]
 
 ``--config`` is a path to a JSON file or the JSON itself (see ``ServingConfig``). The command
 connects to the cluster, puts the engines on its GPUs if it has any (``accelerator``: auto),
@@ -17,7 +18,8 @@ a process that is not one, such as the Helm chart's deploy hook: it validates th
 then runs the first form on the head as a Ray job through the Jobs API at the dashboard URL,
 prints the job's logs as they come and exits with its outcome. It waits for the head to come
 up (a fresh cluster pulls its image first). With Ray token auth on, it sends the token in
-``$OPENFT_RAY_AUTH_TOKEN`` or ``$RAY_AUTH_TOKEN``.
+``$OPENFT_RAY_AUTH_TOKEN`` or ``$RAY_AUTH_TOKEN``. ``--keep-deployed SECONDS`` never exits:
+it deploys again whenever the app is missing from the cluster (serving/keeper.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from pydantic import ValidationError
 
 from serving.app import build_app
 from serving.config import ServingConfig
+from serving.keeper import app_missing, keep_deployed
 
 
 class DeployError(RuntimeError):
@@ -252,14 +255,22 @@ def main(argv: list[str] | None = None) -> int:
         "(default: the config's ready_timeout_s plus 600)",
     )
     parser.add_argument(
+        "--keep-deployed", type=float, metavar="SECONDS",
+        help="with --submit: do not exit; every SECONDS, deploy again when the app is "
+        "missing from the cluster (a replaced head), unless a deploy is running "
+        "(serving/keeper.py)",
+    )
+    parser.add_argument(
         "--entrypoint-python", default="python",
         help="with --submit: the interpreter the job runs, as the head names it "
         "(default: python, the image's)",
     )
     args = parser.parse_args(argv)
-    if args.submit is None and (args.timeout is not None
+    if args.submit is None and (args.timeout is not None or args.keep_deployed is not None
                                 or args.entrypoint_python != "python"):
-        parser.error("--timeout and --entrypoint-python go with --submit")
+        parser.error("--timeout, --keep-deployed and --entrypoint-python go with --submit")
+    if args.keep_deployed is not None and args.keep_deployed <= 0:
+        parser.error("--keep-deployed must be positive")
     if args.timeout is not None and args.timeout <= 0:
         parser.error("--timeout must be positive")
     try:
@@ -269,12 +280,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         if args.submit:
-            # Inline and as given (a file here is not on the head); the head applies defaults.
-            config_json = config.model_dump_json(exclude_unset=True)
-            submit(deploy_entrypoint(config_json, args.entrypoint_python, args.serve_url),
-                   submission_id(config_json, datetime.now(UTC)), args.submit.rstrip("/"),
-                   auth_headers(os.environ),
-                   args.timeout if args.timeout is not None else config.ready_timeout_s + 600)
+            url, headers = args.submit.rstrip("/"), auth_headers(os.environ)
+
+            def submit_deploy() -> None:
+                # Read again each time: a file (a ConfigMap) may have changed since the start.
+                now = load_config(args.config) if args.keep_deployed else config
+                # Inline and as given (a file here is not on the head); the head applies
+                # defaults.
+                config_json = now.model_dump_json(exclude_unset=True)
+                submit(deploy_entrypoint(config_json, args.entrypoint_python, args.serve_url),
+                       submission_id(config_json, datetime.now(UTC)), url, headers,
+                       args.timeout if args.timeout is not None
+                       else config.ready_timeout_s + 600)
+
+            if args.keep_deployed is None:
+                submit_deploy()
+            else:
+                keep_deployed(lambda: app_missing(url, headers, config.app_name),
+                              submit_deploy, args.keep_deployed)
         else:
             deploy(config, args.address,
                    (args.serve_url or default_serve_url(config)).rstrip("/"))

@@ -106,6 +106,15 @@ class Pods:
     secrets: dict[str, dict[str, str]]
     endpoints: dict[str, str] = field(default_factory=dict)
     started: list[ManagedProcess] = field(default_factory=list)
+    serve_port: int = 0
+    """Where the head's Serve proxy (container port 8000) listens here."""
+
+    def serving_config(self, text: str) -> str:
+        """serving.deploy's JSON config with the proxy's host and port mapped to loopback."""
+        config = json.loads(text)
+        assert (config["host"], config["port"]) == ("0.0.0.0", CONTAINER_PORTS["serve"])
+        config.update(host="127.0.0.1", port=self.serve_port)
+        return json.dumps(config)
 
     def env(self, pod: str, spec: kube.Manifest, container: kube.Manifest,
             dockerfile: str) -> dict[str, str]:
@@ -119,12 +128,20 @@ class Pods:
         return {k: self.local(v, mounts) for k, v in env.items()}
 
     def mounts(self, pod: str, spec: kube.Manifest, container: kube.Manifest) -> dict[str, str]:
-        """Each mount path -> a folder of this pod's own (emptyDir, PVC alike)."""
+        """Each mount path -> a folder of this pod's own (emptyDir, PVC alike); a ConfigMap's
+        keys become its files, as the kubelet writes them."""
+        volumes = {v["name"]: v for v in spec.get("volumes") or []}
         out = {}
         for mount in container.get("volumeMounts") or []:
             local = self.root / pod / mount["mountPath"].strip("/").replace("/", "_")
             local.mkdir(parents=True, exist_ok=True)
             out[mount["mountPath"]] = str(local)
+            config_map = volumes[mount["name"]].get("configMap")
+            if config_map:
+                data = kube.one(self.manifests, "ConfigMap", config_map["name"])["data"]
+                for key, text in data.items():
+                    (local / key).write_text(self.serving_config(text)
+                                             if key == "serving.json" else text)
         return out
 
     def local(self, value: str, mounts: dict[str, str]) -> str:
@@ -134,8 +151,8 @@ class Pods:
                 return local + value[len(path):]
         return value
 
-    def argv(self, container: kube.Manifest) -> list[str]:
-        argv = [kube.remap(a, self.endpoints)
+    def argv(self, container: kube.Manifest, mounts: dict[str, str] | None = None) -> list[str]:
+        argv = [self.local(a, mounts or {})
                 for a in [*container.get("command", []), *container.get("args", [])]]
         assert argv, f"container {container['name']} relies on the image's CMD"
         argv[0] = sys.executable if argv[0] == "python" else venv_bin(argv[0])
@@ -199,8 +216,10 @@ def ray_cluster(pods: Pods, migrated: None) -> RayCluster:
     kuberay_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
 
     gcs, dashboard, serve, head_metrics = free_ports(4)
+    pods.serve_port = serve
     svc = f"{name}-head-svc"
     pods.endpoints.update({f"{svc}:6379": f"127.0.0.1:{gcs}",
+                           "127.0.0.1:8265": f"127.0.0.1:{dashboard}",  # inside the head pod
                            f"{svc}:8265": f"127.0.0.1:{dashboard}",
                            f"{svc}:8000": f"127.0.0.1:{serve}",
                            f"{svc}:8080": f"127.0.0.1:{head_metrics}"})
@@ -219,6 +238,13 @@ def ray_cluster(pods: Pods, migrated: None) -> RayCluster:
     pods.started.append(start_node(pods, "ray-head", head, argv, kuberay_env))
     wait_until(lambda: http_ok(f"http://127.0.0.1:{dashboard}/api/version"), "Ray dashboard",
                pods.started[-1], 120)
+    # The head pod's other container: the sidecar that deploys serving again when it is gone.
+    [keeper] = [c for c in head["template"]["spec"]["containers"]
+                if c["name"] == "serving-keeper"]
+    head_spec = head["template"]["spec"]
+    mounts = pods.mounts("ray-head", head_spec, keeper)
+    pods.started.append(start("serving-keeper", pods.argv(keeper, mounts), pods.root / "logs",
+                              pods.env("ray-head", head_spec, keeper, dockerfile_of(keeper))))
 
     def worker(group: kube.Manifest, i: int) -> ManagedProcess:
         params = kube.ray_start_params(group)
@@ -267,18 +293,13 @@ def start_node(pods: Pods, name: str, group: kube.Manifest, argv: list[str],
 def serving(pods: Pods, ray_cluster: RayCluster, registered: object) -> str:
     """The post-install hook: it submits serving's deploy through the Jobs API."""
     [job] = [m for m in kube.hooks(pods.manifests, "post-install") if m["kind"] == "Job"]
-    serve = pods.endpoints[f"{ray_cluster.name}-head-svc:8000"]
 
     def on_loopback(argv: list[str]) -> list[str]:
-        """The Serve proxy listens on the head's container port 8000: here, its mapped one."""
         i = argv.index("--config") + 1
-        config = json.loads(argv[i])
-        assert config["port"] == CONTAINER_PORTS["serve"]
-        config.update(host="127.0.0.1", port=int(serve.rsplit(":", 1)[1]))
-        return [*argv[:i], json.dumps(config), *argv[i + 1:]]
+        return [*argv[:i], pods.serving_config(argv[i]), *argv[i + 1:]]
 
     pods.run("serving-deploy", job, 600, edit=on_loopback)
-    return f"http://{serve}"
+    return f"http://127.0.0.1:{pods.serve_port}"
 
 
 @pytest.fixture(scope="module")
@@ -349,6 +370,14 @@ def test_the_rendered_chart_trains_serves_and_reports_metrics(
     assert sample(scraped, "openft_job_duration_seconds_count", status="succeeded") >= 1
     assert sample(scraped, "openft_scheduler_ticks_total") >= 1
     assert job.id not in scraped and ORG not in scraped
+    # A replaced head starts an empty cluster: the head pod's sidecar deploys serving again.
+    gone = httpx.delete(f"{ray_cluster.dashboard_url}/api/serve/applications/",
+                        headers={"Authorization": f"Bearer {ray_cluster.token}"}, timeout=60)
+    assert gone.status_code == 200, gone.text
+    wait_until(lambda: answers(client, job.fine_tuned_model), "serving deployed again",
+               None, 420)
+    assert "deploying" in (pods.root / "logs" / "serving-keeper.log").read_text()
+
     nodes = wait_for_metrics(ray_cluster, "ray_openft_adapter_loads_total")
     assert all(nodes.values()), f"a node's metrics port did not answer: {nodes.keys()}"
     loads = sum(sample(t, "ray_openft_adapter_loads_total") for t in nodes.values())
@@ -359,6 +388,13 @@ def test_the_rendered_chart_trains_serves_and_reports_metrics(
     assert any("vllm" in line and "token" in line for t in nodes.values()
                for line in t.splitlines() if not line.startswith("#")), \
         "vLLM's engine metrics are on"
+
+
+def answers(client: OpenAI, model: str) -> bool:
+    try:
+        return bool(answer(client, model))
+    except Exception:  # noqa: BLE001 - not served (yet): asked again
+        return False
 
 
 def sample(text: str, name: str, **labels: str) -> float:

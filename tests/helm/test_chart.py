@@ -406,7 +406,7 @@ def test_the_head_runs_no_work_and_exposes_its_ports(default: Manifests) -> None
     assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
     assert head["rayStartParams"]["metrics-export-port"] == "8080"
     assert head["headService"]["metadata"]["name"] == "rel-openft-ray-head-svc"
-    [c] = head["template"]["spec"]["containers"]
+    c = head["template"]["spec"]["containers"][0]  # the Ray container; then the keeper
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == \
         {"gcs": 6379, "dashboard": 8265, "serve": 8000, "metrics": 8080}
     assert ray_cluster(default)["spec"]["rayVersion"] == "2.60.0"
@@ -708,3 +708,26 @@ def test_every_value_is_documented() -> None:
     assert undocumented_values("api:\n  # -- documented\n  replicas: 1\n  port: 80\n") == \
         ["line 4: port: 80"]
     assert undocumented_values("# -- limits\nresources:\n  limits: {cpu: 1}\n") == []
+
+
+def test_the_head_keeps_serving_deployed_without_recreating_ray_for_a_serving_change() -> None:
+    """The head pod's sidecar deploys serving again after a head replacement; it reads the
+    config from a ConfigMap, so a changed serving knob reaches it without touching the Ray
+    pods (KubeRay's Recreate would end every training run)."""
+    before = render([], {"serving.config.max_lora_rank": 16})
+    after = render([], {"serving.config.max_lora_rank": 32})
+    assert ray_cluster(before) == ray_cluster(after)
+    [config_map] = of_kind(after, "ConfigMap")
+    assert json.loads(config_map["data"]["serving.json"])["max_lora_rank"] == 32
+    head = ray_cluster(after)["spec"]["headGroupSpec"]["template"]["spec"]
+    assert head["containers"][0]["name"] == "ray-head"  # KubeRay's Ray container is the first
+    [keeper] = [c for c in head["containers"] if c["name"] == "serving-keeper"]
+    command = keeper["command"]
+    assert command[:4] == ["python", "-m", "serving.deploy", "--submit"]
+    assert command[4] == "http://127.0.0.1:8265" and "--keep-deployed" in command
+    config_path = command[command.index("--config") + 1]
+    [mount] = [m for m in keeper["volumeMounts"] if config_path.startswith(m["mountPath"])]
+    [volume] = [v for v in head["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    assert [e["name"] for e in keeper["env"]] == ["OPENFT_RAY_AUTH_TOKEN"]
+    assert "secretKeyRef" in keeper["env"][0]["valueFrom"]
