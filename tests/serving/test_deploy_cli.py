@@ -9,10 +9,9 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from devstack.processes import free_port, free_ports, start_ray_head
 from serving.config import ServingConfig
 from serving.deploy import auth_headers, default_serve_url, deploy_entrypoint, main, submission_id
+from tests.support.http_stub import http_stub
 
 MINIMAL = {"base_models": [{"id": "tiny"}], "s3_bucket": "b"}
 
@@ -107,15 +107,8 @@ class _Recorder(BaseHTTPRequestHandler):
 def dashboard_stand_in() -> Iterator[tuple[str, list[str]]]:
     """An HTTP server on loopback that records every request and answers 503."""
     seen: list[str] = []
-    handler = type("Handler", (_Recorder,), {"seen": seen})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_stub(type("Handler", (_Recorder,), {"seen": seen})) as url:
+        yield url, seen
 
 
 def test_an_invalid_config_is_refused_before_anything_is_submitted(

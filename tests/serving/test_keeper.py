@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import doctest
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 import serving.keeper as keeper
 from devstack.processes import free_port
+from tests.support.http_stub import http_stub
 
 
 def test_doc_examples() -> None:
@@ -36,14 +36,8 @@ def dashboard() -> Iterator[tuple[str, list[dict[str, str]]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = HTTPServer(("127.0.0.1", free_port()), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_stub(Handler) as url:
+        yield url, seen
 
 
 def test_the_dashboard_is_asked_with_the_token(dashboard) -> None:
