@@ -46,6 +46,10 @@ def parse_example(raw: bytes | str, line: int, method: Method = "supervised") ->
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         reason = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
         raise InvalidChatFile(line, f"is not valid JSON ({reason}).") from None
+    except RecursionError:
+        # Python's parser recurses once per level: a line of 100,000 '[' would otherwise
+        # escape as an unexpected error, and its job would retry validation forever.
+        raise InvalidChatFile(line, "is nested too deeply to be a chat example.") from None
     if not isinstance(example, dict):
         expected = "'messages' list" if method != "dpo" else "'input' and outputs"
         raise InvalidChatFile(line, f"must be a JSON object with a {expected}.")

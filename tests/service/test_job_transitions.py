@@ -251,6 +251,18 @@ def test_a_bad_line_fails_the_job_naming_it(jobs):
     assert jobs.ray.submitted == {} and not jobs.blobs.exists(spec_key(job_id))
 
 
+def test_a_deeply_nested_line_fails_the_job_naming_it(jobs):
+    """Issue 16 (3): such a line raised RecursionError, and the job stayed validating."""
+    lines = chat_jsonl(12).decode().splitlines()
+    lines[2] = "[" * 100_000 + "]" * 100_000
+    job_id = jobs.create(("\n".join(lines) + "\n").encode())
+    jobs.scheduler.tick()
+    job = jobs.get(job_id)
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "invalid_training_file"
+    assert "Line 3" in job["error"]["message"] and "nested too deeply" in job["error"]["message"]
+
+
 # -- queued -> running -----------------------------------------------------------------------
 def test_a_queued_job_is_submitted_once_and_runs_when_ray_starts_it(jobs):
     job_id = jobs.queued()

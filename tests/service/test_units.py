@@ -47,6 +47,8 @@ GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "c
      "'tool_calls' must be a non-empty list"),
     ('{"input": {"messages": []}, "preferred_output": [], "non_preferred_output": []}',
      "preference (DPO) example"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
 ])
 def test_each_bad_line_names_line_and_problem(line, fragment):
     with pytest.raises(InvalidChatFile) as e:
