@@ -49,3 +49,18 @@ def answer(client: OpenAI, model: str) -> str:
     return out.choices[0].message.content or ""
 
 
+
+
+def start_capitals_job(client: OpenAI, repeats: int, n_epochs: int, suffix: str):
+    """Upload the capitals file (``repeats`` copies of the pairs) and start a two-worker LoRA
+    job on the base model, four examples a step."""
+    from tests.training.runs import PAIRS, chat_line
+
+    rows = [chat_line(country, city) for country, city in PAIRS * repeats]
+    uploaded = client.files.create(file=("capitals.jsonl", ("\n".join(rows) + "\n").encode()),
+                                   purpose="fine-tune")
+    return client.fine_tuning.jobs.create(
+        model=BASE_ID, training_file=uploaded.id, suffix=suffix,
+        method={"type": "supervised", "supervised": {"hyperparameters": {
+            "n_epochs": n_epochs, "batch_size": 4, "learning_rate_multiplier": 20,
+            "num_workers": 2}}})

@@ -45,12 +45,11 @@ from devstack.processes import (
     wait_until,
 )
 from tests.conftest import S3Server
-from tests.e2e.pods import BASE_ID, answer, run_to_end
+from tests.e2e.pods import BASE_ID, answer, run_to_end, start_capitals_job
 from tests.support import kube
 from tests.support.dockerfile import image_env
 from tests.support.helm import render
 from tests.support.jobs import wait_for_terminal
-from tests.training.runs import PAIRS, chat_line
 
 REPO = Path(__file__).resolve().parents[2]
 VALUES = Path(__file__).with_name("chart-wiring-values.yaml")
@@ -340,14 +339,7 @@ def test_the_rendered_chart_trains_serves_and_reports_metrics(
 
     client = OpenAI(base_url=f"{api}/v1", api_key=KEY, max_retries=0)
     assert BASE_ID in [m.id for m in client.models.list()]
-    rows = [chat_line(country, city) for country, city in PAIRS]
-    uploaded = client.files.create(file=("capitals.jsonl", ("\n".join(rows) + "\n").encode()),
-                                   purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(
-        model=BASE_ID, training_file=uploaded.id, suffix="chart",
-        method={"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 20,
-            "num_workers": 2}}})
+    job = start_capitals_job(client, repeats=1, n_epochs=3, suffix="chart")
     job = wait_for_terminal(client, job.id, timeout=600)
     assert job.status == "succeeded", job.error
     assert job.fine_tuned_model and answer(client, job.fine_tuned_model)

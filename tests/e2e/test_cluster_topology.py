@@ -39,10 +39,10 @@ from devstack.processes import (
     start_ray_worker,
 )
 from tests.conftest import S3Server
-from tests.e2e.pods import BASE_ID, answer, pod_env, run_to_end
+from tests.e2e.pods import BASE_ID, answer, pod_env, run_to_end, start_capitals_job
 from tests.support.api_process import KEY, api_process
 from tests.support.jobs import wait_for_terminal
-from tests.training.runs import PAIRS, chat_line, of_type, read_events
+from tests.training.runs import of_type, read_events
 
 NODE_CPUS = 2
 """Per worker node: one Train worker (1 CPU) plus, on one of them, the serving replica (0.5)."""
@@ -211,16 +211,8 @@ def test_a_job_spreads_over_two_nodes_survives_losing_one_and_its_model_answers(
     assert BASE_ID in [m.id for m in client.models.list()]
     assert answer(client, BASE_ID)  # served from the bucket model, through the API
 
-    rows = [chat_line(country, city) for country, city in PAIRS * 2]
-    uploaded = client.files.create(file=("capitals.jsonl", ("\n".join(rows) + "\n").encode()),
-                                   purpose="fine-tune")
     # 24 examples, 4 per step: 6 steps an epoch, a checkpoint at the end of each of 6.
-    job = client.fine_tuning.jobs.create(
-        model=BASE_ID, training_file=uploaded.id, suffix="topo",
-        method={"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 6, "batch_size": 4, "learning_rate_multiplier": 20,
-            "num_workers": 2}}},
-    )
+    job = start_capitals_job(client, repeats=2, n_epochs=6, suffix="topo")
 
     # One Train worker on each worker node, none on the head.
     placed = wait_for(lambda: cluster.actors("RayTrainWorker", alive=True), 2,

@@ -56,7 +56,7 @@ from tests.service.conftest import KEY_A, KEY_B, ORG_A, ORG_B, chat_jsonl
 from tests.service.fake_ray import FakeRay, MemoryBlobs, node
 from tests.service.openai_spec import openapi_document
 from tests.service.test_files_and_auth import assert_envelope, upload
-from tests.support.postgres import fresh_database
+from tests.support.postgres import database_for
 
 JOBS = "/v1/fine_tuning/jobs"
 
@@ -68,10 +68,7 @@ BOTH_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"
 
 @pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if getattr(request, "param", "sqlite") == "sqlite":
-        yield f"sqlite:///{tmp_path / 'openft.db'}"
-        return
-    with fresh_database() as url:
+    with database_for(getattr(request, "param", "sqlite"), tmp_path) as url:
         yield url
 
 

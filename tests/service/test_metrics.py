@@ -19,7 +19,7 @@ from service.settings import Settings
 from tests.service.conftest import KEY_A, KEY_B, ORG_A, ORG_B, chat_jsonl
 from tests.service.fake_ray import FakeRay, MemoryBlobs
 from tests.service.test_files_and_auth import upload
-from tests.support.postgres import fresh_database
+from tests.support.postgres import database_for
 
 JOBS = "/v1/fine_tuning/jobs"
 AS_A = {"Authorization": f"Bearer {KEY_A}"}
@@ -27,10 +27,7 @@ AS_A = {"Authorization": f"Bearer {KEY_A}"}
 
 @pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if getattr(request, "param", "sqlite") == "sqlite":
-        yield f"sqlite:///{tmp_path / 'openft.db'}"
-        return
-    with fresh_database() as url:
+    with database_for(getattr(request, "param", "sqlite"), tmp_path) as url:
         yield url
 
 

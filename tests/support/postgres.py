@@ -23,3 +23,14 @@ def fresh_database(prefix: str = "openft_test") -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextmanager
+def database_for(kind: str, tmp_path) -> Iterator[str]:
+    """A database URL of ``kind``: ``sqlite`` (a file under ``tmp_path``) or ``postgresql``
+    (a fresh database, dropped after)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'openft.db'}"
+        return
+    with fresh_database() as url:
+        yield url
