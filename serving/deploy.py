@@ -191,8 +191,7 @@ def submit(entrypoint: str, job_id: str, url: str, headers: dict[str, str],
     deadline = time.monotonic() + timeout
     client = _until(deadline, f"the Ray Jobs API at {url}",
                     lambda: JobSubmissionClient(url, headers=headers))
-    _until(deadline, f"submitting {job_id}",
-           lambda: client.submit_job(entrypoint=entrypoint, submission_id=job_id))
+    _until(deadline, f"submitting {job_id}", lambda: submit_once(client, entrypoint, job_id))
     print(f"submitted Ray job {job_id} to {url}", flush=True)
     printed = 0
     while True:
@@ -210,6 +209,21 @@ def submit(entrypoint: str, job_id: str, url: str, headers: dict[str, str],
     if status != "SUCCEEDED":
         message = client.get_job_info(job_id).message or ""
         raise DeployError(f"Ray job {job_id} {status}: {message.strip()}")
+
+
+def submit_once(client, entrypoint: str, job_id: str) -> None:
+    """Submit ``job_id``, or find it already submitted. A submission is retried while the head
+    comes up, and a try can reach the head's job agent yet still be answered with an error
+    (the dashboard gave up waiting for the agent): the retry is then refused as "already
+    exists", and that job is the one this deploy started, not a failure."""
+    try:
+        client.submit_job(entrypoint=entrypoint, submission_id=job_id)
+    except RuntimeError as refused:
+        try:
+            client.get_job_info(job_id)
+        except RuntimeError:
+            raise refused from None
+        print(f"found Ray job {job_id} already submitted by an earlier try", flush=True)
 
 
 def _until(deadline: float, what: str, attempt):

@@ -18,7 +18,14 @@ import pytest
 
 from devstack.processes import free_port, free_ports, start_ray_head
 from serving.config import ServingConfig
-from serving.deploy import auth_headers, default_serve_url, deploy_entrypoint, main, submission_id
+from serving.deploy import (
+    auth_headers,
+    default_serve_url,
+    deploy_entrypoint,
+    main,
+    submission_id,
+    submit_once,
+)
 from tests.support.http_stub import http_stub
 
 MINIMAL = {"base_models": [{"id": "tiny"}], "s3_bucket": "b"}
@@ -87,6 +94,48 @@ def test_submit_options_need_submit(extra: list[str]) -> None:
     with pytest.raises(SystemExit) as raised:
         main(["--config", json.dumps(MINIMAL), *extra])
     assert raised.value.code == 2
+
+
+class _Head:
+    """Ray's ``JobSubmissionClient`` as a head whose dashboard answers a submission with an
+    error, once, after its job agent took the job (seen in CI: a 500, then "already exists")."""
+
+    def __init__(self, agent_took_it: bool) -> None:
+        self.jobs: dict[str, str] = {}
+        self.agent_took_it = agent_took_it
+        self.tries = 0
+
+    def submit_job(self, *, entrypoint: str, submission_id: str) -> str:
+        self.tries += 1
+        if submission_id in self.jobs:
+            raise RuntimeError(f"Job with submission_id {submission_id} already exists.")
+        if self.tries == 1:
+            if self.agent_took_it:
+                self.jobs[submission_id] = entrypoint
+            raise RuntimeError("Request failed with status code 500: agent timed out")
+        self.jobs[submission_id] = entrypoint
+        return submission_id
+
+    def get_job_info(self, submission_id: str) -> str:
+        if submission_id not in self.jobs:
+            raise RuntimeError("Request failed with status code 404: Job does not exist")
+        return self.jobs[submission_id]
+
+
+def test_a_submission_answered_with_an_error_after_the_head_took_it_is_the_deploy() -> None:
+    head = _Head(agent_took_it=True)
+    submit_once(head, "python -m serving.deploy", "deploy-1")  # the 500 is not a failure
+    submit_once(head, "python -m serving.deploy", "deploy-1")  # nor is a retry's refusal
+    assert head.jobs == {"deploy-1": "python -m serving.deploy"}
+
+
+def test_a_submission_the_head_refused_is_raised_for_a_retry() -> None:
+    head = _Head(agent_took_it=False)
+    with pytest.raises(RuntimeError, match="500"):
+        submit_once(head, "python -m serving.deploy", "deploy-1")
+    assert head.jobs == {}
+    submit_once(head, "python -m serving.deploy", "deploy-1")
+    assert head.jobs == {"deploy-1": "python -m serving.deploy"}
 
 
 class _Recorder(BaseHTTPRequestHandler):
