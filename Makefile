@@ -67,3 +67,4 @@ bench-train: $(STAMP)
 
 bench-serving: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m bench.serving
+bench-validation: $(STAMP) ; RAY_AUTH_MODE=disabled $(PY) -m bench.validation_memory

@@ -1,12 +1,15 @@
 """The chat JSONL training format: one validator for the API (before a job is queued) and
-the training driver (as it reads the file). Pure Python: imports nothing beyond ``json``.
+the training driver (as it reads the file). Pure Python: imports nothing beyond ``json`` and
+:mod:`contract.lines`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
+
+from contract.lines import LineTooLong
 
 MIN_EXAMPLES = 10
 ROLES = {"system", "developer", "user", "assistant", "tool"}
@@ -161,25 +164,41 @@ def as_conversations(example: dict[str, Any], method: Method) -> list[dict[str, 
 def read_examples(lines: Iterable[bytes | str],
                   method: Method = "supervised") -> list[dict[str, Any]]:
     """Every example of a file, blank lines skipped; at least :data:`MIN_EXAMPLES`."""
-    return [example for _, example in read_numbered_examples(lines, method)]
+    return [example for _, example in iter_numbered_examples(lines, method)]
 
 
 def read_numbered_examples(lines: Iterable[bytes | str],
                            method: Method = "supervised") -> list[tuple[int, dict[str, Any]]]:
     """Like :func:`read_examples`, with each example's 1-based line number (for messages)."""
-    examples = []
-    for n, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        examples.append((n, parse_example(raw, n, method)))
-    if len(examples) < MIN_EXAMPLES:
+    return list(iter_numbered_examples(lines, method))
+
+
+def iter_numbered_examples(lines: Iterable[bytes | str],
+                           method: Method = "supervised") -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each example with its 1-based line number, one at a time, blank lines skipped.
+
+    A file of any size is checked in the memory of its longest line: the service validates
+    512 MB files this way. ``lines`` may come from :func:`contract.lines.split_lines`; a line
+    it refuses as too long fails here like any bad line. Too few examples are only known at
+    the end: the error comes after the last example was yielded.
+    """
+    n_examples = 0
+    try:
+        for n, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            n_examples += 1
+            yield n, parse_example(raw, n, method)
+    except LineTooLong as e:
+        raise InvalidChatFile(e.line, f"is longer than {e.limit} bytes, the most one example "
+                              "may take.") from None
+    if n_examples < MIN_EXAMPLES:
         raise InvalidChatFile(
             None,
-            f"Training file has {len(examples)} example(s), but must have at least "
+            f"Training file has {n_examples} example(s), but must have at least "
             f"{MIN_EXAMPLES} examples.",
             code="invalid_n_examples",
         )
-    return examples
 
 
 def template_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -17,24 +17,26 @@ from pydantic import BaseModel, ConfigDict, Field
 Auto = Literal["auto"]
 """What a request says for "choose for me"; never reaches a run."""
 
-# Bounds, as a request is checked against them (OpenAI's for its three).
+# Bounds, as a request is checked against them (OpenAI's for its three). Every float is
+# finite: JSON has no Infinity or NaN, but Python's parser reads them, and NaN slips past
+# every bound (any comparison with it is false).
 NEpochs = Annotated[int, Field(ge=1, le=50)]
 BatchSize = Annotated[int, Field(ge=1, le=256)]
 """Examples per optimizer step, across all workers."""
 LearningRateMultiplier = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 LoraRank = Annotated[int, Field(ge=1, le=256)]
 LoraAlpha = Annotated[int, Field(ge=1, le=4096)]
-LoraDropout = Annotated[float, Field(ge=0, lt=1)]
+LoraDropout = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 ModuleName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.*-]+$")]
 TargetModules = Annotated[list[ModuleName], Field(min_length=1, max_length=64)]
 ALL_LINEAR = "all-linear"
 """Every linear layer but the LM head (PEFT's own shorthand)."""
 LrScheduler = Literal["linear", "cosine"]
-WarmupRatio = Annotated[float, Field(ge=0, le=0.5)]
+WarmupRatio = Annotated[float, Field(ge=0, le=0.5, allow_inf_nan=False)]
 MaxSeqLength = Annotated[int, Field(ge=16, le=131072)]
 ZeroStage = Literal[2, 3]
 NumWorkers = Annotated[int, Field(ge=1, le=64)]
-DpoBeta = Annotated[float, Field(gt=0, le=2)]
+DpoBeta = Annotated[float, Field(gt=0, le=2, allow_inf_nan=False)]
 
 TOKENS_PER_FORWARD = 8192
 """The most tokens one training forward holds (a micro-batch; one example when a single one

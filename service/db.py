@@ -18,6 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Float,
     ForeignKey,
     Index,
@@ -25,6 +26,8 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    event,
+    false,
     make_url,
     text,
 )
@@ -47,6 +50,19 @@ class FileRow(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default="processed")
     s3_key: Mapped[str] = mapped_column(String(512))
+
+
+class FileIdempotencyRow(Base):
+    """An upload's ``Idempotency-Key``: a repeat within the window returns ``file_id``
+    instead of storing a second copy. The key is the primary key, so two racing repeats
+    cannot both win; the file sweeper removes expired keys."""
+
+    __tablename__ = "file_idempotency_keys"
+
+    organization: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    file_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
 
 
 class JobRow(Base):
@@ -93,7 +109,15 @@ class JobRow(Base):
     init_adapter_key: Mapped[str | None] = mapped_column(String(256), nullable=True)
     """Adapter (``models/{key}/``) that continued training starts from."""
 
-    __table_args__ = (Index("ix_jobs_org_created", "organization", "created_at"),)
+    created_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """Creation order (:func:`service.ids.creation_order`, nanoseconds): lists sort newest
+    first by it. ``created_at`` has whole seconds, as OpenAI's objects do."""
+    run_stop_pending: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                   server_default=false())
+    """Cancelled, and its Ray run not yet stopped (Ray was away): the scheduler stops it."""
+
+    __table_args__ = (Index("ix_jobs_org_created", "organization", "created_at"),
+                      Index("ix_jobs_org_created_seq", "organization", "created_seq"))
 
     @property
     def base(self) -> str:
@@ -165,11 +189,40 @@ PG_CONNECT_TIMEOUT_S = 10
 """libpq waits forever for an unreachable host by default; a probe or a start-up must not."""
 
 
-def make_engine(url: str) -> Engine:
+class PoolSize(NamedTuple):
+    """Connections one process may hold. The request threads (anyio's 40 by default) should
+    not outnumber them much: a thread with no connection waits ``timeout_s``, then its
+    request fails with an enveloped 503."""
+
+    size: int = 20
+    overflow: int = 20
+    timeout_s: float = 10.0
+
+
+SQLITE_BUSY_TIMEOUT_S = 30
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    """WAL: readers never block the writer nor it them (in the default rollback journal a
+    stream of reads starves every write into "database is locked"); NORMAL sync is durable
+    across an application crash, which is what WAL needs for commits to survive a kill -9."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(url: str, pool: PoolSize | None = None) -> Engine:
+    pool = pool or PoolSize()
+    sizing = {"pool_size": pool.size, "max_overflow": pool.overflow,
+              "pool_timeout": pool.timeout_s}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         # The scheduler thread and request threads share the file.
-        return create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False,
+                                                  "timeout": SQLITE_BUSY_TIMEOUT_S}, **sizing)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
     parsed = make_url(url)
     if parsed.drivername in ("postgresql", "postgres"):
         # A bare URL (as managed databases hand them out) means SQLAlchemy's default driver,
@@ -177,7 +230,7 @@ def make_engine(url: str) -> Engine:
         parsed = parsed.set(drivername="postgresql+psycopg2")
     libpq = parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in (
         "psycopg2", "psycopg")
-    return create_engine(parsed, pool_pre_ping=True,
+    return create_engine(parsed, pool_pre_ping=True, **sizing,
                          connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S} if libpq else {})
 
 
@@ -257,8 +310,8 @@ def require_head(engine: Engine) -> None:
 class Database:
     """The engine plus a session factory; one per process, opened in the app's lifespan."""
 
-    def __init__(self, url: str):
-        self.engine = make_engine(url)
+    def __init__(self, url: str, pool: PoolSize | None = None):
+        self.engine = make_engine(url, pool or PoolSize())
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

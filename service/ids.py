@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import string
+import threading
 import time
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -19,3 +20,17 @@ def new_id(prefix: str, n: int = 24) -> str:
 
 def now() -> int:
     return int(time.time())
+
+
+_order_lock = threading.Lock()
+_last_order = 0
+
+
+def creation_order() -> int:
+    """Nanoseconds since the epoch, strictly increasing within this process: the key lists
+    sort newest first by. ``created_at`` has whole seconds (OpenAI's objects do), and two
+    jobs of the same second would otherwise be ordered by their random ids."""
+    global _last_order
+    with _order_lock:
+        _last_order = max(time.time_ns(), _last_order + 1)
+        return _last_order

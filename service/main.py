@@ -18,12 +18,15 @@ from service.context import AppContext, RayRuns
 from service.db import Database, migrate, require_head
 from service.errors import install_handlers
 from service.files.router import router as files_router
+from service.files.sweeper import FileSweeper
+from service.guard import RequestGuard
 from service.ids import now
 from service.jobs.ray_jobs import RayJobs
 from service.jobs.router import router as jobs_router
 from service.jobs.scheduler import Scheduler
 from service.metrics import install_metrics
 from service.models.router import router as models_router
+from service.outages import install_outage_handlers
 from service.readiness import readyz
 from service.settings import Settings
 from service.storage import BlobStore
@@ -38,7 +41,7 @@ def build_context(settings: Settings, *, blobs: BlobStore | None = None,
     (tests pass fakes)."""
     if not settings.api_keys:
         raise ValueError("OPENFT_API_KEYS is not set: no caller could authenticate")
-    db = Database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url, settings.db_pool())
     if settings.migrate_on_start:
         migrate(db.engine)
     else:
@@ -67,8 +70,10 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True,
         app.state.ctx = ctx
         sender = WebhookSender(ctx.db, settings)
         scheduler = Scheduler(ctx, metrics=app.state.metrics.scheduler)
+        sweeper = FileSweeper(ctx.db, ctx.blobs, settings)
         tasks = [asyncio.create_task(scheduler.run_forever()),
-                 asyncio.create_task(sender.run_forever())] if run_scheduler else []
+                 asyncio.create_task(sender.run_forever()),
+                 asyncio.create_task(sweeper.run_forever())] if run_scheduler else []
         try:
             yield
         finally:
@@ -82,7 +87,9 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True,
             ctx.db.dispose()
 
     app = FastAPI(title="openft", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(RequestGuard)  # first added, innermost: metrics see its 401s and 413s
     install_handlers(app)
+    install_outage_handlers(app)
     install_metrics(app)
     for router in (files_router, jobs_router, models_router, chat_router):
         app.include_router(router)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.base_models import BaseModelConfig
 from contract.serving import ServingOptions
+
+if TYPE_CHECKING:
+    from service.db import PoolSize
 
 DEFAULT_BASE_MODEL_ID = "SmolLM2-135M-Instruct"
 EMBEDDED_S3_CREDENTIALS = ("openft", "openft-secret")
@@ -61,6 +64,14 @@ class Settings(BaseSettings):
     latest revision and refuses to start otherwise, instead of migrating from every replica
     at once with the permissions that takes."""
 
+    db_pool_size: int = Field(default=20, ge=1)
+    """Database connections an API process keeps open (PostgreSQL: mind ``max_connections``
+    across replicas)."""
+    db_max_overflow: int = Field(default=20, ge=0)
+    """Connections opened beyond ``db_pool_size`` under load, closed when returned."""
+    db_pool_timeout_s: float = Field(default=10.0, gt=0)
+    """How long a request waits for a free connection before an enveloped 503."""
+
     s3_endpoint_url: str | None = None
     """S3-compatible endpoint; unset means ``make run`` starts SeaweedFS on ``s3_port``."""
     s3_port: int = 8333
@@ -81,9 +92,11 @@ class Settings(BaseSettings):
     """Token of a Ray cluster started with token auth (``RAY_AUTH_MODE=token``, Ray 2.52+):
     sent as ``Authorization: Bearer <token>`` on every Jobs and state API call. The dashboard
     runs any job it is given, so a shared cluster must not leave it open. Unset: no header."""
-    ray_dashboard_port: int = 8265
-    ray_gcs_port: int = 6380
-    """GCS port of the embedded head (not 6379: Redis often sits there)."""
+    ray_dashboard_port: int | None = None
+    """Dashboard (Jobs API) port of the embedded head; unset: a free port picked at start
+    (an API started without ``make run`` then looks for Ray's default, 8265)."""
+    ray_gcs_port: int | None = None
+    """GCS port of the embedded head; unset: a free port picked at start."""
     ray_num_cpus: int = 4
     """Logical CPUs the embedded head declares: one training run plus serving must fit."""
 
@@ -104,6 +117,18 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = 512 * 1024 * 1024
     """Largest file ``POST /v1/files`` accepts (OpenAI's limit for fine-tuning files)."""
+    max_line_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    """Longest line (one example) a training or validation file may have: a longer one fails
+    the job naming the line, as soon as validation reads past the limit."""
+    validation_threads: int = Field(default=2, gt=0)
+    """Jobs whose files are validated at once, each in a thread beside the scheduler's tick;
+    more wait their turn in ``validating_files``."""
+    files_sweep_interval_s: float = 600.0
+    """How often each API process looks for orphaned file bytes (an object under ``files/``
+    whose row is gone) and stale multipart uploads, and removes them."""
+    files_sweep_grace_s: float = 3600.0
+    """Only bytes and multipart uploads older than this are swept: an upload writes its bytes
+    before its row, and must never lose them to a sweep in between."""
 
     api_keys: str | None = None
     """Comma-separated ``key=organization`` pairs; unset: ``make run`` creates one key."""
@@ -174,7 +199,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_ray_address(self) -> str:
-        return self.ray_address or f"http://127.0.0.1:{self.ray_dashboard_port}"
+        return self.ray_address or f"http://127.0.0.1:{self.ray_dashboard_port or 8265}"
 
     @property
     def resolved_serving_url(self) -> str:
@@ -199,6 +224,11 @@ class Settings(BaseSettings):
             return v
         return {k: {"volume_path": str(Path(c).expanduser().resolve())}
                 if isinstance(c, str | Path) else c for k, c in v.items()}
+
+    def db_pool(self) -> PoolSize:
+        from service.db import PoolSize  # here: the settings load without SQLAlchemy
+
+        return PoolSize(self.db_pool_size, self.db_max_overflow, self.db_pool_timeout_s)
 
     def base_model_configs(self) -> dict[str, BaseModelConfig]:
         """Every base model users may fine-tune and call, the default one (registered in the

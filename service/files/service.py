@@ -1,7 +1,17 @@
-"""Files: bytes go to the bucket under ``files/{id}``, metadata to the ``files`` table."""
+"""Files: bytes go to the bucket under ``files/{id}``, metadata to the ``files`` table.
+
+The row is the truth about a file. Upload writes the bytes first and the row second, delete
+removes the row first and the bytes second: either way a crash in between leaves bytes with
+no row (an orphan, removed by :mod:`service.files.sweeper`), never a listed file without
+content.
+"""
 
 from __future__ import annotations
 
+import itertools
+import logging
+import unicodedata
+from collections.abc import Iterator
 from typing import IO
 
 from sqlalchemy import select
@@ -10,13 +20,19 @@ from sqlalchemy.orm import Session
 from contract.bucket import file_key
 from service.auth import Caller
 from service.db import FileRow, JobRow
-from service.errors import Conflict, InvalidRequest, NotFound
+from service.errors import Conflict, InvalidRequest, NotFound, UpstreamUnavailable
+from service.files import idempotency
+from service.files.outage import bucket_call
 from service.files.protocol import FileObject
 from service.ids import new_id, now
 from service.lifecycle import ACTIVE
 from service.storage import BlobStore
 
+log = logging.getLogger("openft")
+
 UPLOAD_PURPOSES = {"fine-tune"}
+MAX_FILENAME_LENGTH = 512
+"""The ``files.filename`` column's width."""
 
 
 def to_object(row: FileRow) -> FileObject:
@@ -24,17 +40,65 @@ def to_object(row: FileRow) -> FileObject:
                       filename=row.filename, purpose=row.purpose, status=row.status)
 
 
-def create(session: Session, blobs: BlobStore, caller: Caller, stream: IO[bytes],
-           filename: str, purpose: str, size: int) -> FileObject:
+def check_filename(filename: str) -> str:
+    """The name as stored; a 400 on ``file`` for one that would fail in the database (too
+    long for the column; NUL, which PostgreSQL refuses in text) or that no file system or
+    terminal shows faithfully (any other control character). Refused rather than cleaned:
+    the SDK echoes the name the caller sent, and a silently different one surprises.
+
+    >>> check_filename("train.jsonl")
+    'train.jsonl'
+    """
+    if len(filename) > MAX_FILENAME_LENGTH:
+        raise InvalidRequest(
+            f"The filename is {len(filename)} characters long; the limit is "
+            f"{MAX_FILENAME_LENGTH}.", param="file", code="invalid_value")
+    bad = next((c for c in filename if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise InvalidRequest(
+            f"The filename holds a control character (U+{ord(bad):04X}); rename the file.",
+            param="file", code="invalid_value")
+    return filename
+
+
+def check_upload(session: Session, caller: Caller, filename: str, purpose: str,
+                 idempotency_key: str | None) -> FileObject | None:
+    """Refuse a bad upload before its bytes are stored; with ``idempotency_key``, the file a
+    repeat of it created (then nothing is stored)."""
     if purpose not in UPLOAD_PURPOSES:
         raise InvalidRequest(
             f"Invalid purpose {purpose!r}: openft accepts files with purpose 'fine-tune'.",
             param="purpose", code="invalid_value",
         )
+    check_filename(filename)
+    if idempotency_key is None:
+        return None
+    idempotency.check_key(idempotency_key)
+    first = idempotency.replay(session, caller.organization, idempotency_key, now())
+    return None if first is None else to_object(first)
+
+
+def store_bytes(blobs: BlobStore, stream: IO[bytes]) -> str:
+    """The upload's bytes in the bucket, under a new file id. Bytes first, row second
+    (:func:`record`): a row never points at an object that is not there. No database
+    connection is held meanwhile."""
     file_id = new_id("file")
-    # Bytes first, row second: a row never points at an object that is not there.
-    blobs.upload_stream(file_key(file_id), stream)
-    row = FileRow(id=file_id, organization=caller.organization, purpose=purpose,
+    with bucket_call(file_id, "storing"):
+        blobs.upload_stream(file_key(file_id), stream)
+    return file_id
+
+
+def record(session: Session, blobs: BlobStore, caller: Caller, file_id: str, filename: str,
+           purpose: str, size: int, idempotency_key: str | None = None) -> FileObject:
+    """The row of stored bytes; with ``idempotency_key``, the first file if a concurrent
+    repeat recorded one meanwhile (these bytes are then deleted)."""
+    org = caller.organization
+    if idempotency_key is not None:
+        first = idempotency.claim(session, org, idempotency_key, file_id, now())
+        if first is not None:  # a concurrent repeat won: keep its copy, not ours
+            _delete_bytes(blobs, file_key(file_id))
+            return to_object(first)
+    row = FileRow(id=file_id, organization=org, purpose=purpose,
                   filename=filename, bytes=size, created_at=now(), status="processed",
                   s3_key=file_key(file_id))
     session.add(row)
@@ -49,6 +113,15 @@ def register(session: Session, organization: str, key: str, filename: str, purpo
                   s3_key=key)
     session.add(row)
     return row
+
+
+def open_content(blobs: BlobStore, row: FileRow) -> Iterator[bytes]:
+    """The file's bytes, with the object already fetched: S3 down or the object missing
+    raise here (an enveloped 503 or 500) instead of after a 200 has started streaming."""
+    chunks = blobs.iter_chunks(row.s3_key)
+    with bucket_call(row.id, "reading"):
+        first = next(chunks, None)
+    return iter(()) if first is None else itertools.chain([first], chunks)
 
 
 def get_row(session: Session, caller: Caller, file_id: str, param: str = "file_id") -> FileRow:
@@ -89,6 +162,18 @@ def delete(session: Session, blobs: BlobStore, caller: Caller, file_id: str) -> 
     if in_use:
         raise Conflict(f"File {file_id} is in use by fine-tuning job {in_use}.",
                        param="file_id", code="file_in_use")
+    # Row first, bytes second: once the commit is through the file is gone for every
+    # reader; if the bytes then fail to go (S3 down, a crash), they are an orphan the sweeper
+    # removes, and the delete still succeeded.
     session.delete(row)
-    session.flush()
-    blobs.delete(row.s3_key)
+    session.commit()
+    _delete_bytes(blobs, row.s3_key)
+
+
+def _delete_bytes(blobs: BlobStore, key: str) -> None:
+    """Best effort: bytes left behind have no row, and the sweeper removes them later."""
+    try:
+        with bucket_call(key, "deleting"):
+            blobs.delete(key)
+    except UpstreamUnavailable:
+        log.warning("could not delete %s from the bucket; the file sweeper will", key)

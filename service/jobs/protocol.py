@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from contract.hyperparameters import (
     Auto,
@@ -23,13 +23,18 @@ from contract.hyperparameters import (
     ZeroStage,
 )
 from service.lifecycle import JobStatus
+from service.text import Text
 
-# Looked up in the database; PostgreSQL fails on text holding NUL, and no id does.
-FileId = Annotated[str, Field(pattern=r"^[^\x00]*$")]
+WandbName = Annotated[Text, Field(min_length=1, max_length=128)]
+WandbTag = Annotated[Text, Field(min_length=1, max_length=64)]
+
+STRICT = ConfigDict(extra="forbid", strict=True)
+"""As OpenAI's types are: ``true`` is no number, ``"yes"`` no boolean and ``"3"`` no integer
+(an integer is a number, as in JSON); unknown keys are refused, naming the key."""
 
 
 class Hyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     # OpenAI's bounds: a job that could never train is refused at creation, naming the field.
     batch_size: Auto | BatchSize | None = Field(default="auto")
@@ -60,25 +65,34 @@ class DpoHyperparameters(SupervisedHyperparameters):
 
 
 class SupervisedMethod(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     hyperparameters: SupervisedHyperparameters | None = None
 
 
 class DpoMethod(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     hyperparameters: DpoHyperparameters | None = None
 
 
 class Method(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
     reinforcement: dict[str, Any] | None = None
     """Accepted in shape only: the service answers 400 (no reinforcement fine-tuning)."""
+
+    @model_validator(mode="after")
+    def _section_of_its_type(self) -> Method:
+        # Hyperparameters under another method's key would be dropped without a word.
+        other = [k for k in ("supervised", "dpo", "reinforcement")
+                 if k != self.type and getattr(self, k) is not None]
+        if other:
+            raise ValueError(f"method.{other[0]} is given but method.type is {self.type!r}")
+        return self
 
     def requested_hyperparameters(self) -> Hyperparameters | None:
         """The hyperparameters given under the method's own key, if any."""
@@ -87,31 +101,37 @@ class Method(BaseModel):
 
 
 class WandbSettings(BaseModel):
-    project: str
-    name: str | None = None
-    entity: str | None = None
-    tags: list[str] | None = None
+    """Stored with the job: bounded as W&B bounds them (names of 128 characters, tags of 64)."""
+
+    model_config = ConfigDict(strict=True)
+
+    project: WandbName
+    name: WandbName | None = None
+    entity: WandbName | None = None
+    tags: list[WandbTag] | None = Field(default=None, max_length=50)
 
 
 class Integration(BaseModel):
     """Stored and echoed as OpenAI's shape; openft itself reports to no tracker (docs/api.md)."""
+
+    model_config = ConfigDict(strict=True)
 
     type: Literal["wandb"]
     wandb: WandbSettings
 
 
 class CreateJobRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    model: str
-    training_file: FileId
-    validation_file: FileId | None = None
+    model: Text
+    training_file: Text
+    validation_file: Text | None = None
     hyperparameters: Hyperparameters | None = None
     suffix: str | None = Field(default=None, min_length=1, max_length=64,
                                pattern=r"^[A-Za-z0-9_-]+$")
     seed: int | None = Field(default=None, ge=0, le=2147483647)
     method: Method | None = None
-    metadata: dict[str, str] | None = None
+    metadata: dict[Text, Text] | None = None
     integrations: list[Integration] | None = Field(default=None, max_length=5)
 
 

@@ -7,18 +7,18 @@ import secrets
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from contract.bucket import control_key
 from contract.hyperparameters import OPENAI_KEYS
 from service.auth import Caller
 from service.base_models.service import BaseModelUnavailable, tokenizer_dir
-from service.context import AppContext, RayRuns
+from service.context import AppContext
 from service.db import CheckpointRow, JobEventRow, JobRow
 from service.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
 from service.files.service import get_row as get_file_row
-from service.ids import new_id, now, random_tail
+from service.ids import creation_order, new_id, now, random_tail
 from service.jobs import hyperparameters
 from service.jobs.capacity import ClusterView, ModelFacts
 from service.jobs.protocol import (
@@ -90,12 +90,13 @@ def create(ctx: AppContext, session: Session, caller: Caller,
     requested, where = _requested_hyperparameters(req, method_type)
     _check_fit(ctx, session, base_model, requested, where)
     job_id = new_id("ftjob")
+    order = creation_order()
     row = JobRow(
         id=job_id, organization=caller.organization, model=req.model,
         base_model=base_model if base_model != req.model else None,
         init_adapter_key=init_adapter_key,
         training_file=req.training_file, validation_file=req.validation_file,
-        status=JobStatus.VALIDATING_FILES, created_at=now(),
+        status=JobStatus.VALIDATING_FILES, created_at=order // 10**9, created_seq=order,
         hyperparameters={k: requested.get(k, "auto") for k in OPENAI_KEYS},
         method={"type": method_type, method_type: {"hyperparameters": requested}},
         suffix=req.suffix,
@@ -222,21 +223,45 @@ def list_rows(session: Session, caller: Caller, limit: int, after: str | None,
         q = q.where(JobRow.job_metadata[key].as_string() == value)
     if after:
         anchor = get_row(session, caller, after, param="after")
-        q = q.where((JobRow.created_at < anchor.created_at)
-                    | ((JobRow.created_at == anchor.created_at) & (JobRow.id < anchor.id)))
-    q = q.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)
+        q = q.where((JobRow.created_seq < anchor.created_seq)
+                    | ((JobRow.created_seq == anchor.created_seq) & (JobRow.id < anchor.id)))
+    q = q.order_by(JobRow.created_seq.desc(), JobRow.id.desc()).limit(limit + 1)
     return list(session.scalars(q))
 
 
-def cancel(session: Session, ray: RayRuns, caller: Caller, job_id: str) -> FineTuningJob:
+def cancel(session: Session, caller: Caller, job_id: str) -> FineTuningJob:
+    """Record the cancellation; the run is stopped once it is committed
+    (:func:`stop_run`). Stopping first would leave a stopped run under a job the database
+    still calls running when the commit fails (issue 16): it then ends failed, not cancelled.
+    ``run_stop_pending`` keeps the stop owed until Ray has taken it."""
     row = get_row(session, caller, job_id)
     if row.status not in CANCELLABLE:
         raise Conflict(f"Job {job_id} has already {row.status}; it cannot be cancelled.",
                        param="fine_tuning_job_id", code="invalid_state")
-    if row.ray_submission_id:
-        ray.stop(row.ray_submission_id)
     return _move(session, row, CANCELLABLE, JobStatus.CANCELLED, "Fine-tuning job cancelled",
-                 finished_at=now())
+                 finished_at=now(), run_stop_pending=row.ray_submission_id is not None)
+
+
+def stop_run(ctx: AppContext, job_id: str) -> bool:
+    """Stop the Ray run of a cancelled job whose stop is owed; whether it is done. Ray away:
+    not yet, and the scheduler tries again each tick (``run_stop_pending`` stays set)."""
+    with ctx.db.session() as s:
+        row = s.get(JobRow, job_id)
+        if row is None or not row.run_stop_pending:
+            return True
+        submission = row.ray_submission_id
+    try:
+        if submission:
+            ctx.ray.stop(submission)
+    except Exception as e:  # noqa: BLE001 - any failure to reach Ray: the stop stays owed
+        log.warning("could not stop the run of cancelled job %s yet: %s", job_id, e)
+        return False
+    with ctx.db.session() as s:
+        s.execute(update(JobRow).where(JobRow.id == job_id).values(run_stop_pending=False))
+    return True
+
+
+PAUSE_REQUEST = b'{"action": "pause"}'
 
 
 def _move(session: Session, row: JobRow, from_states: Iterable[JobStatus], to: JobStatus,
@@ -249,15 +274,22 @@ def _move(session: Session, row: JobRow, from_states: Iterable[JobStatus], to: J
     return to_object(row)
 
 
-def pause(session: Session, blobs: BlobStore, caller: Caller, job_id: str) -> FineTuningJob:
-    """Ask the run to checkpoint and stop; the scheduler releases it once it has."""
+def pause(session: Session, caller: Caller, job_id: str) -> tuple[FineTuningJob, bool]:
+    """Record the pause; and whether it has a run to ask to checkpoint and stop
+    (:func:`request_pause`, once committed; the scheduler asks again while a paused job's
+    run is alive). Asking first would stop a run the database still calls running when the
+    commit fails."""
     row = get_row(session, caller, job_id)
     if row.status not in PAUSABLE:
         raise Conflict(f"Job {job_id} is {row.status}; only a queued or running job can be "
                        "paused.", param="fine_tuning_job_id", code="invalid_state")
-    if row.ray_submission_id:
-        blobs.put(control_key(job_id), b'{"action": "pause"}', "application/json")
-    return _move(session, row, PAUSABLE, JobStatus.PAUSED, "Fine-tuning job paused")
+    has_run = row.ray_submission_id is not None
+    return _move(session, row, PAUSABLE, JobStatus.PAUSED, "Fine-tuning job paused"), has_run
+
+
+def request_pause(blobs: BlobStore, job_id: str) -> None:
+    """The run's control object: the run checkpoints and stops when it reads it."""
+    blobs.put(control_key(job_id), PAUSE_REQUEST, "application/json")
 
 
 def resume(session: Session, blobs: BlobStore, caller: Caller, job_id: str) -> FineTuningJob:

@@ -58,6 +58,8 @@ class FakeRay:
         return self.states.get(submission_id)
 
     def stop(self, submission_id: str) -> None:
+        if self.unreachable:
+            raise ConnectionError("Ray is unreachable")
         self.stopped.append(submission_id)
         if submission_id in self.states:
             self.states[submission_id] = RunState("STOPPED", "stopped")
@@ -87,6 +89,8 @@ class MemoryBlobs:
     endpoint_url: str = "http://memory"
     bucket: str = "openft-test"
     region: str = "us-east-1"
+    unreachable: bool = False
+    """Writes fail as with the S3 server down."""
 
     def ensure_bucket(self) -> None:
         pass
@@ -98,6 +102,8 @@ class MemoryBlobs:
         self.objects[key] = stream.read()
 
     def put(self, key: str, body: bytes, content_type: str = "application/octet-stream") -> None:
+        if self.unreachable:
+            raise ConnectionError("the bucket is unreachable")
         self.objects[key] = bytes(body)
 
     def get(self, key: str) -> bytes:

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from contract.bucket import (
     adapter_prefix,
@@ -521,6 +524,52 @@ def test_a_job_is_cancelled_from_every_active_status_and_its_run_stopped(jobs, s
     jobs.scheduler.tick()  # Ray's STOPPED does not turn it into failed
     assert jobs.get(job_id)["status"] == "cancelled"
     assert_envelope(jobs.post(job_id, "cancel"), 400, code="invalid_state")
+
+
+def test_a_cancel_while_ray_is_away_is_recorded_and_the_run_stopped_once_it_is_back(jobs):
+    job_id = jobs.running()
+    jobs.ray.unreachable = True
+    job = jobs.post(job_id, "cancel")
+    assert job.status_code == 200 and job.json()["status"] == "cancelled"
+    jobs.scheduler.tick()  # still away: the stop stays owed
+    assert jobs.ray.stopped == []
+    jobs.ray.unreachable = False
+    jobs.scheduler.tick()
+    jobs.scheduler.tick()
+    assert jobs.ray.stopped == [jobs.run_of(job_id)]  # once
+    assert jobs.get(job_id)["status"] == "cancelled"
+
+
+@BOTH_DATABASES
+@pytest.mark.parametrize("action", ["cancel", "pause"])
+def test_a_cancel_or_pause_whose_commit_fails_is_not_done_at_all(jobs, action):
+    job_id = jobs.running()
+
+    def database_gone(_session) -> None:
+        raise OperationalError("COMMIT", {}, ConnectionError("server closed the connection"))
+
+    event.listen(Session, "before_commit", database_gone)
+    try:
+        refused = jobs.post(job_id, action)
+    finally:
+        event.remove(Session, "before_commit", database_gone)
+    assert_envelope(refused, 503, code="database_unavailable")
+    # Not recorded, so not done: the run was neither stopped nor asked to pause.
+    assert jobs.ray.stopped == [] and not jobs.blobs.exists(control_key(job_id))
+    assert jobs.get(job_id)["status"] == "running"
+    assert jobs.post(job_id, action).json()["status"] == {"cancel": "cancelled",
+                                                          "pause": "paused"}[action]
+
+
+def test_a_pause_the_bucket_missed_is_asked_again_until_the_run_stops(jobs):
+    job_id = jobs.running()
+    jobs.blobs.unreachable = True
+    assert jobs.post(job_id, "pause").json()["status"] == "paused"  # recorded
+    assert not jobs.blobs.exists(control_key(job_id))
+    jobs.blobs.unreachable = False
+    jobs.scheduler.tick()  # the run is still RUNNING: asked again
+    assert json.loads(jobs.blobs.get(control_key(job_id))) == {"action": "pause"}
+    assert jobs.get(job_id)["status"] == "paused"
 
 
 # -- a run Ray forgot ---------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The scheduler loop: each tick runs the stages of a job's life, one module each.
 
-- :mod:`.validate`: ``validating_files`` -> ``queued`` (spec written) or ``failed``;
+- :mod:`.validate`: ``validating_files`` -> ``queued`` (spec written) or ``failed``, in a
+  :mod:`.validation_pool` beside the tick: one tenant's large file never holds up the others;
 - :mod:`.launch`: ``queued`` jobs without a run are submitted to Ray, within the limit;
+- :mod:`.stop`: runs of cancelled jobs that Ray was away to stop are stopped;
 - :mod:`.follow`: a submitted job's events are ingested (:mod:`.ingest`) and its run's state
   read from Ray; a finished run is settled (:mod:`.settle`), a run Ray forgot is reconciled
   (:mod:`.reconcile`).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -23,7 +26,8 @@ from sqlalchemy import select
 from service.context import AppContext
 from service.db import JobRow
 from service.ids import now
-from service.jobs.scheduler import follow, launch, validate
+from service.jobs.scheduler import follow, launch, stop, validate
+from service.jobs.scheduler.validation_pool import ValidationPool
 from service.lifecycle import FOLLOWED, JobStatus
 from service.metrics import SchedulerMetrics
 from service.webhooks import enqueue_settled
@@ -37,29 +41,43 @@ class Scheduler:
         self.metrics = metrics or SchedulerMetrics()
 
     async def run_forever(self) -> None:
+        """The service's loop. Validations go to a pool of threads; cancelling the loop (the
+        app's shutdown) stops them too, without waiting for a large file."""
+        validations = ValidationPool(self.validate, self.ctx.settings.validation_threads)
         due = time.monotonic()
-        while True:
-            await asyncio.to_thread(self._timed_tick, due)
-            due = time.monotonic() + self.ctx.settings.scheduler_interval_s
-            await asyncio.sleep(self.ctx.settings.scheduler_interval_s)
+        try:
+            while True:
+                await asyncio.to_thread(self._timed_tick, due, validations)
+                due = time.monotonic() + self.ctx.settings.scheduler_interval_s
+                await asyncio.sleep(self.ctx.settings.scheduler_interval_s)
+        finally:
+            validations.close()
 
-    def _timed_tick(self, due: float) -> None:
+    def _timed_tick(self, due: float, validations: ValidationPool | None = None) -> None:
         """One tick, with how late it started (a busy event loop or thread pool) and how
         long it took."""
         started = time.monotonic()
         self.metrics.tick_started(started - due)
         failed = False
         try:
-            self.tick()
+            self.tick(validations)
         except Exception:  # one bad tick must not stop the loop
             failed = True
             log.exception("scheduler tick failed")
         self.metrics.tick_ended(time.monotonic() - started, failed)
 
-    def tick(self) -> None:
-        for job_id in self._ids([JobStatus.VALIDATING_FILES]):
-            self._guarded(self.validate, job_id)
+    def tick(self, validations: ValidationPool | None = None) -> None:
+        """One pass over every stage. With ``validations`` (the running service) jobs to
+        validate are only handed to that pool; without (a test stepping the scheduler) they
+        are validated here first, so one tick takes a small job from created to submitted."""
+        waiting = self._ids([JobStatus.VALIDATING_FILES])
+        if validations is not None:
+            validations.start(waiting)
+        else:
+            for job_id in waiting:
+                self._guarded(self.validate, job_id)
         self.launch_queued()
+        stop.stop_owed_runs(self.ctx)
         for job_id in self._ids(FOLLOWED, submitted=True):
             self._guarded(self.follow, job_id)
         settled: list[tuple[str, float]] = []
@@ -69,8 +87,8 @@ class Scheduler:
         for status, seconds in settled:  # once committed: a rolled-back tick announces again
             self.metrics.job_settled(status, seconds)
 
-    def validate(self, job_id: str) -> None:
-        validate.validate(self.ctx, job_id)
+    def validate(self, job_id: str, stop: threading.Event | None = None) -> None:
+        validate.validate(self.ctx, job_id, stop)
 
     def launch_queued(self) -> None:
         launch.launch_queued(self.ctx)
