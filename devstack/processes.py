@@ -7,6 +7,7 @@ the same way as one started for a user: by the PID of the group it was started i
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -14,12 +15,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from devstack.ports import require_free
 
 
 @dataclass
@@ -127,6 +131,11 @@ def _group_alive(pgid: int) -> bool:
 def start(
     name: str, argv: list[str], log_dir: Path, env: Mapping[str, str] | None = None
 ) -> ManagedProcess:
+    """Run ``argv`` in a session of its own, its output in ``<log_dir>/<name>.log``.
+
+    Started from the main thread on Linux, the child also dies with this process (a
+    SIGKILL, a closed terminal): see :func:`die_with_parent`.
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
@@ -137,9 +146,35 @@ def start(
         stdin=subprocess.DEVNULL,
         env=dict(env) if env is not None else None,
         start_new_session=True,
+        preexec_fn=die_with_parent(),  # noqa: PLW1509 - it only calls prctl
     )
     log.close()
     return ManagedProcess(name=name, popen=popen, log_path=log_path)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGKILL the child when this process dies, so a
+    SIGKILLed launcher leaves no server behind holding its ports (Ray does the same for
+    its own children: ``ray._private.utils.set_kill_on_parent_death_linux``).
+
+    Linux sends that signal when the *thread* that started the child exits: only children
+    of the main thread get it (tests start Ray nodes from pool threads that end at once).
+    """
+    if not sys.platform.startswith("linux") or \
+            threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up in the parent, called in the child
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody would signal us
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
 
 
 def wait_until(check, what: str, proc: ManagedProcess | None, timeout: float) -> None:
@@ -231,6 +266,7 @@ def start_seaweedfs(
     Its other listeners (master, volume, filer, ...) get free ports of their own so several
     instances (tests, a dev stack) can run side by side.
     """
+    require_free(port, "SeaweedFS S3")
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
     master, volume, filer, webdav = free_ports(4, avoid={port})
@@ -239,6 +275,9 @@ def start_seaweedfs(
         f"-s3.port={port}", f"-bucket={bucket}",
         f"-master.port={master}", f"-volume.port={volume}",
         f"-filer.port={filer}", f"-webdav.port={webdav}",
+        # Catalog servers openft does not use, on fixed ports (8181, 9101) by default: a
+        # second SeaweedFS on the machine (a test's beside `make run`'s) would exit on them.
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
     ]
     proc = start("seaweedfs", argv, log_dir, env)
     wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/"), "SeaweedFS S3", proc, 60)
@@ -300,6 +339,9 @@ def _flags(ports: dict[str, int]) -> list[str]:
 def _ray_env(env: Mapping[str, str] | None) -> dict[str, str]:
     full_env = dict(env if env is not None else os.environ)
     full_env.setdefault("RAY_AUTH_MODE", "disabled")
+    # On SIGTERM, Ray 2.60 first drains the node for up to 30 s, waiting for Serve to move
+    # replicas elsewhere; these nodes have nowhere to move them, so stopping took 20-35 s.
+    full_env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
     return full_env
 
 
@@ -313,6 +355,8 @@ def start_ray_head(
     go to worker nodes (:func:`start_ray_worker`). ``num_gpus`` defaults to the GPUs
     :func:`detected_gpus` finds.
     """
+    require_free(gcs_port, "Ray GCS")
+    require_free(dashboard_port, "Ray dashboard")
     temp_dir.mkdir(parents=True, exist_ok=True)
     gpus = detected_gpus() if num_gpus is None else num_gpus
     argv = [

@@ -1,21 +1,20 @@
 """Run ``python -m devstack.launcher`` (what ``make run`` runs) under a test or a bench.
 
 Stopped by PID: SIGTERM to the launcher's group (it stops its children in reverse order),
-then SIGKILL to every process group it recorded in ``<data_dir>/pids.json``.
+then whatever it recorded in ``<data_dir>/pids.json`` and left running is stopped (and named in
+:attr:`Stack.leftovers`).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devstack.leftovers import stop_leftovers
 from devstack.processes import served_by, start, wait_until
 
 
@@ -27,16 +26,7 @@ class Stack:
     env: dict[str, str]
     launcher_pid: int = 0
     leftovers: list[str] = field(default_factory=list)
-    """Process groups still alive after the launcher exited: should stay empty."""
-
-
-def _kill_group(pgid: int) -> bool:
-    """SIGKILL a process group; True if it was still there."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+    """Children still running after the launcher exited: should stay empty."""
 
 
 @contextmanager
@@ -57,9 +47,6 @@ def running_stack(data_dir: Path, env_overrides: dict[str, str],
         yield stack
     finally:
         proc.stop(timeout=90)
-        pids = data_dir / "pids.json"
-        if pids.exists():
-            for name, pgid in json.loads(pids.read_text()).items():
-                if _kill_group(int(pgid)) and stack is not None:
-                    stack.leftovers.append(name)
-        time.sleep(0.5)
+        left = stop_leftovers(data_dir / "pids.json", grace=0)
+        if stack is not None:
+            stack.leftovers += left

@@ -50,6 +50,10 @@ class FileRow(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default="processed")
     s3_key: Mapped[str] = mapped_column(String(512))
+    created_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """Creation order (:func:`service.ids.creation_order`): lists sort by it, as jobs do."""
+
+    __table_args__ = (Index("ix_files_org_created_seq", "organization", "created_seq"),)
 
 
 class FileIdempotencyRow(Base):
@@ -190,12 +194,12 @@ PG_CONNECT_TIMEOUT_S = 10
 
 
 class PoolSize(NamedTuple):
-    """Connections one process may hold. The request threads (anyio's 40 by default) should
-    not outnumber them much: a thread with no connection waits ``timeout_s``, then its
-    request fails with an enveloped 503."""
+    """Connections one process may hold: more than its request threads
+    (``OPENFT_REQUEST_THREADS``) plus the scheduler's, so a request rarely waits for one; one
+    that waits ``timeout_s`` gets an enveloped 503 ``server_busy``."""
 
     size: int = 20
-    overflow: int = 20
+    overflow: int = 10
     timeout_s: float = 10.0
 
 

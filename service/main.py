@@ -9,6 +9,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import anyio
 import httpx
 from fastapi import FastAPI
 
@@ -66,6 +67,8 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = \
+            settings.request_threads
         ctx = await asyncio.to_thread(context, settings)
         app.state.ctx = ctx
         sender = WebhookSender(ctx.db, settings)

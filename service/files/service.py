@@ -24,7 +24,7 @@ from service.errors import Conflict, InvalidRequest, NotFound, UpstreamUnavailab
 from service.files import idempotency
 from service.files.outage import bucket_call
 from service.files.protocol import FileObject
-from service.ids import new_id, now
+from service.ids import creation_order, new_id, now
 from service.lifecycle import ACTIVE
 from service.storage import BlobStore
 
@@ -98,9 +98,10 @@ def record(session: Session, blobs: BlobStore, caller: Caller, file_id: str, fil
         if first is not None:  # a concurrent repeat won: keep its copy, not ours
             _delete_bytes(blobs, file_key(file_id))
             return to_object(first)
+    order = creation_order()
     row = FileRow(id=file_id, organization=org, purpose=purpose,
-                  filename=filename, bytes=size, created_at=now(), status="processed",
-                  s3_key=file_key(file_id))
+                  filename=filename, bytes=size, created_at=order // 10**9,
+                  created_seq=order, status="processed", s3_key=file_key(file_id))
     session.add(row)
     return to_object(row)
 
@@ -108,9 +109,10 @@ def record(session: Session, blobs: BlobStore, caller: Caller, file_id: str, fil
 def register(session: Session, organization: str, key: str, filename: str, purpose: str,
              size: int) -> FileRow:
     """A file the service wrote itself (a job's result CSV), already in the bucket."""
+    order = creation_order()
     row = FileRow(id=new_id("file"), organization=organization, purpose=purpose,
-                  filename=filename, bytes=size, created_at=now(), status="processed",
-                  s3_key=key)
+                  filename=filename, bytes=size, created_at=order // 10**9,
+                  created_seq=order, status="processed", s3_key=key)
     session.add(row)
     return row
 
@@ -139,14 +141,14 @@ def list_rows(session: Session, caller: Caller, purpose: str | None, limit: int,
     desc = order == "desc"
     if after:
         anchor = get_row(session, caller, after, param="after")
-        key = (anchor.created_at, anchor.id)
-        cmp = (FileRow.created_at, FileRow.id)
+        key = (anchor.created_seq, anchor.id)
+        cmp = (FileRow.created_seq, FileRow.id)
         q = q.where(
             (cmp[0] < key[0]) | ((cmp[0] == key[0]) & (cmp[1] < key[1]))
             if desc else (cmp[0] > key[0]) | ((cmp[0] == key[0]) & (cmp[1] > key[1]))
         )
-    ordering = (FileRow.created_at.desc(), FileRow.id.desc()) if desc else (
-        FileRow.created_at.asc(), FileRow.id.asc())
+    ordering = (FileRow.created_seq.desc(), FileRow.id.desc()) if desc else (
+        FileRow.created_seq.asc(), FileRow.id.asc())
     return list(session.scalars(q.order_by(*ordering).limit(limit + 1)))
 
 

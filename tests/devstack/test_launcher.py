@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,7 @@ from devstack.launcher import (
     register_base_models,
     serving_config,
     stack_env,
+    with_free_ports,
 )
 from service.settings import DEFAULT_BASE_MODEL_ID, Settings
 from serving.config import ServingConfig
@@ -94,3 +99,31 @@ def test_the_default_model_is_registered_once_and_strangers_are_refused(
         s3_server, tmp_path, base_models={"never-registered": {}}).base_models})
     with pytest.raises(SystemExit, match="never-registered is not registered"):
         register_base_models(stranger)
+
+
+def test_ray_ports_nobody_pinned_are_picked_free_and_pinned_ones_kept(tmp_path) -> None:
+    chosen = with_free_ports(Settings(data_dir=tmp_path))
+    assert chosen.ray_gcs_port and chosen.ray_dashboard_port
+    assert chosen.ray_gcs_port != chosen.ray_dashboard_port
+    assert chosen.resolved_ray_address == f"http://127.0.0.1:{chosen.ray_dashboard_port}"
+
+    pinned = with_free_ports(Settings(data_dir=tmp_path, ray_gcs_port=6390))
+    assert pinned.ray_gcs_port == 6390 and pinned.ray_dashboard_port not in {6390, None}
+
+
+def test_a_taken_port_stops_the_launcher_at_once_naming_port_and_holder(tmp_path) -> None:
+    """Before anything starts: not minutes later, and never by talking to the holder."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = dict(os.environ, OPENFT_DATA_DIR=str(tmp_path), OPENFT_S3_PORT=str(port),
+                   OPENFT_DEFAULT_BASE_MODEL="false")
+        done = subprocess.run([sys.executable, "-m", "devstack.launcher"], env=env,
+                              capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).parents[2])
+
+    assert done.returncode == 1
+    assert f"port {port} (SeaweedFS S3) is taken by pid {os.getpid()}" in done.stderr
+    assert "OPENFT_S3_PORT" in done.stderr
+    assert not (tmp_path / "logs").exists()  # nothing was started

@@ -27,11 +27,12 @@ def test_a_hundred_clients_on_four_connections_all_get_answers(settings: Setting
     # until its answer was serialized on another pool thread, which the routes waiting for
     # a connection held: every request then hung until the pool timeout.
     tight = settings.model_copy(update={"db_pool_size": 4, "db_max_overflow": 0,
-                                        "db_pool_timeout_s": 5.0})
+                                        "db_pool_timeout_s": 5.0, "request_threads": 8})
     app = create_app(tight, run_scheduler=False,
                      context=lambda s: build_context(s, ray=FakeRay()))
 
     async def hundred_reads() -> tuple[list[int], float]:
+        # Also where the app does not set it from request_threads (the code before the fix).
         anyio.to_thread.current_default_thread_limiter().total_tokens = 8
         async with app.router.lifespan_context(app), httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app), base_url="http://openft",
@@ -76,3 +77,19 @@ def test_jobs_of_one_second_list_newest_first_on_every_page(client, as_a, monkey
             break
         after = page["data"][-1]["id"]
     assert pages == ids[::-1]
+
+
+def test_files_of_one_second_list_in_upload_order_both_ways(client, as_a, monkeypatch):
+    import service.ids
+
+    frozen = int(time.time()) + 2 * 86_400  # ahead of any order handed out before
+    monkeypatch.setattr(service.ids, "time", SimpleNamespace(
+        time=lambda: float(frozen), time_ns=lambda: frozen * 10**9))
+    ids = [upload(client, as_a, name=f"t{i}.jsonl").json()["id"] for i in range(5)]
+
+    newest = client.get("/v1/files", headers=as_a).json()["data"]
+    assert [f["id"] for f in newest] == ids[::-1]
+    assert {f["created_at"] for f in newest} == {frozen}
+    oldest = client.get("/v1/files", headers=as_a, params={"order": "asc", "limit": 2,
+                                                            "after": ids[1]}).json()
+    assert [f["id"] for f in oldest["data"]] == ids[2:4] and oldest["has_more"]

@@ -118,7 +118,9 @@ def test_the_defaults_migrate_at_start_and_send_no_ray_token(env) -> None:
 
     assert settings.migrate_on_start is True
     assert settings.ray_auth_token is None
-    assert settings.training_s3_credentials == "runtime_env"
+    # No secret in a Ray job's environment unless asked for (issue 16).
+    assert settings.training_s3_credentials == "node"
+    assert "AWS_SECRET_ACCESS_KEY" not in training_env(settings)
 
 
 def test_s3_keys_unset_mean_the_default_chain_except_for_the_embedded_server(env) -> None:
