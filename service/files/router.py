@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Form, Header, Query, UploadFile
+from fastapi import APIRouter, Form, Header, UploadFile
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -12,9 +12,10 @@ from service.deps import CallerDep, ContextDep, DbDep
 from service.errors import PayloadTooLarge
 from service.files import idempotency, service
 from service.files.protocol import FileDeleted, FileObject
-from service.pagination import ListPage, page
+from service.pagination import ListPage, limit_query, page
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
+FilesLimit = limit_query(10000)
 
 
 # Async routes, their database work in db.run calls (service/deps.py, Transactions); the
@@ -49,7 +50,7 @@ async def upload_file(
 async def list_files(
     db: DbDep, caller: CallerDep,
     purpose: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+    limit: FilesLimit = 10000,
     order: Literal["asc", "desc"] = "desc",
     after: str | None = None,
 ) -> ListPage[FileObject]:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import CallerDep, ContextDep, DbDep
 from service.jobs import service
 from service.jobs.protocol import CreateJobRequest, FineTuningJob, JobCheckpoint, JobEvent
-from service.pagination import ListPage, page
+from service.pagination import ListPage, limit_query, page
 
 log = logging.getLogger("openft.jobs")
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
-Limit = Annotated[int, Query(ge=1, le=1000)]
+Limit = limit_query(1000)
 
 # Every route is async and does its database work in one db.run call (service/deps.py,
 # Transactions): one pool thread per request, and the answer serialized on the event loop.
