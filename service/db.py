@@ -315,7 +315,7 @@ class Database:
     """The engine plus a session factory; one per process, opened in the app's lifespan."""
 
     def __init__(self, url: str, pool: PoolSize | None = None):
-        self.engine = make_engine(url, pool or PoolSize())
+        self.engine = make_engine(url, pool)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

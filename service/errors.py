@@ -109,7 +109,7 @@ class UpstreamUnavailable(APIError):
     code = "service_unavailable"
 
 
-def _envelope(status: int, message: str, param: str | None, code: str, type_: str,
+def envelope(status: int, message: str, param: str | None, code: str, type_: str,
               headers: dict[str, str] | None = None) -> JSONResponse:
     error = {"message": capped(message), "type": type_,
              "param": None if param is None else capped(param, ECHO_LIMIT), "code": code}
@@ -152,10 +152,10 @@ def _param(error: Mapping[str, Any], body: Any) -> str | None:
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
-        return _envelope(400, "The request body is not valid JSON.", None, "invalid_json",
+        return envelope(400, "The request body is not valid JSON.", None, "invalid_json",
                          "invalid_request_error")
     if isinstance(exc.body, bytes):  # FastAPI parses JSON only when the body says it is JSON
-        return _envelope(400, "The request body must be a JSON object, sent with "
+        return envelope(400, "The request body must be a JSON object, sent with "
                          "'Content-Type: application/json'.", None, "invalid_value",
                          "invalid_request_error")
     params = [_param(e, exc.body) for e in errors]
@@ -164,7 +164,7 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
     same = (e["msg"] for e, p in zip(errors, params, strict=True) if p == param)
     msg = " or ".join(dict.fromkeys(same)) or "Invalid request"
     message = f"Invalid value for '{param}': {msg}" if param else msg
-    return _envelope(400, message, param, "invalid_value", "invalid_request_error")
+    return envelope(400, message, param, "invalid_value", "invalid_request_error")
 
 
 def _http_error(exc: StarletteHTTPException) -> JSONResponse:
@@ -172,7 +172,7 @@ def _http_error(exc: StarletteHTTPException) -> JSONResponse:
     unreadable = exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError)
     message = "The request body is not valid JSON." if unreadable else str(exc.detail)
     code = "invalid_json" if unreadable else HTTP_CODES.get(exc.status_code, "invalid_request")
-    return _envelope(exc.status_code, message, None, code, "invalid_request_error",
+    return envelope(exc.status_code, message, None, code, "invalid_request_error",
                      headers=getattr(exc, "headers", None))
 
 
@@ -229,17 +229,17 @@ def _odd_request(scope: Scope) -> JSONResponse | None:
                 return _nul_in(f"'{keys[0]}'", keys[0])
         twice = _repeated_key(query)
         if twice is not None:
-            return _envelope(400, f"The query parameter '{twice}' is given more than once.",
+            return envelope(400, f"The query parameter '{twice}' is given more than once.",
                              twice, "invalid_value", "invalid_request_error")
     if sum(name == b"authorization" for name, _ in scope["headers"]) > 1:
-        return _envelope(401, "Send one Authorization header, not several.", None,
+        return envelope(401, "Send one Authorization header, not several.", None,
                          AuthenticationFailed.code, AuthenticationFailed.type,
                          headers={"WWW-Authenticate": "Bearer"})
     return None
 
 
 def _nul_in(where: str, param: str | None) -> JSONResponse:
-    return _envelope(400, f"Invalid value in {where}: NUL (%00) is not allowed.", param,
+    return envelope(400, f"Invalid value in {where}: NUL (%00) is not allowed.", param,
                      "invalid_value", "invalid_request_error")
 
 

@@ -26,6 +26,13 @@ _order_lock = threading.Lock()
 _last_order = 0
 
 
+def created() -> dict[str, int]:
+    """A new row's ``created_at`` (whole seconds, as OpenAI shows it) and ``created_seq``
+    (:func:`creation_order`), from one reading of the clock so the two always agree."""
+    order = creation_order()
+    return {"created_at": order // 10**9, "created_seq": order}
+
+
 def creation_order() -> int:
     """Nanoseconds since the epoch, strictly increasing within this process: the key lists
     sort newest first by. ``created_at`` has whole seconds (OpenAI's objects do), and two

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from service.auth import KeyRing, parse_api_keys
 from service.chat.router import router as chat_router
 from service.context import AppContext, RayRuns
-from service.db import Database, migrate, require_head
+from service.db import Database, PoolSize, migrate, require_head
 from service.errors import install_handlers
 from service.files.router import router as files_router
 from service.files.sweeper import FileSweeper
@@ -42,7 +42,8 @@ def build_context(settings: Settings, *, blobs: BlobStore | None = None,
     (tests pass fakes)."""
     if not settings.api_keys:
         raise ValueError("OPENFT_API_KEYS is not set: no caller could authenticate")
-    db = Database(settings.resolved_database_url, settings.db_pool())
+    db = Database(settings.resolved_database_url, PoolSize(
+        settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout_s))
     if settings.migrate_on_start:
         migrate(db.engine)
     else:

@@ -17,25 +17,19 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from service.errors import envelope
+
 log = logging.getLogger("openft.outages")
 
-DATABASE_UNAVAILABLE = {
-    "message": "The database is not reachable right now; nothing was changed. Try again "
-               "shortly.",
-    "type": "server_error", "param": None, "code": "database_unavailable",
-}
-POOL_EXHAUSTED = {
-    "message": "The server is too busy to take this request now; nothing was changed. Try "
-               "again shortly.",
-    "type": "server_error", "param": None, "code": "server_busy",
-}
+RETRY_SOON = {"Retry-After": "1"}
 
 
 def install_outage_handlers(app: FastAPI) -> None:
     async def _database(_: Request, exc: Exception) -> JSONResponse:
         log.warning("database error, answered 503: %s", getattr(exc, "orig", None) or exc)
-        return JSONResponse(status_code=503, content={"error": DATABASE_UNAVAILABLE},
-                            headers={"Retry-After": "1"})
+        return envelope(503, "The database is not reachable right now; nothing was changed. "
+                        "Try again shortly.", None, "database_unavailable", "server_error",
+                        RETRY_SOON)
 
     for lost in (OperationalError, InterfaceError):
         app.add_exception_handler(lost, _database)
@@ -43,12 +37,12 @@ def install_outage_handlers(app: FastAPI) -> None:
     @app.exception_handler(PoolTimeout)
     async def _pool(_: Request, exc: PoolTimeout) -> JSONResponse:
         log.warning("no database connection free in time, answered 503: %s", exc)
-        return JSONResponse(status_code=503, content={"error": POOL_EXHAUSTED},
-                            headers={"Retry-After": "1"})
+        return envelope(503, "The server is too busy to take this request now; nothing was "
+                        "changed. Try again shortly.", None, "server_busy", "server_error",
+                        RETRY_SOON)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         # Logged with its traceback by Starlette; the client gets the envelope, not text.
-        return JSONResponse(status_code=500, content={"error": {
-            "message": "The server had an error while processing your request.",
-            "type": "server_error", "param": None, "code": "internal_error"}})
+        return envelope(500, "The server had an error while processing your request.", None,
+                        "internal_error", "server_error")

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.base_models import BaseModelConfig
 from contract.serving import ServingOptions
-
-if TYPE_CHECKING:
-    from service.db import PoolSize
 
 DEFAULT_BASE_MODEL_ID = "SmolLM2-135M-Instruct"
 EMBEDDED_S3_CREDENTIALS = ("openft", "openft-secret")
@@ -230,11 +227,6 @@ class Settings(BaseSettings):
             return v
         return {k: {"volume_path": str(Path(c).expanduser().resolve())}
                 if isinstance(c, str | Path) else c for k, c in v.items()}
-
-    def db_pool(self) -> PoolSize:
-        from service.db import PoolSize  # here: the settings load without SQLAlchemy
-
-        return PoolSize(self.db_pool_size, self.db_max_overflow, self.db_pool_timeout_s)
 
     def base_model_configs(self) -> dict[str, BaseModelConfig]:
         """Every base model users may fine-tune and call, the default one (registered in the

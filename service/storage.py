@@ -11,7 +11,6 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from contract.lines import split_lines
 from service.settings import Settings
 
 
@@ -85,12 +84,6 @@ class BlobStore:
             yield from body.iter_chunks(chunk_size)
         finally:
             body.close()
-
-    def iter_lines(self, key: str, max_line_bytes: int) -> Iterator[bytes]:
-        """The object's lines, read in chunks: linear time, one line held at a time, and
-        :class:`~contract.lines.LineTooLong` past ``max_line_bytes`` (botocore's own
-        ``iter_lines`` takes time quadratic in a line's length)."""
-        return split_lines(self.iter_chunks(key), max_line_bytes)
 
     def delete(self, key: str) -> None:
         self._s3.delete_object(Bucket=self.bucket, Key=key)

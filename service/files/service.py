@@ -24,7 +24,7 @@ from service.errors import Conflict, InvalidRequest, NotFound, UpstreamUnavailab
 from service.files import idempotency
 from service.files.outage import bucket_call
 from service.files.protocol import FileObject
-from service.ids import creation_order, new_id, now
+from service.ids import created, new_id, now
 from service.lifecycle import ACTIVE
 from service.storage import BlobStore
 
@@ -98,10 +98,8 @@ def record(session: Session, blobs: BlobStore, caller: Caller, file_id: str, fil
         if first is not None:  # a concurrent repeat won: keep its copy, not ours
             _delete_bytes(blobs, file_key(file_id))
             return to_object(first)
-    order = creation_order()
-    row = FileRow(id=file_id, organization=org, purpose=purpose,
-                  filename=filename, bytes=size, created_at=order // 10**9,
-                  created_seq=order, status="processed", s3_key=file_key(file_id))
+    row = FileRow(id=file_id, organization=org, purpose=purpose, filename=filename,
+                  bytes=size, status="processed", s3_key=file_key(file_id), **created())
     session.add(row)
     return to_object(row)
 
@@ -109,10 +107,9 @@ def record(session: Session, blobs: BlobStore, caller: Caller, file_id: str, fil
 def register(session: Session, organization: str, key: str, filename: str, purpose: str,
              size: int) -> FileRow:
     """A file the service wrote itself (a job's result CSV), already in the bucket."""
-    order = creation_order()
     row = FileRow(id=new_id("file"), organization=organization, purpose=purpose,
-                  filename=filename, bytes=size, created_at=order // 10**9,
-                  created_seq=order, status="processed", s3_key=key)
+                  filename=filename, bytes=size, status="processed", s3_key=key,
+                  **created())
     session.add(row)
     return row
 

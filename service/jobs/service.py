@@ -18,7 +18,7 @@ from service.context import AppContext
 from service.db import CheckpointRow, JobEventRow, JobRow
 from service.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
 from service.files.service import get_row as get_file_row
-from service.ids import creation_order, new_id, now, random_tail
+from service.ids import created, new_id, now, random_tail
 from service.jobs import hyperparameters
 from service.jobs.capacity import ClusterView, ModelFacts
 from service.jobs.protocol import (
@@ -90,13 +90,12 @@ def create(ctx: AppContext, session: Session, caller: Caller,
     requested, where = _requested_hyperparameters(req, method_type)
     _check_fit(ctx, session, base_model, requested, where)
     job_id = new_id("ftjob")
-    order = creation_order()
     row = JobRow(
         id=job_id, organization=caller.organization, model=req.model,
         base_model=base_model if base_model != req.model else None,
         init_adapter_key=init_adapter_key,
         training_file=req.training_file, validation_file=req.validation_file,
-        status=JobStatus.VALIDATING_FILES, created_at=order // 10**9, created_seq=order,
+        status=JobStatus.VALIDATING_FILES, **created(),
         hyperparameters={k: requested.get(k, "auto") for k in OPENAI_KEYS},
         method={"type": method_type, method_type: {"hyperparameters": requested}},
         suffix=req.suffix,

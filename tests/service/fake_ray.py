@@ -114,9 +114,6 @@ class MemoryBlobs:
         for i in range(0, len(body), chunk_size):
             yield body[i:i + chunk_size]
 
-    def iter_lines(self, key: str) -> Iterator[bytes]:
-        yield from self.objects[key].splitlines()
-
     def delete(self, key: str) -> None:
         self.objects.pop(key, None)
 

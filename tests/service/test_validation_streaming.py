@@ -9,6 +9,7 @@ import time
 import pytest
 
 from contract.bucket import file_key
+from contract.lines import split_lines
 from service.jobs.scheduler import Scheduler
 from service.jobs.token_count import FileTokens
 from service.settings import Settings
@@ -87,7 +88,7 @@ def test_the_bucket_reads_lines_across_its_chunks(client, app, as_a):
     lines = [b"y" * (i * 7919 % 300_000) for i in range(40)]
     body = b"\r\n".join(lines) + b"\n"
     file_id = upload(client, as_a, body).json()["id"]
-    got = list(app.state.ctx.blobs.iter_lines(file_key(file_id), max_line_bytes=300_000))
+    got = list(split_lines(app.state.ctx.blobs.iter_chunks(file_key(file_id)), 300_000))
     assert got == lines
 
 

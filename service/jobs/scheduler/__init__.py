@@ -26,7 +26,8 @@ from sqlalchemy import select
 from service.context import AppContext
 from service.db import JobRow
 from service.ids import now
-from service.jobs.scheduler import follow, launch, stop, validate
+from service.jobs.scheduler import follow, launch, validate
+from service.jobs.scheduler.stop import stop_owed_runs
 from service.jobs.scheduler.validation_pool import ValidationPool
 from service.lifecycle import FOLLOWED, JobStatus
 from service.metrics import SchedulerMetrics
@@ -77,7 +78,7 @@ class Scheduler:
             for job_id in waiting:
                 self._guarded(self.validate, job_id)
         self.launch_queued()
-        stop.stop_owed_runs(self.ctx)
+        stop_owed_runs(self.ctx)
         for job_id in self._ids(FOLLOWED, submitted=True):
             self._guarded(self.follow, job_id)
         settled: list[tuple[str, float]] = []
