@@ -30,6 +30,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -307,14 +308,19 @@ def same_next_loss(first: Run, resumed: Run, at_step: int) -> tuple[bool, str]:
 
 # --- 5: serving -----------------------------------------------------------------------------
 
+SERVING_TOKEN = secrets.token_urlsafe(32)
+"""The token serving answers, as the API would hold it (``contract.serving``)."""
+
 
 def deploy_serving(stack: Stack, dry: bool) -> str:
+    from contract.serving import serving_token_digest
     from devstack.processes import free_port
     from serving.config import ServingConfig
     from serving.deploy import deploy
 
     port = free_port()
     config = ServingConfig.model_validate({
+        "api_token_sha256": serving_token_digest(SERVING_TOKEN),
         "base_models": [{"id": MODEL_ID}], "s3_bucket": stack.bucket, "port": port,
         "max_model_len": 256, "kv_cache_gib": 0.25, "ready_timeout_s": 400,
         **({"dtype": "float32"} if dry else {})})
@@ -328,7 +334,8 @@ def served_answer(url: str, model: str, question: str, max_tokens: int) -> str:
 
     body = {"model": model, "messages": [{"role": "user", "content": question}],
             "temperature": 0, "max_tokens": max_tokens}
-    r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+    r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120,
+                   headers={"Authorization": f"Bearer {SERVING_TOKEN}"})  # as the API calls it
     r.raise_for_status()
     return str(r.json()["choices"][0]["message"]["content"])
 

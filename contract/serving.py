@@ -8,12 +8,32 @@ a field here; both ends see it.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Accelerator = Literal["cpu", "gpu"]
 """What one deployment's engines run on, once ``ServingOptions.accelerator`` is resolved."""
+
+SERVING_TOKEN_ENV = "OPENFT_SERVING_TOKEN"
+"""The variable that holds the serving token: the API sends it to serving as
+``Authorization: Bearer <token>``; ``serving.deploy`` turns it into the digest the ingress
+checks. Only the API process and the deploy step ever hold the token itself; the Ray cluster
+(its nodes, its jobs' environments, the Serve config in the dashboard) sees only the digest."""
+
+
+def serving_token_digest(token: str) -> str:
+    """What the serving ingress compares a caller's bearer token against: its SHA-256, hex.
+
+    A digest rather than the token, so that the Serve application's config, which Ray shows to
+    anyone who can read its dashboard, holds nothing that opens serving. The token is random
+    (256 bits from the launcher, or the operator's secret), so a fast hash suffices.
+
+    >>> serving_token_digest("t")[:16]
+    'e3b98a4da31a127d'
+    """
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class ServingOptions(BaseModel):
@@ -103,7 +123,7 @@ class ServingOptions(BaseModel):
     kernels expect the model's dtype."""
 
     ready_timeout_s: float = Field(default=600.0, gt=0)
-    """How long ``serving.deploy`` waits for every base model to be listed."""
+    """How long ``serving.deploy`` waits for every base model's engine to run."""
 
     @model_validator(mode="after")
     def _batch_within_held(self) -> ServingOptions:

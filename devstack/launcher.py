@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -27,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from pydantic import SecretStr
 
 from contract.base_models import MODEL_CACHE_ENV
+from contract.serving import serving_token_digest
 from devstack.leftovers import LauncherRunning, RecordedProcess, RunRecord, stop_leftovers
 from devstack.ports import PortTaken, require_free
 from devstack.processes import (
@@ -63,6 +66,18 @@ def ensure_api_key(settings: Settings) -> tuple[Settings, str | None]:
         key_file.chmod(0o600)
     key = key_file.read_text().strip()
     return settings.model_copy(update={"api_keys": f"{key}={DEFAULT_ORGANIZATION}"}), key
+
+
+def ensure_serving_token(settings: Settings) -> Settings:
+    """Settings with a serving token: a fresh random one each start, unless the operator set
+    one or serving is not deployed here (``OPENFT_SERVING_URL``: its operator's token).
+
+    Fresh each start because serving is deployed again each start; only this process (which
+    runs the API) and the deploy command's digest of it ever see it.
+    """
+    if settings.serving_token is not None or settings.serving_url:
+        return settings
+    return settings.model_copy(update={"serving_token": SecretStr(secrets.token_urlsafe(32))})
 
 
 def prepare_base_models(settings: Settings) -> None:
@@ -129,6 +144,8 @@ def serving_config(settings: Settings) -> dict[str, Any]:
         "base_models": [{"id": k, **c.model_dump(mode="json")}
                         for k, c in settings.base_model_configs().items()],
         "s3_bucket": settings.s3_bucket,
+        **({"api_token_sha256": serving_token_digest(settings.serving_token.get_secret_value())}
+           if settings.serving_token is not None else {}),
     }
 
 
@@ -236,6 +253,7 @@ def main() -> None:
     except PortTaken as taken:
         raise SystemExit(str(taken)) from None
     settings, generated_key = ensure_api_key(settings)
+    settings = ensure_serving_token(settings)
     children = Children(settings)
     watch_over_me(pids_file(settings), settings.data_dir / "logs" / "watchdog.log")
     try:

@@ -109,6 +109,15 @@ class UpstreamUnavailable(APIError):
     code = "service_unavailable"
 
 
+class UpstreamRefused(APIError):
+    """Serving refused the API itself (its serving token): the deployment's fault, never the
+    caller's, so not serving's 401 passed on as if the caller's key were wrong."""
+
+    status_code = 502
+    type = "server_error"
+    code = "serving_token_refused"
+
+
 def envelope(status: int, message: str, param: str | None, code: str, type_: str,
               headers: dict[str, str] | None = None) -> JSONResponse:
     error = {"message": capped(message), "type": type_,

@@ -55,6 +55,7 @@ def build_context(settings: Settings, *, blobs: BlobStore | None = None,
         settings=settings, db=db, blobs=blobs, keys=KeyRing(parse_api_keys(settings.api_keys)),
         ray=ray or RayJobs.from_settings(settings),
         serving=httpx.AsyncClient(base_url=settings.resolved_serving_url,
+                                  headers=settings.serving_headers(),
                                   timeout=httpx.Timeout(600.0, connect=5.0)),
         started_at=now(),
     )

@@ -104,6 +104,10 @@ class Settings(BaseSettings):
 
     serving_url: str | None = None
     """Base URL of the serving app (Ray Serve); unset: deploy it on the local cluster."""
+    serving_token: SecretStr | None = None
+    """The token serving answers (``Authorization: Bearer``), which only the API holds;
+    serving is deployed with its digest (``serving.deploy``). Unset with the embedded stack:
+    ``make run`` draws a fresh one each start. Never logged."""
     serving: ServingSettings = Field(default_factory=ServingSettings)
     """``OPENFT_SERVING_<NAME>``: the serving app ``make run`` deploys; its ``max_model_len``
     and ``max_lora_rank`` also bound what a job may ask for."""
@@ -207,6 +211,12 @@ class Settings(BaseSettings):
     @property
     def resolved_serving_url(self) -> str:
         return self.serving_url or f"http://127.0.0.1:{self.serving.port}"
+
+    def serving_headers(self) -> dict[str, str]:
+        """What the API sends serving with every request: the serving token, when set."""
+        if self.serving_token is None:
+            return {}
+        return {"Authorization": f"Bearer {self.serving_token.get_secret_value()}"}
 
     @property
     def base_model_cache_dir(self) -> Path:

@@ -22,6 +22,8 @@ What this module adds on top:
   its node's cache before its engine starts (``serving.base_model``);
 * one lock per adapter name around its registration with vLLM (``serving.server``): without
   it, simultaneous first requests for an adapter fail with a 500;
+* an ingress that answers only the API, which holds the serving token
+  (``serving.ingress``); the config carries only the token's digest;
 * OpenAI-shaped 404s for unknown models and adapters (``serving.ingress``). An adapter whose
   ``adapter_config.json`` is missing in S3 is refused before any engine work; Ray remembers
   that miss for 30 s, so an adapter uploaded just after a failed request answers 404 that long.
@@ -156,7 +158,11 @@ def llm_config(config: ServingConfig, base: BaseModelSpec, accelerator: Accelera
 
 def build_app(config: ServingConfig, accelerator: Accelerator) -> Application:
     """The Serve application: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``,
-    every engine on ``accelerator`` (``ServingOptions.resolve_accelerator``)."""
+    every engine on ``accelerator`` (``ServingOptions.resolve_accelerator``), answering
+    only callers with the token whose digest ``config`` holds."""
+    if config.api_token_sha256 is None:
+        raise ValueError("no serving token: set OPENFT_SERVING_TOKEN (or api_token_sha256); "
+                         "serving answers only the API")
     # Heavy (Ray, and the replica's modules import vLLM and torch): only once an app is built.
     import ray
     from ray.serve.llm import build_openai_app
@@ -178,7 +184,10 @@ def build_app(config: ServingConfig, accelerator: Accelerator) -> Application:
     return build_openai_app(
         {
             "llm_configs": [llm_config(config, base, accelerator) for base in config.base_models],
-            "ingress_cls_config": {"ingress_cls": OpenFTIngress},
+            "ingress_cls_config": {
+                "ingress_cls": OpenFTIngress,
+                "ingress_extra_kwargs": {"api_token_sha256": config.api_token_sha256},
+            },
             # The ingress only forwards requests: it must not hold a CPU training needs.
             "ingress_deployment_config": {
                 "num_replicas": 1,

@@ -43,6 +43,12 @@ class ServingConfig(ServingOptions):
     """Bucket that holds the adapters and the registered base models (endpoint and
     credentials come from the env)."""
 
+    api_token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """SHA-256 (hex) of the serving token, the one caller the ingress answers
+    (``contract.serving.serving_token_digest``). ``serving.deploy`` fills it from
+    ``$OPENFT_SERVING_TOKEN`` when the config leaves it out, and refuses to deploy without
+    it: serving open to anyone who reaches it would answer for every organization."""
+
     adapters_prefix: str = ADAPTERS_PREFIX
     """Key prefix of the adapters: ``s3://<bucket>/<prefix>/<model_key>/`` holds
     ``adapter_config.json`` and ``adapter_model.safetensors``."""

@@ -8,9 +8,11 @@
 ``--config`` is a path to a JSON file or the JSON itself (see ``ServingConfig``). The command
 connects to the cluster, puts the engines on its GPUs if it has any (``accelerator``: auto),
 starts Serve's HTTP proxy on ``host:port`` if Serve is not running yet, deploys the app
-without blocking, waits (bounded by ``ready_timeout_s``) until ``GET /v1/models`` lists every
-base model, and exits 0. The app keeps running: the Serve
-controller is a detached actor. Exit status 1 means the config was invalid or the app did not
+without blocking, waits (bounded by ``ready_timeout_s``) until every base model's engine runs
+and the ingress answers, and exits 0. The app keeps running: the Serve controller is a
+detached actor. The config carries the digest of the serving token, the one caller serving
+answers; without one in the config it is taken from ``$OPENFT_SERVING_TOKEN``, and without
+either the command refuses. Exit status 1 means the config was invalid or the app did not
 become ready; the message says why.
 
 The first form must run on a Ray node (``make run``, a shell on the head). ``--submit`` is for
@@ -39,6 +41,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from contract.serving import SERVING_TOKEN_ENV, serving_token_digest
 from serving.app import build_app
 from serving.config import ServingConfig
 from serving.keeper import app_missing, keep_deployed
@@ -48,19 +51,39 @@ class DeployError(RuntimeError):
     """The app could not be deployed or did not become ready."""
 
 
-def load_config(value: str) -> ServingConfig:
-    """Read ``--config``: inline JSON if it starts with ``{``, else a path to a JSON file."""
+def load_config(value: str, env: Mapping[str, str]) -> ServingConfig:
+    """Read ``--config``: inline JSON if it starts with ``{``, else a path to a JSON file.
+
+    Without ``api_token_sha256`` in it, the digest of ``$OPENFT_SERVING_TOKEN`` goes in: the
+    Helm chart's deploy steps hold the token as a Secret's key, which a ConfigMap must not.
+    The token itself stays in this process; only its digest reaches the cluster.
+    """
     text = value if value.lstrip().startswith("{") else Path(value).read_text()
-    return ServingConfig.model_validate_json(text)
+    config = ServingConfig.model_validate_json(text)
+    if config.api_token_sha256 is None and env.get(SERVING_TOKEN_ENV):
+        config = config.model_copy(
+            update={"api_token_sha256": serving_token_digest(env[SERVING_TOKEN_ENV])})
+    if config.api_token_sha256 is None:
+        raise ValueError(f"no serving token: set ${SERVING_TOKEN_ENV} or api_token_sha256 "
+                         "(serving answers only the API, which holds the token)")
+    return config
 
 
-def listed_models(base_url: str) -> set[str]:
-    """Ids ``GET /v1/models`` lists now; empty while the proxy or app is not up."""
+def ingress_answers(base_url: str) -> bool:
+    """Whether openft's ingress answers at ``base_url``: an unauthenticated ``GET /v1/models``
+    gets its 401 ``invalid_serving_token``. This process holds no token (the head does not
+    have it), and the refusal is enough to show the proxy routes here."""
     try:
-        with urllib.request.urlopen(f"{base_url}/v1/models", timeout=10) as resp:  # noqa: S310
-            return {m["id"] for m in json.load(resp).get("data", [])}
-    except (urllib.error.URLError, OSError, ValueError, KeyError):
-        return set()
+        urllib.request.urlopen(f"{base_url}/v1/models", timeout=10)  # noqa: S310
+    except urllib.error.HTTPError as refused:
+        try:
+            return (refused.code == 401
+                    and json.load(refused)["error"]["code"] == "invalid_serving_token")
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+    except (urllib.error.URLError, OSError):
+        return False
+    return False  # an open /v1/models is not openft's ingress
 
 
 def app_status(app_name: str) -> tuple[str, str]:
@@ -105,7 +128,9 @@ def deploy(config: ServingConfig, address: str, serve_url: str) -> None:
 
 
 def wait_ready(config: ServingConfig, serve_url: str, silent_proxy_s: float = 60.0) -> None:
-    """Poll until every base model is listed; raise on a failed deploy or after the timeout.
+    """Poll until the app runs (every base model's engine started: Serve reports RUNNING
+    once every replica is up) and its ingress answers at ``serve_url``; raise on a failed
+    deploy or after the timeout.
 
     An app that Serve reports RUNNING while ``serve_url`` stays silent for ``silent_proxy_s``
     means the URL is wrong, typically because Serve was already running on this cluster
@@ -121,14 +146,14 @@ def wait_ready(config: ServingConfig, serve_url: str, silent_proxy_s: float = 60
             raise DeployError(f"Serve app {config.app_name!r} failed to deploy: {message}")
         if status.endswith("RUNNING"):
             running_since = running_since or now
-            if wanted <= listed_models(serve_url):
+            if ingress_answers(serve_url):
                 print(f"serving ready at {serve_url}/v1: {sorted(wanted)}", flush=True)
                 return
             if now - running_since > silent_proxy_s:
                 raise DeployError(
-                    f"Serve app {config.app_name!r} is RUNNING but {serve_url}/v1/models does "
-                    f"not list {sorted(wanted)}; is Serve already running on this cluster "
-                    "with another host/port?"
+                    f"Serve app {config.app_name!r} is RUNNING but openft's ingress does not "
+                    f"answer at {serve_url}; is Serve already running on this cluster with "
+                    "another host/port?"
                 )
         else:
             running_since = None
@@ -288,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout is not None and args.timeout <= 0:
         parser.error("--timeout must be positive")
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, os.environ)
     except (OSError, ValidationError, ValueError) as e:
         print(f"serving.deploy: invalid config: {e}", file=sys.stderr)
         return 1
@@ -298,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def submit_deploy() -> None:
                 # Read again each time: a file (a ConfigMap) may have changed since the start.
-                now = load_config(args.config) if args.keep_deployed else config
+                now = load_config(args.config, os.environ) if args.keep_deployed else config
                 # Inline and as given (a file here is not on the head); the head applies
                 # defaults.
                 config_json = now.model_dump_json(exclude_unset=True)

@@ -19,6 +19,8 @@ lifecycle (``serving.server``):
 - ``LLMServer`` (public) and its private members: ``_maybe_resolve_lora_from_multiplex``,
   the per-request adapter step that its handle methods and its ASGI middleware call;
   ``_load_model``, the Serve-multiplexed download; ``_llm_config``.
+- ``DEFAULT_ENDPOINTS`` of Ray's ingress module: the routes ``OpenAiIngress`` serves, which
+  ``serving.ingress`` must each put behind the serving token (nothing public lists them).
 - ``VLLMEngineConfig`` (what ``LLMConfig.get_engine_config()`` returns and caches): its
   ``hf_model_id`` (vLLM's ``model``) and ``mirror_config`` (what Ray itself would download),
   which the replica points at the base model's folder on its node (``serving.base_model``).
@@ -29,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Container
 from typing import Any
 
+from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
 from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
 from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 from ray.serve.llm.deployment import LLMServer
@@ -36,6 +39,11 @@ from ray.serve.llm.deployment import LLMServer
 from vllm_cpu.vllm_private import unload_lora_adapter_request
 
 WRITTEN_FOR = "ray 2.60.0"
+
+
+def ingress_routes() -> list[str]:
+    """Names of the ingress methods Ray routes HTTP requests to (``chat``, ``models``, ...)."""
+    return list(DEFAULT_ENDPOINTS)
 
 
 class Engine(VLLMEngine):

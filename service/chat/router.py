@@ -8,6 +8,7 @@ included, so users never see an internal name.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,11 +17,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from service.deps import CallerDep, ContextDep, DbDep
-from service.errors import HTTP_CODES, InvalidRequest, UpstreamUnavailable, capped
+from service.errors import (
+    HTTP_CODES,
+    InvalidRequest,
+    UpstreamRefused,
+    UpstreamUnavailable,
+    capped,
+)
 from service.models import service as models
 from service.text import storable
 
 router = APIRouter(prefix="/v1", tags=["inference"])
+log = logging.getLogger(__name__)
 
 
 @router.post("/chat/completions")
@@ -57,6 +65,13 @@ async def _forward(path: str, request: Request, ctx, db, caller) -> Response:
     except httpx.TransportError:
         raise UpstreamUnavailable("The model server is not reachable; try again shortly.") \
             from None
+    if response.status_code == 401:
+        await response.aclose()
+        log.error("serving refused the API's serving token: OPENFT_SERVING_TOKEN differs "
+                  "from the one serving was deployed with")
+        raise UpstreamRefused("The model server refused this deployment's serving token; "
+                              "the operator must give the API the token serving was "
+                              "deployed with (OPENFT_SERVING_TOKEN).")
     if body.get("stream") and response.status_code == 200:
         return StreamingResponse(_stream(response, rename), media_type="text/event-stream")
     try:

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from contract.base_models import MODEL_CACHE_ENV
+from contract.serving import serving_token_digest
 from devstack.launcher import (
+    ensure_serving_token,
     prepare_base_models,
     register_base_models,
     serving_config,
@@ -40,6 +42,24 @@ def test_every_serving_option_reaches_serving_unchanged(monkeypatch, tmp_path) -
             config.base_models[1].max_model_len) == (4, 4096)
     assert config.port == settings.serving.port
     assert config.s3_bucket == settings.s3_bucket
+
+
+def test_each_start_draws_a_serving_token_only_the_api_and_a_digest_carry(tmp_path) -> None:
+    """Serving answers only the token the API holds: ``make run`` draws one per start, hands
+    serving its digest, and keeps the token itself out of the Ray head's environment."""
+    first = ensure_serving_token(Settings(data_dir=tmp_path))
+    second = ensure_serving_token(Settings(data_dir=tmp_path))
+    token = first.serving_token.get_secret_value()
+    assert len(token) >= 40 and token != second.serving_token.get_secret_value()
+    assert first.serving_headers() == {"Authorization": f"Bearer {token}"}
+    config = ServingConfig.model_validate(serving_config(first))
+    assert config.api_token_sha256 == serving_token_digest(token)
+    assert token not in json.dumps(serving_config(first))
+    assert token not in json.dumps(stack_env(first))
+    # The operator's own token is kept; serving deployed elsewhere is its operator's business.
+    assert ensure_serving_token(first).serving_token == first.serving_token
+    assert ensure_serving_token(
+        Settings(data_dir=tmp_path, serving_url="http://s:8000")).serving_token is None
 
 
 def test_the_default_model_is_served_from_the_bucket(tmp_path) -> None:

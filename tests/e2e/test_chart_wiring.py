@@ -7,7 +7,9 @@ Prometheus' view (``/metrics`` on the API, Ray's metrics port on every node) sho
 What the operator brings is made here: PostgreSQL and SeaweedFS as the "managed" database and
 bucket, the Secrets the values file names, the base model registered in the bucket. What
 KubeRay does is done by hand: ``ray start`` from each group's ``rayStartParams`` and limits,
-the Ray auth token from ``authOptions`` injected into every Ray container. What Helm does:
+the Ray auth token from ``authOptions`` injected into every Ray container. The serving token
+is the chart's own Secret: the API, the deploy hook and the head's keeper read it, the Ray
+containers never do, and serving refuses whoever lacks it. What Helm does:
 the pre-install hook (migrations, twice at once: they take a lock), the post-install hook
 (serving, submitted through the Jobs API from a pod that is no Ray node), ``helm test``.
 
@@ -32,6 +34,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from contract.serving import SERVING_TOKEN_ENV, serving_token_digest
 from devstack.processes import (
     HEAD_LISTENERS,
     NODE_LISTENERS,
@@ -323,15 +326,27 @@ def api(pods: Pods, ray_cluster: RayCluster, serving: str) -> Iterator[str]:
     return f"http://127.0.0.1:{port}"
 
 
+def serving_token(pods: Pods) -> str:
+    """The serving token as the API pod gets it (from the Secret its env names)."""
+    deployment = kube.one(pods.manifests, "Deployment", "-api")
+    [container] = [c for c in kube.pod_spec(deployment)["containers"] if c["name"] == "api"]
+    return kube.container_env(container, pods.secrets)[SERVING_TOKEN_ENV]
+
+
 # --- the test --------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
 def test_the_rendered_chart_trains_serves_and_reports_metrics(
-    pods: Pods, ray_cluster: RayCluster, api: str, bucket: S3Server
+    pods: Pods, ray_cluster: RayCluster, serving: str, api: str, bucket: S3Server
 ):
     # Ray's control plane refuses a caller without the token (tenants never get it).
     assert httpx.get(f"{ray_cluster.dashboard_url}/api/jobs/").status_code in (401, 403)
+    # Serving answers only the API: no token, or the Ray token, is refused.
+    for headers in ({}, {"Authorization": f"Bearer {ray_cluster.token}"}):
+        refused = httpx.get(f"{serving}/v1/models", headers=headers, timeout=30)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"]["code"] == "invalid_serving_token"
 
     # `helm test`: the chart's own check of the release.
     for test_pod in kube.hooks(pods.manifests, "test"):
@@ -349,8 +364,12 @@ def test_the_rendered_chart_trains_serves_and_reports_metrics(
                      headers={"Authorization": f"Bearer {ray_cluster.token}"}).json()
     shown = json.dumps([r for r in runs if job.id in (r.get("submission_id") or "")])
     assert job.id in shown
-    for secret in (bucket.secret_key, ray_cluster.token, KEY):
+    token = serving_token(pods)
+    for secret in (bucket.secret_key, ray_cluster.token, KEY, token):
         assert secret not in shown
+    # Serving's deploy jobs (the hook's, the keeper's) carried the token's digest, not the token.
+    every_job = json.dumps(runs)
+    assert serving_token_digest(token) in every_job and token not in every_job
 
     # Prometheus' view of what just happened.
     scraped = httpx.get(f"{api}/metrics").text

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -46,6 +47,9 @@ from tests.training.runs import of_type, read_events
 
 NODE_CPUS = 2
 """Per worker node: one Train worker (1 CPU) plus, on one of them, the serving replica (0.5)."""
+
+SERVING_TOKEN = f"serving-{os.getpid()}-topology"
+"""The Secret the chart gives the API and serving's deploy step, and no Ray pod."""
 # --- the services outside the cluster --------------------------------------------------------
 
 
@@ -173,7 +177,7 @@ def serve_url(cluster: Cluster, registered: BaseModelManifest, root: Path,
     run_to_end("serving-deploy", [sys.executable, "-m", "serving.deploy",
                                   "--address", cluster.gcs_address, "--serve-url", url,
                                   "--config", json.dumps(config)],
-               root / "logs", pod_env(), 480)
+               root / "logs", pod_env(OPENFT_SERVING_TOKEN=SERVING_TOKEN), 480)
     return url
 
 
@@ -192,6 +196,7 @@ def client(bucket: S3Server, cluster: Cluster, serve_url: str, database_url: str
         OPENFT_S3_SECRET_KEY=bucket.secret_key,
         OPENFT_RAY_ADDRESS=cluster.dashboard_url,
         OPENFT_SERVING_URL=serve_url,
+        OPENFT_SERVING_TOKEN=SERVING_TOKEN,
         OPENFT_API_KEYS=f"{KEY}=org-topology",
         OPENFT_DEFAULT_BASE_MODEL="false",
         OPENFT_BASE_MODELS=json.dumps({BASE_ID: {}}),
@@ -205,11 +210,17 @@ def client(bucket: S3Server, cluster: Cluster, serve_url: str, database_url: str
 
 @pytest.mark.slow
 def test_a_job_spreads_over_two_nodes_survives_losing_one_and_its_model_answers(
-    client: OpenAI, cluster: Cluster, bucket: S3Server, registered: BaseModelManifest
+    client: OpenAI, cluster: Cluster, bucket: S3Server, registered: BaseModelManifest,
+    serve_url: str,
 ):
     began = time.monotonic()
     assert BASE_ID in [m.id for m in client.models.list()]
     assert answer(client, BASE_ID)  # served from the bucket model, through the API
+    # Serving answers only the API; what the cluster shows of serving holds no token.
+    refused = httpx.get(f"{serve_url}/v1/models", timeout=30)
+    assert refused.status_code == 401, refused.text
+    apps = httpx.get(f"{cluster.dashboard_url}/api/serve/applications/", timeout=30).text
+    assert SERVING_TOKEN not in apps
 
     # 24 examples, 4 per step: 6 steps an epoch, a checkpoint at the end of each of 6.
     job = start_capitals_job(client, repeats=2, n_epochs=6, suffix="topo")

@@ -189,6 +189,7 @@ def test_a_wrong_type_is_refused_by_the_schema(tmp_path: Path) -> None:
                                 "gpu": 8}]}}, "gpu"),
     ({"serving": {"config": {"max_model_length": 4096}}}, "max_model_length"),
     ({"models": {"base": [{"id": "m", "tensor_parallel": 2}]}}, "tensor_parallel"),
+    ({"serving": {"token": {"secretName": "mine"}}}, "secretName"),
 ])
 def test_an_unknown_key_is_refused_by_the_schema(tmp_path: Path, values: dict[str, Any],
                                                  key: str) -> None:
@@ -199,6 +200,7 @@ def test_an_unknown_key_is_refused_by_the_schema(tmp_path: Path, values: dict[st
 @pytest.mark.parametrize("set_values, words", [
     ({"api.settings.OPENFT_WEBHOOK_SECRET": "whsec_x"}, "OPENFT_WEBHOOK_SECRET"),
     ({"api.settings.OPENFT_DATABASE_URL": "sqlite:///x.db"}, "OPENFT_DATABASE_URL"),
+    ({"api.settings.OPENFT_SERVING_TOKEN": "plain"}, "OPENFT_SERVING_TOKEN"),
     ({"image.api.tag": "latest"}, "tag"),
     ({"s3.credentials": "keys"}, "credentials"),
 ])
@@ -232,10 +234,13 @@ def test_the_api_environment_is_what_its_settings_read(default: Manifests,
         "OPENFT_S3_ACCESS_KEY": {"name": "openft-s3", "key": "access-key-id"},
         "OPENFT_S3_SECRET_KEY": {"name": "openft-s3", "key": "secret-access-key"},
         "OPENFT_RAY_AUTH_TOKEN": {"name": "rel-openft-ray-auth", "key": "auth_token"},
+        "OPENFT_SERVING_TOKEN": {"name": "rel-openft-serving-token", "key": "serving-token"},
     }
     for name, entry in env.items():
         monkeypatch.setenv(name, entry.get("value", f"from-secret-{name}"))
     settings = Settings()
+    assert settings.serving_headers() == \
+        {"Authorization": "Bearer from-secret-OPENFT_SERVING_TOKEN"}
     assert settings.ray_address == "http://rel-openft-ray-head-svc:8265"
     assert settings.serving_url == "http://rel-openft-ray-head-svc:8000"
     assert list(settings.base_model_configs()) == ["SmolLM2-135M-Instruct"]
@@ -307,6 +312,65 @@ def test_no_secret_travels_in_a_ray_job_runtime_env(default: Manifests) -> None:
         env = env_of(container_named(default, name))
         assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "openft-s3"
         assert env["OPENFT_MODEL_CACHE_DIR"]["value"] == "/var/cache/openft/models"
+
+
+SERVING_TOKEN_HOLDERS = {"api", "serving-deploy", "serving-keeper"}
+"""The containers that hold the serving token: the API sends it, the deploy steps submit its
+digest. Serving itself (the Ray pods) checks the digest and never holds the token."""
+
+
+def serving_token_refs(manifests: Manifests) -> dict[str, dict[str, Any]]:
+    """Container name -> the secretKeyRef its OPENFT_SERVING_TOKEN comes from."""
+    from contract.serving import SERVING_TOKEN_ENV
+
+    return {c["name"]: env_of(c)[SERVING_TOKEN_ENV]["valueFrom"]["secretKeyRef"]
+            for _, c in containers(manifests) if SERVING_TOKEN_ENV in env_of(c)}
+
+
+def test_the_chart_makes_the_serving_token_when_none_is_given(default: Manifests) -> None:
+    ref = {"name": "rel-openft-serving-token", "key": "serving-token"}
+    assert serving_token_refs(default) == dict.fromkeys(SERVING_TOKEN_HOLDERS, ref)
+    secret = named(default, "Secret", "rel-openft-serving-token")
+    assert len(base64.b64decode(secret["data"]["serving-token"])) >= 32
+    # Kept across upgrades as the chart's other generated Secrets are: the live one is read.
+    template = (CHART / "templates" / "secrets.yaml").read_text()
+    assert 'lookup "v1" "Secret" .Release.Namespace $name' in template
+    assert "index $live.data .Values.serving.token.key" in template
+
+
+def test_an_operators_serving_token_secret_replaces_the_generated_one() -> None:
+    manifests = render([], {"serving.token.existingSecret": "my-serving-token",
+                            "serving.token.key": "token"})
+    ref = {"name": "my-serving-token", "key": "token"}
+    assert serving_token_refs(manifests) == dict.fromkeys(SERVING_TOKEN_HOLDERS, ref)
+    assert "rel-openft-serving-token" not in [s["metadata"]["name"]
+                                              for s in of_kind(manifests, "Secret")]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_no_ray_container_and_no_config_map_holds_the_serving_token(
+        rendered: dict[str, Manifests], name: str) -> None:
+    manifests = rendered[name]
+    assert set(serving_token_refs(manifests)) == SERVING_TOKEN_HOLDERS
+    [secret] = [s for s in of_kind(manifests, "Secret")
+                if s["metadata"]["name"].endswith("-serving-token")]
+    token = base64.b64decode(secret["data"]["serving-token"]).decode()
+    # The Ray containers, head and workers: nothing of the token's Secret, under any name.
+    cluster = copy.deepcopy(ray_cluster(manifests))
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    head["containers"] = [c for c in head["containers"] if c["name"] != "serving-keeper"]
+    ray_pods = yaml.safe_dump(cluster)
+    assert secret["metadata"]["name"] not in ray_pods and "SERVING_TOKEN" not in ray_pods
+    for config_map in of_kind(manifests, "ConfigMap"):
+        text = yaml.safe_dump(config_map)
+        assert token not in text and secret["metadata"]["name"] not in text
+    # The configs the deploy steps submit carry no token nor digest of their own: each step
+    # puts in the digest of the token it holds, so a changed Secret cannot disagree with them.
+    deploy = container_named(manifests, "serving-deploy")["command"]
+    configs = [json.loads(deploy[deploy.index("--config") + 1])]
+    configs += [json.loads(c["data"]["serving.json"]) for c in of_kind(manifests, "ConfigMap")
+                if "serving.json" in c.get("data", {})]
+    assert configs and all("api_token_sha256" not in c for c in configs)
 
 
 # --- security -----------------------------------------------------------------------------
@@ -477,6 +541,7 @@ def test_an_api_config_change_rolls_the_api(default: Manifests) -> None:
         [d] = of_kind(manifests, "Deployment")
         return d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     assert checksum(render([], {"serving.config.max_model_len": 2048})) != checksum(default)
+    assert checksum(render([], {"serving.token.existingSecret": "mine"})) != checksum(default)
     assert checksum(render([], {"api.replicas": 3})) == checksum(default)  # scaling only
 
 
@@ -729,5 +794,5 @@ def test_the_head_keeps_serving_deployed_without_recreating_ray_for_a_serving_ch
     [mount] = [m for m in keeper["volumeMounts"] if config_path.startswith(m["mountPath"])]
     [volume] = [v for v in head["volumes"] if v["name"] == mount["name"]]
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
-    assert [e["name"] for e in keeper["env"]] == ["OPENFT_RAY_AUTH_TOKEN"]
-    assert "secretKeyRef" in keeper["env"][0]["valueFrom"]
+    assert [e["name"] for e in keeper["env"]] == ["OPENFT_RAY_AUTH_TOKEN", "OPENFT_SERVING_TOKEN"]
+    assert all("secretKeyRef" in e["valueFrom"] for e in keeper["env"])

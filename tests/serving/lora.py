@@ -24,10 +24,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
+SERVING_TOKEN = f"serving-token-{uuid.uuid4().hex}"
+"""The token every serving app of these tests is deployed for (as the API would hold it)."""
+
+AS_THE_API = {"Authorization": f"Bearer {SERVING_TOKEN}"}
+"""Headers of a raw HTTP call to serving made as the API makes it."""
+
 
 def serving_client(serving_url: str, timeout: float = 180) -> OpenAI:
-    """The official SDK on the serving app's ``/v1``, without the SDK's own retries."""
-    return OpenAI(base_url=serving_url, api_key="x", max_retries=0, timeout=timeout)
+    """The official SDK on the serving app's ``/v1`` as the API calls it (its bearer token is
+    the serving token), without the SDK's own retries."""
+    return OpenAI(base_url=serving_url, api_key=SERVING_TOKEN, max_retries=0, timeout=timeout)
 
 
 def answer(client: OpenAI, model: str, max_tokens: int = 12) -> tuple[str, str]:
@@ -62,12 +69,14 @@ def deployed(config: dict, ray_head, s3_server) -> Iterator[str]:
     ``/v1`` URL; shut Serve down afterwards, even when the test failed."""
     port = free_port()
     env = ray_env(s3_server)
+    # The token as the Helm chart's deploy step holds it; only its digest reaches Ray.
+    deploy_env = dict(env, OPENFT_SERVING_TOKEN=SERVING_TOKEN)
     folders_before = replica_adapter_folders()
     try:
         deploy = subprocess.run(
             [sys.executable, "-m", "serving.deploy", "--config",
              json.dumps({**config, "port": port}), "--address", ray_head.gcs_address],
-            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=480,
+            cwd=REPO_ROOT, env=deploy_env, capture_output=True, text=True, timeout=480,
         )
         assert deploy.returncode == 0, f"deploy failed:\n{deploy.stdout}\n{deploy.stderr[-4000:]}"
         yield f"http://127.0.0.1:{port}/v1"

@@ -24,6 +24,7 @@ from openai import OpenAI
 
 from contract.bucket import deleted_marker_key
 from tests.serving.lora import (
+    AS_THE_API,
     MESSAGES,
     adapter_events,
     answer,
@@ -100,7 +101,7 @@ def busy_replica(serving_url: str) -> Iterator[None]:
     started, stop = threading.Event(), threading.Event()
 
     def read() -> None:
-        with httpx.Client(timeout=180) as http, \
+        with httpx.Client(timeout=180, headers=AS_THE_API) as http, \
                 http.stream("POST", f"{serving_url}/completions", json=body) as response:
             assert response.status_code == 200
             for _ in response.iter_lines():
@@ -250,7 +251,7 @@ def test_over_long_prompt_is_a_400_with_an_openai_error(serving_url: str, path: 
     body = ({"messages": [{"role": "user", "content": long_text}]} if path.startswith("chat")
             else {"prompt": long_text})
     response = httpx.post(f"{serving_url}/{path}", json={"model": BASE_ID, "max_tokens": 4, **body},
-                          timeout=180)
+                          headers=AS_THE_API, timeout=180)
 
     assert response.status_code == 400
     error = response.json()["error"]

@@ -7,7 +7,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from serving.app import engine_kwargs, llm_config
+from contract.serving import serving_token_digest
+from serving.app import build_app, engine_kwargs, llm_config
 from serving.config import ServingConfig
 from serving.deploy import load_config
 
@@ -40,6 +41,7 @@ def test_defaults_fit_beside_training() -> None:
         ({"autoscaling": {"min_replicas": 1, "max_replica": 2}}, "max_replica"),  # typo
         ({"autoscaling": {"min_replicas": 3, "max_replicas": 2}}, "max_replicas"),
         ({"adapters_prefix": "/"}, "adapters_prefix"),
+        ({"api_token_sha256": "the-token"}, "api_token_sha256"),  # a digest, never the token
     ],
 )
 def test_rejects(change: dict, field: str) -> None:
@@ -52,11 +54,31 @@ def test_adapters_prefix_is_normalised() -> None:
     assert config.adapters_uri == "s3://b/ft/models"
 
 
+TOKEN_ENV = {"OPENFT_SERVING_TOKEN": "the-token"}
+
+
 def test_load_config_takes_inline_json_or_a_path(tmp_path) -> None:
     path = tmp_path / "serving.json"
     path.write_text(json.dumps(MINIMAL))
 
-    assert load_config(json.dumps(MINIMAL)) == load_config(str(path))
+    assert load_config(json.dumps(MINIMAL), TOKEN_ENV) == load_config(str(path), TOKEN_ENV)
+
+
+def test_serving_is_deployed_for_the_tokens_digest_and_never_without_one() -> None:
+    """The Helm chart's deploy steps hold the token in their environment: the config that
+    reaches the cluster (as the submitted job's command line, or Serve's) carries only its
+    digest; with neither, deploying is refused rather than serving everyone."""
+    config = load_config(json.dumps(MINIMAL), TOKEN_ENV)
+    assert config.api_token_sha256 == serving_token_digest("the-token")
+    shipped = config.model_dump_json(exclude_unset=True)  # what --submit sends to the head
+    assert config.api_token_sha256 in shipped and "the-token" not in shipped
+    digest = "ab" * 32  # one in the config wins over the environment
+    assert load_config(json.dumps({**MINIMAL, "api_token_sha256": digest}),
+                       TOKEN_ENV).api_token_sha256 == digest
+    with pytest.raises(ValueError, match="OPENFT_SERVING_TOKEN"):
+        load_config(json.dumps(MINIMAL), {})
+    with pytest.raises(ValueError, match="no serving token"):
+        build_app(ServingConfig.model_validate(MINIMAL), "cpu")
 
 
 def test_engine_settings_follow_the_config() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ ENGINE = "ray.llm._internal.serve.engines.vllm.vllm_engine"
 LOADER = "ray.llm._internal.serve.utils.lora_serve_utils"
 SERVER = "ray.llm._internal.serve.core.server.llm_server"
 DOWNLOAD = "ray.llm._internal.common.utils.download_utils"
+INGRESS = "ray.llm._internal.serve.core.ingress.ingress"
+INGRESS_BUILDER = "ray.llm._internal.serve.core.ingress.builder"
+DP_BUILDER = "ray.llm._internal.serve.serving_patterns.data_parallel.builder"
 
 
 def _written_for() -> str:
@@ -156,3 +160,19 @@ def test_only_the_adapter_imports_ray_llm_internals_and_vllm() -> None:
             f"{path.name} imports {internal}: use {PRIVATE}")
         vllm = {m for m in modules if m == "vllm" or m.startswith("vllm.")}
         assert not vllm, f"{path.name} imports {vllm}: use vllm_cpu"
+
+
+def test_every_route_of_rays_ingress_is_one_serving_checks() -> None:
+    """The ingress puts each route Ray declares behind the serving token; one Ray adds would
+    be open to anyone who reaches the proxy (``OpenFTIngress`` refuses to start then)."""
+    from serving.ingress import REFUSED_ROUTES, SERVED_ROUTES
+
+    routes = _attr(INGRESS, "DEFAULT_ENDPOINTS")
+    unchecked = set(routes) - SERVED_ROUTES - REFUSED_ROUTES
+    assert not unchecked, _gone(f"the ingress routes {sorted(unchecked)}", "are new")
+    # Ray's builders route by these defaults: they pass no endpoint map of their own.
+    builders = [importlib.import_module(m) for m in (INGRESS_BUILDER, DP_BUILDER)]
+    for builder in builders:
+        calls = re.findall(r"make_fastapi_ingress\(([^)]*)\)", inspect.getsource(builder))
+        assert calls and all("endpoint_map" not in c for c in calls), _gone(
+            f"{builder.__name__}'s make_fastapi_ingress call", "changed")

@@ -23,6 +23,7 @@ import pytest
 from openai import OpenAI
 
 from tests.serving.lora import (
+    AS_THE_API,
     MESSAGES,
     adapter_events,
     deployed,
@@ -183,11 +184,49 @@ def test_chat_streams_several_chunks(client: OpenAI, adapter_key: str) -> None:
 
 def test_stream_ends_with_done(serving_url: str) -> None:
     body = {"model": BASE_ID, "messages": MESSAGES, "max_tokens": 8, "stream": True}
-    with httpx.stream("POST", f"{serving_url}/chat/completions", json=body, timeout=120) as r:
+    with httpx.stream("POST", f"{serving_url}/chat/completions", json=body, headers=AS_THE_API,
+                      timeout=120) as r:
         assert r.status_code == 200
         events = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
     assert len(events) >= 3
+
+
+ROUTES = [("GET", "/v1/models"), ("GET", f"/v1/models/{BASE_ID}"),
+          ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
+          ("POST", "/v1/embeddings"), ("POST", "/v1/audio/transcriptions"),
+          ("POST", "/v1/score"), ("POST", "/tokenize"), ("POST", "/detokenize")]
+"""Every route of Ray's ingress (``serving.ray_llm_private.ingress_routes``)."""
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-the-token"},
+                                     {"Authorization": "Basic " + "x" * 20}],
+                         ids=["no token", "wrong token", "not bearer"])
+def test_serving_answers_only_the_api(serving_url: str, adapter_key: str, headers) -> None:
+    """Serving speaks for every organization and lists every adapter in the bucket: without
+    the API's serving token, every route is a 401 in OpenAI's envelope, before any model,
+    adapter or listing is reached (issue 16)."""
+    root = serving_url.removesuffix("/v1")
+    bodies = {"/v1/chat/completions": {"model": f"{BASE_ID}:{adapter_key}", "max_tokens": 4,
+                                       "messages": MESSAGES},
+              "/v1/completions": {"model": BASE_ID, "prompt": "Hi", "max_tokens": 4}}
+    with httpx.Client(base_url=root, headers=headers, timeout=60) as http:
+        for method, path in ROUTES:
+            r = http.request(method, path, json=bodies.get(path, {}))
+            assert r.status_code == 401, (path, r.status_code, r.text)
+            assert r.json()["error"]["code"] == "invalid_serving_token", (path, r.text)
+            assert adapter_key not in r.text
+
+
+def test_routes_the_api_never_calls_are_not_offered(serving_url: str) -> None:
+    root = serving_url.removesuffix("/v1")
+    with httpx.Client(base_url=root, headers=AS_THE_API, timeout=60) as http:
+        for method, path in ROUTES[4:]:
+            r = http.request(method, path, json={"model": BASE_ID, "input": "x"})
+            assert r.status_code == 404, (path, r.text)
+            assert r.json()["error"]["code"] == "unknown_url"
+        listed = http.get("/v1/models").json()["data"]
+    assert BASE_ID in {m["id"] for m in listed}
 
 
 def test_completions_endpoint_answers(client: OpenAI, adapter_key: str) -> None:

@@ -132,6 +132,9 @@ seccompProfile:
 {{- define "openft.rayAuthSecret" -}}
 {{- default (include "openft.componentName" (list . "ray-auth")) .Values.ray.auth.existingSecret -}}
 {{- end -}}
+{{- define "openft.servingTokenSecret" -}}
+{{- default (include "openft.componentName" (list . "serving-token")) .Values.serving.token.existingSecret -}}
+{{- end -}}
 
 {{/* The refusals: render nothing that could not work. Included by every workload template. */}}
 {{- define "openft.validate" -}}
@@ -213,6 +216,12 @@ the head's serve port), the base models and the bucket. */}}
       key: {{ .key | quote }}
 {{- end -}}
 
+{{/* OPENFT_SERVING_TOKEN (contract/serving.py SERVING_TOKEN_ENV): the API sends it to serving;
+serving.deploy (the hook Job, the keeper) deploys with its SHA-256. Never in a Ray container. */}}
+{{- define "openft.servingTokenEnv" -}}
+{{ include "openft.secretEnv" (dict "name" "OPENFT_SERVING_TOKEN" "secret" (include "openft.servingTokenSecret" .) "key" .Values.serving.token.key) }}
+{{- end -}}
+
 {{/* The bucket's endpoint and region, as OPENFT_S3_* (the API) or AWS_* (Ray nodes). */}}
 {{- define "openft.apiS3Env" -}}
 {{- $endpoint := include "openft.s3Endpoint" . -}}
@@ -262,6 +271,7 @@ the head's serve port), the base models and the bucket. */}}
 - name: OPENFT_SERVING_URL
   value: "http://{{ include "openft.rayHeadService" . }}:8000"
 {{ include "openft.secretEnv" (dict "name" "OPENFT_RAY_AUTH_TOKEN" "secret" (include "openft.rayAuthSecret" .) "key" "auth_token") }}
+{{ include "openft.servingTokenEnv" . }}
 - name: OPENFT_TRAINING_S3_CREDENTIALS
   value: "node"
 - name: OPENFT_DEFAULT_BASE_MODEL
@@ -285,7 +295,8 @@ the head's serve port), the base models and the bucket. */}}
 
 {{/* Every Ray container (head and workers): the bucket's credentials belong to the node, so
 no secret travels in a Ray job's runtime_env. RAY_AUTH_MODE and RAY_AUTH_TOKEN are KubeRay's
-to inject (spec.authOptions). */}}
+to inject (spec.authOptions). The serving token is not here: serving checks its digest, which
+arrives in the Serve config. */}}
 {{- define "openft.rayEnv" -}}
 {{- include "openft.rayS3Env" . }}
 - name: OPENFT_MODEL_CACHE_DIR
