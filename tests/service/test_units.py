@@ -97,3 +97,26 @@ def test_diverged_metrics_are_stored_as_null():
 
     assert json_safe({"train_loss": float("nan"), "x": [float("inf"), 1.5], "step": 3}) == \
         {"train_loss": None, "x": [None, 1.5], "step": 3}
+
+
+def test_an_unreachable_service_is_one_log_line_per_job_and_tick(caplog) -> None:
+    """Ray or the bucket away: the scheduler says so in a line and goes on; anything else
+    keeps its traceback, which is what someone debugging needs."""
+    import httpx
+
+    from service.jobs.scheduler import Scheduler
+
+    def ray_away(job_id: str) -> None:
+        raise httpx.ConnectError("[Errno 111] Connection refused\nmore")
+
+    def bug(job_id: str) -> None:
+        raise KeyError("status")
+
+    with caplog.at_level("WARNING", logger="openft.scheduler"):
+        Scheduler._guarded(ray_away, "ftjob-1")
+        Scheduler._guarded(bug, "ftjob-2")
+    away, broken = caplog.records
+    assert away.levelname == "WARNING" and away.exc_info is None
+    assert "ftjob-1" in away.getMessage() and "Connection refused" in away.getMessage()
+    assert "more" not in away.getMessage()
+    assert broken.levelname == "ERROR" and broken.exc_info is not None

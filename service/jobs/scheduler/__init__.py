@@ -21,7 +21,10 @@ import threading
 import time
 from collections.abc import Callable
 
+import httpx
+from botocore.exceptions import BotoCoreError
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from service.context import AppContext
 from service.db import JobRow
@@ -32,6 +35,9 @@ from service.jobs.scheduler.validation_pool import ValidationPool
 from service.lifecycle import FOLLOWED, JobStatus
 from service.metrics import SchedulerMetrics
 from service.webhooks import enqueue_settled
+
+UNREACHABLE = (httpx.TransportError, BotoCoreError, OperationalError)
+"""Ray's dashboard, the bucket or the database not answering: worth a line, not a stack."""
 
 log = logging.getLogger("openft.scheduler")
 
@@ -99,9 +105,15 @@ class Scheduler:
 
     @staticmethod
     def _guarded(step: Callable[[str], None], job_id: str) -> None:
-        """One job's trouble (S3 or Ray briefly away) must not hold up the others."""
+        """One job's trouble (S3 or Ray briefly away) must not hold up the others.
+
+        A service that cannot be reached is one line per job and tick, not a traceback: an
+        outage of Ray or the bucket would otherwise bury the log in identical stacks."""
         try:
             step(job_id)
+        except UNREACHABLE as e:
+            log.warning("scheduler step %s for %s: %s: %s; retrying next tick",
+                        step.__name__, job_id, type(e).__name__, (str(e).splitlines() or [''])[0])
         except Exception:
             log.exception("scheduler step %s failed for %s; retrying next tick",
                           step.__name__, job_id)
