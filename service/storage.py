@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -12,6 +13,23 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from service.settings import Settings
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    modified: float
+    """Unix time of the object's last write."""
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """A multipart upload begun and not finished."""
+
+    key: str
+    upload_id: str
+    initiated: float
+    """Unix time it was begun."""
 
 
 class BlobStore:
@@ -97,6 +115,31 @@ class BlobStore:
         for page in paginator.paginate(**kwargs):
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         return sorted(keys)
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object under ``prefix`` with its last write time (what a sweep ages)."""
+        for page in self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield StoredObject(obj["Key"], obj["LastModified"].timestamp())
+
+    def list_uploads(self, prefix: str) -> Iterator[PendingUpload]:
+        """Multipart uploads under ``prefix`` begun and neither completed nor aborted."""
+        for page in self._s3.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=prefix):
+            for upload in page.get("Uploads", []):
+                yield PendingUpload(upload["Key"], upload["UploadId"],
+                                    upload["Initiated"].timestamp())
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        """Abort ``upload`` and free its parts; one already gone (another process's sweep
+        aborted it first) is no error."""
+        try:
+            self._s3.abort_multipart_upload(Bucket=self.bucket, Key=upload.key,
+                                            UploadId=upload.upload_id)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise
 
     def exists(self, key: str) -> bool:
         try:

@@ -13,10 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from botocore.exceptions import ClientError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -24,7 +23,7 @@ from contract.bucket import file_key
 from service.db import Database, FileRow
 from service.files import idempotency
 from service.settings import Settings
-from service.storage import BlobStore
+from service.storage import BlobStore, PendingUpload, StoredObject
 
 log = logging.getLogger("openft")
 
@@ -32,20 +31,6 @@ FILES_PREFIX = file_key("")
 """``files/``: where uploads keep their bytes (the only prefix this sweeper touches)."""
 QUERY_BATCH = 500
 """Keys per ``IN (...)`` query: well under every database's parameter limit."""
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    key: str
-    modified: float
-    """Unix time of the object's last write."""
-
-
-@dataclass(frozen=True)
-class PendingUpload:
-    key: str
-    upload_id: str
-    initiated: float
 
 
 @dataclass
@@ -78,20 +63,15 @@ def sweep(db: Database, blobs: BlobStore, grace_s: float,
     now = time.time() if now is None else now
     cutoff = now - grace_s
     report = SweepReport()
-    old = [o for o in list_objects(blobs) if o.modified < cutoff]
+    old = [o for o in blobs.list_objects(FILES_PREFIX) if o.modified < cutoff]
     with db.session() as session:
         rowed = keys_with_rows(session, [o.key for o in old])
         report.keys_forgotten = idempotency.forget_expired(session, int(now))
     for key in orphans(old, rowed, cutoff):
         blobs.delete(key)
         report.orphans_deleted.append(key)
-    for upload in stale_uploads(list_uploads(blobs), cutoff):
-        try:
-            blobs.client.abort_multipart_upload(Bucket=blobs.bucket, Key=upload.key,
-                                                UploadId=upload.upload_id)
-        except ClientError as e:  # another process's sweep aborted it first
-            if e.response.get("Error", {}).get("Code") != "NoSuchUpload":
-                raise
+    for upload in stale_uploads(blobs.list_uploads(FILES_PREFIX), cutoff):
+        blobs.abort_upload(upload)
         report.uploads_aborted.append(upload.key)
     return report
 
@@ -103,25 +83,6 @@ def keys_with_rows(session: Session, keys: list[str]) -> set[str]:
         batch = keys[i:i + QUERY_BATCH]
         found.update(session.scalars(select(FileRow.s3_key).where(FileRow.s3_key.in_(batch))))
     return found
-
-
-# BlobStore lists keys without their times and knows no multipart uploads: these two read
-# the bucket through its boto3 client, and belong in service.storage when it grows them.
-def list_objects(blobs: BlobStore) -> Iterator[StoredObject]:
-    pages = blobs.client.get_paginator("list_objects_v2").paginate(
-        Bucket=blobs.bucket, Prefix=FILES_PREFIX)
-    for page in pages:
-        for obj in page.get("Contents", []):
-            yield StoredObject(obj["Key"], obj["LastModified"].timestamp())
-
-
-def list_uploads(blobs: BlobStore) -> Iterator[PendingUpload]:
-    pages = blobs.client.get_paginator("list_multipart_uploads").paginate(
-        Bucket=blobs.bucket, Prefix=FILES_PREFIX)
-    for page in pages:
-        for upload in page.get("Uploads", []):
-            yield PendingUpload(upload["Key"], upload["UploadId"],
-                                upload["Initiated"].timestamp())
 
 
 class FileSweeper:

@@ -13,17 +13,9 @@ import pytest
 from contract.bucket import file_key, results_key
 from service.db import Database, FileIdempotencyRow, FileRow, migrate
 from service.files import idempotency
-from service.files.sweeper import (
-    FileSweeper,
-    PendingUpload,
-    StoredObject,
-    list_uploads,
-    orphans,
-    stale_uploads,
-    sweep,
-)
+from service.files.sweeper import FILES_PREFIX, FileSweeper, orphans, stale_uploads, sweep
 from service.settings import Settings
-from service.storage import BlobStore
+from service.storage import BlobStore, PendingUpload, StoredObject
 
 GRACE = 3600.0
 LATER = time.time() + 2 * GRACE  # every object written now is past the grace by then
@@ -87,12 +79,12 @@ def test_a_stale_multipart_upload_is_aborted_and_a_fresh_one_kept(db, bucket):
                    UploadId=upload["UploadId"], Body=b"x" * 1024)
 
     assert sweep(db, bucket, GRACE).uploads_aborted == []
-    assert [u.upload_id for u in list_uploads(bucket)] == [upload["UploadId"]]
+    assert [u.upload_id for u in bucket.list_uploads(FILES_PREFIX)] == [upload["UploadId"]]
 
     report = sweep(db, bucket, GRACE, now=LATER)
 
     assert report.uploads_aborted == [file_key("file-half")]
-    assert list(list_uploads(bucket)) == []
+    assert list(bucket.list_uploads(FILES_PREFIX)) == []
 
 
 def test_expired_idempotency_keys_are_forgotten(db, bucket):
