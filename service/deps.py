@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from service.auth import Caller
 from service.context import AppContext
 from service.db import Database
+from service.guard import CALLER_STATE
 
 T = TypeVar("T")
 
@@ -24,10 +25,13 @@ async def get_context(request: Request) -> AppContext:
 ContextDep = Annotated[AppContext, Depends(get_context)]
 
 
-async def get_caller(ctx: ContextDep,
+async def get_caller(request: Request, ctx: ContextDep,
                      authorization: Annotated[str | None, Header()] = None) -> Caller:
+    """The caller the request guard authenticated before the body was read
+    (``service.guard``); a route the guard does not cover authenticates here."""
     # Async: a hash and a compare, no I/O; a thread hop would cost more than the work.
-    return ctx.keys.authenticate(authorization)
+    caller = getattr(request.state, CALLER_STATE, None)
+    return caller if caller is not None else ctx.keys.authenticate(authorization)
 
 
 class Transactions:

@@ -78,6 +78,11 @@ async def answer(error: APIError, scope: Scope, receive: Receive, send: Send) ->
         scope, receive, send)
 
 
+CALLER_STATE = "caller"
+"""Where the guard leaves the authenticated :class:`~service.auth.Caller`
+(``request.state.caller``)."""
+
+
 class RequestGuard:
     """ASGI middleware: authenticate and bound the body of every ``/v1/`` request before the
     app reads it. The key ring and the limit come from the context the lifespan put on
@@ -94,10 +99,12 @@ class RequestGuard:
             return
         keys: KeyRing = ctx.keys
         try:
-            keys.authenticate(authorization(scope))
+            caller = keys.authenticate(authorization(scope))
         except AuthenticationFailed as e:
             await answer(e, scope, receive, send)
             return
+        # The routes' CallerDep reads it from request.state: one authentication a request.
+        scope.setdefault("state", {})[CALLER_STATE] = caller
         limit = body_limit(ctx.settings.max_upload_bytes)
         length = declared_length(scope)
         if length is not None and length > limit:

@@ -219,3 +219,22 @@ def test_a_chunked_upload_is_cut_off_near_the_limit_not_after_the_whole_body(ser
     assert status == 413 and body["error"]["code"] == "file_too_large"
     # Kernel buffers hold a few MB; without the guard every byte would be read first.
     assert sent < total // 2
+
+
+def test_a_request_is_authenticated_once_by_the_guard(client, as_a, as_b,
+                                                      monkeypatch) -> None:
+    """The routes take the caller the guard authenticated; each key is hashed and compared
+    once a request, and the route still sees the right organization."""
+    calls = []
+    authenticate = KeyRing.authenticate
+
+    def counted(self, authorization):
+        calls.append(authorization)
+        return authenticate(self, authorization)
+
+    monkeypatch.setattr(KeyRing, "authenticate", counted)
+    mine = client.post("/v1/files", headers=as_a, data={"purpose": "fine-tune"},
+                       files={"file": ("t.jsonl", b'{"messages": []}\n')})
+    assert mine.status_code == 200 and len(calls) == 1
+    assert client.get(f"/v1/files/{mine.json()['id']}", headers=as_b).status_code == 404
+    assert len(calls) == 2
