@@ -34,8 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ import httpx
 from sqlalchemy import MetaData, Table, create_engine, insert
 
 from bench.environment import REPO, code_version, machine, versions
+from devstack.databases import database_for
 from devstack.processes import free_port, http_ok, start, start_seaweedfs, wait_until
 from devstack.tiny_model import build_tiny_llama
 
@@ -52,7 +51,6 @@ KEY_B, ORG_B = "sk-bench-b", "org-bench-b"
 S3 = {"bucket": "openft-bench", "access_key": "bench", "secret_key": "bench-secret"}
 SCENARIOS = ("get_job", "list_jobs", "list_models", "mix")
 SEEDED_JOBS, SUCCEEDED_JOBS = 500, 50
-PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 SERVE = """
 import service, uvicorn
@@ -72,26 +70,6 @@ def chat_line(i: int) -> str:
 
 def jsonl(n: int) -> bytes:
     return ("\n".join(chat_line(i) for i in range(n)) + "\n").encode()
-
-
-@contextmanager
-def database(kind: str, tmp: Path) -> Iterator[str]:
-    """A fresh database of ``kind``, dropped after."""
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp / 'openft.db'}"
-        return
-    from sqlalchemy import text
-
-    name = f"openft_bench_{os.getpid()}_{int(time.time())}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def seed(url: str, training_file: str) -> list[str]:
@@ -169,7 +147,7 @@ def measure(label: str, code: Path, db_kind: str, s3_url: str, model_dir: Path,
             tmp: Path) -> list[dict[str, Any]]:
     rows = []
     run_dir = Path(tempfile.mkdtemp(prefix=f"{label}-{db_kind}-", dir=tmp))
-    with database(db_kind, run_dir) as url:
+    with database_for(db_kind, run_dir, prefix="openft_bench") as url:
         port = free_port()
         env = {**os.environ, "OPENFT_PORT": str(port), "OPENFT_DATA_DIR": str(run_dir / "data"),
                "OPENFT_DATABASE_URL": url, "OPENFT_S3_ENDPOINT_URL": s3_url,

@@ -11,10 +11,10 @@ import pytest
 
 from contract.base_models import BaseModelManifest
 from contract.bucket import base_model_manifest_key
+from devstack.databases import fresh_database
 from devstack.processes import free_port, start_seaweedfs
 from tests.conftest import S3Server
 from tests.e2e.pods import BASE_ID, pod_env, run_to_end
-from tests.support.postgres import fresh_database
 
 
 @pytest.fixture(scope="module")

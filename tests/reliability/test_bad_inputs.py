@@ -23,13 +23,13 @@ from fastapi.testclient import TestClient
 
 import service.errors
 import service.text
+from devstack.databases import database_for
 from service.db import JobRow
 from service.ids import now
 from service.lifecycle import JobStatus
 from service.models.naming import fine_tuned_model_name
 from tests.reliability.conftest import api_app
 from tests.service.conftest import KEY_A, KEY_B, chat_jsonl
-from tests.support.postgres import database_for
 
 CASES_DIR = Path(__file__).parent / "bad_inputs"
 MESSAGE_LIMIT = 1025

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from devstack.databases import fresh_database
 from service.main import build_context, create_app
 from service.settings import Settings
 from tests.service.fake_ray import FakeRay
-from tests.support.postgres import fresh_database
 
 KEY_A, KEY_B = "sk-test-a", "sk-test-b"
 ORG_A, ORG_B = "org-a", "org-b"

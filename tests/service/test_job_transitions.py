@@ -40,6 +40,7 @@ from contract.events import (
     encode_batch,
 )
 from contract.spec import TrainingSpec
+from devstack.databases import database_for
 from service.jobs.scheduler import Scheduler
 from service.lifecycle import (
     ACTIVE,
@@ -59,7 +60,6 @@ from tests.service.conftest import KEY_A, KEY_B, ORG_A, ORG_B, chat_jsonl
 from tests.service.fake_ray import FakeRay, MemoryBlobs, node
 from tests.service.openai_spec import openapi_document
 from tests.service.test_files_and_auth import assert_envelope, upload
-from tests.support.postgres import database_for
 
 JOBS = "/v1/fine_tuning/jobs"
 

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.databases import database_for
 from service.jobs.scheduler import Scheduler
 from service.lifecycle import JobStatus
 from service.main import build_context, create_app
@@ -19,7 +20,6 @@ from service.settings import Settings
 from tests.service.conftest import KEY_A, KEY_B, ORG_A, ORG_B, chat_jsonl
 from tests.service.fake_ray import FakeRay, MemoryBlobs
 from tests.service.test_files_and_auth import upload
-from tests.support.postgres import database_for
 
 JOBS = "/v1/fine_tuning/jobs"
 AS_A = {"Authorization": f"Bearer {KEY_A}"}

@@ -13,12 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
+from devstack.databases import fresh_database
 from devstack.processes import free_port
 from service.db import MIGRATION_LOCK_KEY, SchemaNotAtHead, head_revision, make_engine, migrate
 from service.main import build_context, create_app
 from service.settings import Settings
 from tests.service.fake_ray import FakeRay, MemoryBlobs
-from tests.support.postgres import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 

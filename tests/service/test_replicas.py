@@ -10,10 +10,10 @@ from contextlib import ExitStack
 import httpx
 import pytest
 
+from devstack.databases import fresh_database
 from devstack.processes import free_port
 from tests.service.conftest import chat_jsonl
 from tests.support.api_process import api_process, wait_status
-from tests.support.postgres import fresh_database
 
 pytestmark = pytest.mark.slow
 

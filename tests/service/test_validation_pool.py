@@ -15,13 +15,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from contract.bucket import file_key
+from devstack.databases import database_for
 from service.jobs.scheduler.validation_pool import ValidationPool
 from service.main import build_context, create_app
 from service.settings import Settings
 from tests.service.conftest import KEY_A, KEY_B, ORG_A, ORG_B, chat_jsonl, chat_line
 from tests.service.fake_ray import FakeRay, MemoryBlobs
 from tests.service.test_files_and_auth import upload
-from tests.support.postgres import database_for
 
 JOBS = "/v1/fine_tuning/jobs"
 AS_A, AS_B = ({"Authorization": f"Bearer {key}"} for key in (KEY_A, KEY_B))

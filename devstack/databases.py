@@ -1,4 +1,5 @@
-"""A fresh PostgreSQL database per test on the local server (trust auth), dropped after."""
+"""A fresh database for a test or a bench: SQLite in a folder, or a PostgreSQL database on the
+local server (trust auth), dropped after."""
 
 from __future__ import annotations
 
@@ -26,11 +27,11 @@ def fresh_database(prefix: str = "openft_test") -> Iterator[str]:
 
 
 @contextmanager
-def database_for(kind: str, tmp_path) -> Iterator[str]:
+def database_for(kind: str, tmp_path, prefix: str = "openft_test") -> Iterator[str]:
     """A database URL of ``kind``: ``sqlite`` (a file under ``tmp_path``) or ``postgresql``
-    (a fresh database, dropped after)."""
+    (a fresh database named ``<prefix>_...``, dropped after)."""
     if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'openft.db'}"
         return
-    with fresh_database() as url:
+    with fresh_database(prefix) as url:
         yield url
