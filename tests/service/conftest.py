@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from devstack.databases import fresh_database
+from devstack.databases import database_for
 from service.main import build_context, create_app
 from service.settings import Settings
 from tests.service.fake_ray import FakeRay
@@ -34,28 +34,33 @@ def chat_jsonl(n: int = 12) -> bytes:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Every API test runs on both databases; PostgreSQL gets a fresh database per test."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'openft.db'}"
-        return
-    with fresh_database() as url:
+    with database_for(request.param, tmp_path) as url:
         yield url
+
+
+def api_settings(tmp_path: Path, tiny_model_dir: Path, database_url: str, s3_server=None,
+                 **overrides) -> Settings:
+    """The API's settings in tests: org-a and org-b, the tiny model, no Ray or serving
+    listening (these tests never launch), and ``s3_server``'s bucket when one is given (the
+    tests that pass none give the app a bucket of their own)."""
+    bucket = {} if s3_server is None else {
+        "s3_endpoint_url": s3_server.endpoint_url, "s3_bucket": s3_server.bucket,
+        "s3_access_key": s3_server.access_key, "s3_secret_key": s3_server.secret_key}
+    return Settings(**{
+        "data_dir": tmp_path / "data",
+        "database_url": database_url,
+        "ray_address": "http://127.0.0.1:9",  # nothing listens: these tests never launch
+        "serving_url": "http://127.0.0.1:9",
+        "api_keys": f"{KEY_A}={ORG_A},{KEY_B}={ORG_B}",
+        "default_base_model": False,
+        "base_models": {"tiny-llama": tiny_model_dir},
+        **bucket, **overrides,
+    })
 
 
 @pytest.fixture
 def settings(tmp_path: Path, s3_server, tiny_model_dir: Path, database_url: str) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        s3_endpoint_url=s3_server.endpoint_url,
-        s3_bucket=s3_server.bucket,
-        s3_access_key=s3_server.access_key,
-        s3_secret_key=s3_server.secret_key,
-        ray_address="http://127.0.0.1:9",  # nothing listens: these tests never launch
-        serving_url="http://127.0.0.1:9",
-        api_keys=f"{KEY_A}={ORG_A},{KEY_B}={ORG_B}",
-        default_base_model=False,
-        base_models={"tiny-llama": tiny_model_dir},
-    )
+    return api_settings(tmp_path, tiny_model_dir, database_url, s3_server)
 
 
 @pytest.fixture

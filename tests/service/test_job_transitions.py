@@ -56,7 +56,7 @@ from service.lifecycle import (
 )
 from service.main import build_context, create_app
 from service.settings import Settings
-from tests.service.conftest import KEY_A, KEY_B, ORG_A, ORG_B, chat_jsonl
+from tests.service.conftest import KEY_A, api_settings, chat_jsonl
 from tests.service.fake_ray import FakeRay, MemoryBlobs, node
 from tests.service.openai_spec import openapi_document
 from tests.service.test_files_and_auth import assert_envelope, upload
@@ -87,10 +87,7 @@ def blobs() -> MemoryBlobs:
 
 @pytest.fixture
 def settings(tmp_path: Path, tiny_model_dir: Path, database_url: str) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=database_url,
-                    ray_address="http://127.0.0.1:9", serving_url="http://127.0.0.1:9",
-                    api_keys=f"{KEY_A}={ORG_A},{KEY_B}={ORG_B}", default_base_model=False,
-                    base_models={"tiny-llama": tiny_model_dir})
+    return api_settings(tmp_path, tiny_model_dir, database_url)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from devstack.databases import database_for
 from service.jobs.scheduler.validation_pool import ValidationPool
 from service.main import build_context, create_app
 from service.settings import Settings
-from tests.service.conftest import KEY_A, KEY_B, ORG_A, ORG_B, chat_jsonl, chat_line
+from tests.service.conftest import KEY_A, KEY_B, api_settings, chat_jsonl, chat_line
 from tests.service.fake_ray import FakeRay, MemoryBlobs
 from tests.service.test_files_and_auth import upload
 
@@ -69,10 +69,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def settings(tmp_path: Path, tiny_model_dir: Path, database_url: str) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=database_url,
-                    ray_address="http://127.0.0.1:9", serving_url="http://127.0.0.1:9",
-                    api_keys=f"{KEY_A}={ORG_A},{KEY_B}={ORG_B}", default_base_model=False,
-                    base_models={"tiny-llama": tiny_model_dir}, scheduler_interval_s=0.05)
+    return api_settings(tmp_path, tiny_model_dir, database_url, scheduler_interval_s=0.05)
 
 
 @pytest.fixture
