@@ -232,26 +232,37 @@ def cancel(session: Session, caller: Caller, job_id: str) -> FineTuningJob:
     """Record the cancellation; the run is stopped once it is committed
     (:func:`stop_run`). Stopping first would leave a stopped run under a job the database
     still calls running when the commit fails (issue 16): it then ends failed, not cancelled.
-    ``run_stop_pending`` keeps the stop owed until Ray has taken it."""
+    ``run_stop_pending`` keeps the stop owed until Ray has taken it: owed by every job that
+    may have a run, recorded or not (Ray may have taken one whose launch never committed: the
+    process died, or the cancel landed meanwhile), read from the row as the update finds it."""
     row = get_row(session, caller, job_id)
     if row.status not in CANCELLABLE:
         raise Conflict(f"Job {job_id} has already {row.status}; it cannot be cancelled.",
                        param="fine_tuning_job_id", code="invalid_state")
     return _move(session, row, CANCELLABLE, JobStatus.CANCELLED, "Fine-tuning job cancelled",
-                 finished_at=now(), run_stop_pending=row.ray_submission_id is not None)
+                 finished_at=now(), run_stop_pending=JobRow.status.in_(sorted(FOLLOWED)))
+
+
+def submission_id(row: JobRow) -> str:
+    """The Ray submission id the job's next launch uses; while no run is recorded, also the
+    one a launch may have submitted unrecorded (its process died before the commit). Each run
+    (a resume, a recovery) is a new Ray job: Ray refuses a reused id, which is also what keeps
+    a run from being launched twice."""
+    return f"openft-{row.id}" + (f"-r{row.run_count}" if row.run_count else "")
 
 
 def stop_run(ctx: AppContext, job_id: str) -> bool:
     """Stop the Ray run of a cancelled job whose stop is owed; whether it is done. Ray away:
-    not yet, and the scheduler tries again each tick (``run_stop_pending`` stays set)."""
+    not yet, and the scheduler tries again each tick (``run_stop_pending`` stays set). With
+    no run recorded, the one a launch may have submitted unrecorded is stopped (Ray answers
+    404, taken as done, when there is none)."""
     with ctx.db.session() as s:
         row = s.get(JobRow, job_id)
         if row is None or not row.run_stop_pending:
             return True
-        submission = row.ray_submission_id
+        submission = row.ray_submission_id or submission_id(row)
     try:
-        if submission:
-            ctx.ray.stop(submission)
+        ctx.ray.stop(submission)
     except Exception as e:  # noqa: BLE001 - any failure to reach Ray: the stop stays owed
         log.warning("could not stop the run of cancelled job %s yet: %s", job_id, e)
         return False

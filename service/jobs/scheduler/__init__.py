@@ -124,4 +124,4 @@ class Scheduler:
             q = select(JobRow.id).where(JobRow.status.in_(sorted(statuses)))
             if submitted:
                 q = q.where(JobRow.ray_submission_id.is_not(None))
-            return list(s.scalars(q.order_by(JobRow.created_at)))
+            return list(s.scalars(q.order_by(JobRow.created_seq, JobRow.id)))

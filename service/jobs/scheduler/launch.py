@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from contract.bucket import spec_key
@@ -24,7 +24,7 @@ from contract.spec import TrainingSpec
 from service.context import AppContext
 from service.db import JobEventRow, JobRow
 from service.jobs.capacity import ClusterView
-from service.jobs.service import cluster_view, worker_count, workers_of
+from service.jobs.service import cluster_view, submission_id, worker_count, workers_of
 from service.lifecycle import FOLLOWED, JobStatus, add_event
 from service.settings import Settings
 from service.storage import BlobStore
@@ -48,7 +48,7 @@ def launch_queued(ctx: AppContext) -> None:
         waiting = s.scalars(
             select(JobRow).where(JobRow.status == JobStatus.QUEUED,
                                  JobRow.ray_submission_id.is_(None))
-            .order_by(JobRow.created_at).with_for_update(skip_locked=True)
+            .order_by(JobRow.created_seq, JobRow.id).with_for_update(skip_locked=True)
         ).all()
         if not waiting:
             return
@@ -85,13 +85,12 @@ def _say_waiting(s: Session, job: JobRow, needs: int, room: int, cluster: Cluste
 
 
 def _launch(ctx: AppContext, s: Session, job: JobRow) -> bool:
-    # Each run of a job (a resume, a recovery) is a new Ray job: Ray refuses a reused id.
-    submission_id = f"openft-{job.id}" + (f"-r{job.run_count}" if job.run_count else "")
+    run = submission_id(job)
     if job.resume_from:
         _point_spec_at_checkpoint(ctx.blobs, job)
     try:
         ctx.ray.submit(
-            submission_id,
+            run,
             entrypoint=(f"{sys.executable} -m training.driver "
                         f"s3://{ctx.settings.s3_bucket}/{spec_key(job.id)}"),
             env_vars=training_env(ctx.settings),
@@ -100,8 +99,11 @@ def _launch(ctx: AppContext, s: Session, job: JobRow) -> bool:
     except Exception as e:  # a fresh head refuses for a few seconds: next tick
         log.warning("could not submit %s to Ray yet: %s", job.id, e)
         return False
-    job.ray_submission_id = submission_id
-    job.run_count += 1
+    # Read from the row as the update finds it: a cancel that landed while Ray took the run
+    # found no run to stop, so its stop is owed here (the next tick pays it).
+    s.execute(update(JobRow).where(JobRow.id == job.id).values(
+        ray_submission_id=run, run_count=JobRow.run_count + 1,
+        run_stop_pending=or_(JobRow.run_stop_pending, JobRow.status == JobStatus.CANCELLED)))
     add_event(s, job.id, "Submitted the training run to Ray" + (
         f", resuming from {job.resume_from}" if job.resume_from else ""))
     return True
