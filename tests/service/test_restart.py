@@ -15,6 +15,8 @@ from tests.service.conftest import chat_jsonl
 from tests.support.api_process import api_process, wait_for, wait_status
 
 pytestmark = pytest.mark.slow
+
+
 def ray_status(ray_head, job_id: str) -> str:
     return httpx.get(f"{ray_head.dashboard_url}/api/jobs/openft-{job_id}").json()["status"]
 

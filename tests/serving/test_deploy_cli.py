@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.serving import serving_token_digest
 from devstack.processes import free_port, free_ports, start_ray_head
 from serving.config import ServingConfig
 from serving.deploy import (
@@ -168,8 +169,21 @@ def test_an_invalid_config_is_refused_before_anything_is_submitted(
     assert seen == []
 
 
+def test_no_serving_token_is_refused_before_anything_is_submitted(
+        dashboard_stand_in: tuple[str, list[str]], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serving deployed without a token would answer anyone who reaches it."""
+    monkeypatch.delenv("OPENFT_SERVING_TOKEN", raising=False)
+    url, seen = dashboard_stand_in
+    assert main(["--submit", url, "--config", json.dumps(MINIMAL)]) == 1
+    assert "OPENFT_SERVING_TOKEN" in capsys.readouterr().err
+    assert seen == []
+
+
 def test_a_head_that_never_comes_up_fails_after_the_timeout(
-        dashboard_stand_in: tuple[str, list[str]], capsys: pytest.CaptureFixture[str]) -> None:
+        dashboard_stand_in: tuple[str, list[str]], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENFT_SERVING_TOKEN", SERVING_TOKEN)
     url, seen = dashboard_stand_in
     assert main(["--submit", url, "--config", json.dumps(MINIMAL), "--timeout", "1"]) == 1
     err = capsys.readouterr().err
@@ -180,6 +194,7 @@ def test_a_head_that_never_comes_up_fails_after_the_timeout(
 # --- a real head ------------------------------------------------------------------------------
 
 TOKEN = "openft-test-token-0123456789abcdef"
+SERVING_TOKEN = "openft-serving-token-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +215,7 @@ def token_head() -> Iterator[str]:
 
 def run_submit(url: str, config: dict, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``python -m serving.deploy --submit`` as the hook pod runs it: its own process, which is
-    no Ray node, with only the token in its environment."""
+    no Ray node, with only the tokens in its environment."""
     return subprocess.run(
         [sys.executable, "-m", "serving.deploy", "--submit", url, "--config", json.dumps(config),
          "--timeout", "120", "--entrypoint-python", sys.executable],
@@ -215,11 +230,12 @@ def test_submit_runs_the_deploy_on_the_head_and_reports_its_outcome(token_head: 
     # The head has no CPU for a replica: the deploy runs on the head, reaches Serve, and fails
     # its 3 s readiness wait, which is enough to show the round trip.
     config = {**MINIMAL, "host": "127.0.0.1", "port": free_port(), "ready_timeout_s": 3}
-    refused = run_submit(token_head, config, dict(os.environ))
+    hook_env = dict(os.environ, OPENFT_SERVING_TOKEN=SERVING_TOKEN)
+    refused = run_submit(token_head, config, hook_env)
     assert refused.returncode == 1
     assert "Authentication" in refused.stderr, refused.stderr
 
-    done = run_submit(token_head, config, dict(os.environ, OPENFT_RAY_AUTH_TOKEN=TOKEN))
+    done = run_submit(token_head, config, dict(hook_env, OPENFT_RAY_AUTH_TOKEN=TOKEN))
     assert done.returncode == 1, done.stdout + done.stderr
     assert "submitted Ray job openft-serving-deploy-" in done.stdout
     # The job's own logs, printed by the submitter, and its outcome on stderr.
@@ -232,4 +248,7 @@ def test_submit_runs_the_deploy_on_the_head_and_reports_its_outcome(token_head: 
     assert str(job.status) == "FAILED"
     argv = shlex.split(job.entrypoint)
     assert argv[1:4] == ["-m", "serving.deploy", "--config"]
-    assert json.loads(argv[4]) == config
+    # The head (and whoever reads its job list) gets the serving token's digest, not the token.
+    assert json.loads(argv[4]) == {**config,
+                                   "api_token_sha256": serving_token_digest(SERVING_TOKEN)}
+    assert SERVING_TOKEN not in job.entrypoint + json.dumps(job.runtime_env or {})
