@@ -190,6 +190,17 @@ def wait_until(check, what: str, proc: ManagedProcess | None, timeout: float) ->
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}\n{tail}")
 
 
+def ready_or_stopped(proc: ManagedProcess, check, what: str, timeout: float) -> ManagedProcess:
+    """``proc`` once ``check()`` holds; stopped (by its group) when it never does. The caller
+    gets no process to stop when a start fails, so one that is half up must not live on."""
+    try:
+        wait_until(check, what, proc, timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.3)
@@ -280,8 +291,8 @@ def start_seaweedfs(
         "-s3.port.iceberg=0", "-s3.port.lance=0",
     ]
     proc = start("seaweedfs", argv, log_dir, env)
-    wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/"), "SeaweedFS S3", proc, 60)
-    return proc
+    return ready_or_stopped(proc, lambda: http_ok(f"http://127.0.0.1:{port}/"),
+                            "SeaweedFS S3", 60)
 
 
 def detected_gpus() -> int:
@@ -369,11 +380,9 @@ def start_ray_head(
         *_flags(_listener_ports(HEAD_LISTENERS, avoid={gcs_port, dashboard_port})),
     ]
     proc = start("ray-head", argv, log_dir, _ray_env(env))
-    wait_until(
-        lambda: http_ok(f"http://127.0.0.1:{dashboard_port}/api/version"),
-        "Ray dashboard", proc, 120,
-    )
-    return proc
+    return ready_or_stopped(
+        proc, lambda: http_ok(f"http://127.0.0.1:{dashboard_port}/api/version"),
+        "Ray dashboard", 120)
 
 
 def start_ray_worker(
@@ -404,5 +413,5 @@ def start_ray_worker(
         *([f"--resources={json.dumps(dict(resources))}"] if resources else []),
     ]
     proc = start(name, argv, log_dir, _ray_env(env))
-    wait_until(lambda: port_open(node_manager_port), f"Ray worker node {name}", proc, 120)
-    return proc
+    return ready_or_stopped(proc, lambda: port_open(node_manager_port),
+                            f"Ray worker node {name}", 120)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import doctest
+import os
+import sys
+
+import pytest
 
 import devstack.processes
-from devstack.processes import free_ports, gpu_count
+from devstack.processes import free_ports, gpu_count, ready_or_stopped, start
 
 
 def test_the_module_examples_hold():
@@ -26,3 +30,12 @@ def test_gpus_are_counted_from_nvidia_smi():
     """``make run`` declares to Ray the GPUs ``nvidia-smi -L`` lists."""
     assert gpu_count("") == 0
     assert gpu_count("GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1)\n") == 1
+
+
+def test_a_server_that_never_gets_ready_is_stopped_not_left_behind(tmp_path):
+    """The caller of a failed start has no process to stop: the starter stops it."""
+    proc = start("never-ready", [sys.executable, "-c", "import time; time.sleep(600)"],
+                 tmp_path, dict(os.environ))
+    with pytest.raises(TimeoutError, match="never"):
+        ready_or_stopped(proc, lambda: False, "never", timeout=1)
+    assert not proc.alive()
