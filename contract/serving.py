@@ -23,6 +23,11 @@ checks. Only the API process and the deploy step ever hold the token itself; the
 (its nodes, its jobs' environments, the Serve config in the dashboard) sees only the digest."""
 
 
+SERVING_TOKEN_REFUSED = "invalid_serving_token"
+"""The ``code`` of serving's 401 to a caller without the token (``serving.deploy`` takes that
+answer as proof that the ingress is up)."""
+
+
 def serving_token_digest(token: str) -> str:
     """What the serving ingress compares a caller's bearer token against: its SHA-256, hex.
 

@@ -107,19 +107,15 @@ class BlobStore:
         self._s3.delete_object(Bucket=self.bucket, Key=key)
 
     def list_keys(self, prefix: str, start_after: str = "") -> list[str]:
-        keys: list[str] = []
-        paginator = self._s3.get_paginator("list_objects_v2")
+        return sorted(o.key for o in self.list_objects(prefix, start_after))
+
+    def list_objects(self, prefix: str, start_after: str = "") -> Iterator[StoredObject]:
+        """Every object under ``prefix`` (after ``start_after``) with its last write time
+        (what a sweep ages)."""
         kwargs = {"Bucket": self.bucket, "Prefix": prefix}
         if start_after:
             kwargs["StartAfter"] = start_after
-        for page in paginator.paginate(**kwargs):
-            keys.extend(obj["Key"] for obj in page.get("Contents", []))
-        return sorted(keys)
-
-    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
-        """Every object under ``prefix`` with its last write time (what a sweep ages)."""
-        for page in self._s3.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=prefix):
+        for page in self._s3.get_paginator("list_objects_v2").paginate(**kwargs):
             for obj in page.get("Contents", []):
                 yield StoredObject(obj["Key"], obj["LastModified"].timestamp())
 

@@ -160,9 +160,7 @@ def build_app(config: ServingConfig, accelerator: Accelerator) -> Application:
     """The Serve application: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``,
     every engine on ``accelerator`` (``ServingOptions.resolve_accelerator``), answering
     only callers with the token whose digest ``config`` holds."""
-    if config.api_token_sha256 is None:
-        raise ValueError("no serving token: set OPENFT_SERVING_TOKEN (or api_token_sha256); "
-                         "serving answers only the API")
+    digest = config.token_digest()
     # Heavy (Ray, and the replica's modules import vLLM and torch): only once an app is built.
     import ray
     from ray.serve.llm import build_openai_app
@@ -186,7 +184,7 @@ def build_app(config: ServingConfig, accelerator: Accelerator) -> Application:
             "llm_configs": [llm_config(config, base, accelerator) for base in config.base_models],
             "ingress_cls_config": {
                 "ingress_cls": OpenFTIngress,
-                "ingress_extra_kwargs": {"api_token_sha256": config.api_token_sha256},
+                "ingress_extra_kwargs": {"api_token_sha256": digest},
             },
             # The ingress only forwards requests: it must not hold a CPU training needs.
             "ingress_deployment_config": {

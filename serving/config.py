@@ -13,7 +13,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from contract.base_models import BaseModelConfig
 from contract.bucket import ADAPTERS_PREFIX, base_model_prefix
-from contract.serving import ServingOptions
+from contract.serving import SERVING_TOKEN_ENV, ServingOptions
 
 
 class BaseModelSpec(BaseModelConfig):
@@ -52,6 +52,14 @@ class ServingConfig(ServingOptions):
     adapters_prefix: str = ADAPTERS_PREFIX
     """Key prefix of the adapters: ``s3://<bucket>/<prefix>/<model_key>/`` holds
     ``adapter_config.json`` and ``adapter_model.safetensors``."""
+
+    def token_digest(self) -> str:
+        """``api_token_sha256``, which every deploy needs: without it the ingress would have
+        no caller to answer, and open, it would answer every organization to anyone."""
+        if self.api_token_sha256 is None:
+            raise ValueError(f"no serving token: set ${SERVING_TOKEN_ENV} or api_token_sha256 "
+                             "(serving answers only the API, which holds the token)")
+        return self.api_token_sha256
 
     @field_validator("autoscaling")
     @classmethod

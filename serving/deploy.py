@@ -41,7 +41,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from contract.serving import SERVING_TOKEN_ENV, serving_token_digest
+from contract.serving import SERVING_TOKEN_ENV, SERVING_TOKEN_REFUSED, serving_token_digest
 from serving.app import build_app
 from serving.config import ServingConfig
 from serving.keeper import app_missing, keep_deployed
@@ -63,9 +63,7 @@ def load_config(value: str, env: Mapping[str, str]) -> ServingConfig:
     if config.api_token_sha256 is None and env.get(SERVING_TOKEN_ENV):
         config = config.model_copy(
             update={"api_token_sha256": serving_token_digest(env[SERVING_TOKEN_ENV])})
-    if config.api_token_sha256 is None:
-        raise ValueError(f"no serving token: set ${SERVING_TOKEN_ENV} or api_token_sha256 "
-                         "(serving answers only the API, which holds the token)")
+    config.token_digest()  # refused here, before anything is submitted
     return config
 
 
@@ -78,7 +76,7 @@ def ingress_answers(base_url: str) -> bool:
     except urllib.error.HTTPError as refused:
         try:
             return (refused.code == 401
-                    and json.load(refused)["error"]["code"] == "invalid_serving_token")
+                    and json.load(refused)["error"]["code"] == SERVING_TOKEN_REFUSED)
         except (OSError, ValueError, KeyError, TypeError):
             return False
     except (urllib.error.URLError, OSError):

@@ -30,7 +30,7 @@ from ray.serve.llm.ingress import OpenAiIngress
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from starlette.responses import JSONResponse, Response
 
-from contract.serving import serving_token_digest
+from contract.serving import SERVING_TOKEN_REFUSED, serving_token_digest
 from serving.ray_llm_private import ingress_routes
 
 SERVED_ROUTES = frozenset({"models", "model_data", "chat", "completions"})
@@ -69,7 +69,7 @@ def authorized(request: Request, digest: str) -> bool:
 
 def unauthorized() -> JSONResponse:
     return openai_error(401, "Serving answers only the openft API: the request carries no "
-                        "valid serving token.", code="invalid_serving_token")
+                        "valid serving token.", code=SERVING_TOKEN_REFUSED)
 
 
 class OpenFTIngress(OpenAiIngress):

@@ -47,7 +47,7 @@ from service.main import build_context, create_app
 from service.settings import Settings
 from tests.service.conftest import chat_jsonl
 from tests.service.fake_ray import FakeRay, MemoryBlobs
-from tests.support.api_process import KEY, api_env_for
+from tests.support.api_process import KEY, api_env_for, wait_for
 from tests.support.jobs import TERMINAL
 
 JOBS = 20
@@ -260,14 +260,6 @@ def kill_9(proc: ManagedProcess) -> None:
     proc.popen.wait(timeout=30)
 
 
-def poll(predicate: Callable[[], bool], what: str, timeout: float, every: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
-
-
 def ray_submissions(ray_head) -> list[dict]:
     """Every run Ray's Jobs API knows (the session's head: other tests' runs too)."""
     runs: list[dict] = httpx.get(f"{ray_head.dashboard_url}/api/jobs/", timeout=30).json()
@@ -296,8 +288,8 @@ def kill_mid_traffic(api: ManagedProcess, ledger: Ledger, ray_head) -> dict[str,
         return bool(runs_by_job(ray_submissions(ray_head), acked))
 
     with contextlib.suppress(AssertionError):  # Ray slow to take one: kill all the same
-        poll(on_ray, "a job on Ray", timeout=45)
-    poll(lambda: ledger.mid_body > 0 and (ledger.creating > 0 or len(ledger.jobs) >= JOBS),
+        wait_for(on_ray, "a job on Ray", timeout=45)
+    wait_for(lambda: ledger.mid_body > 0 and (ledger.creating > 0 or len(ledger.jobs) >= JOBS),
          "an upload mid-body and a create in flight", timeout=60, every=0.005)
     in_flight = {"uploads mid-body": ledger.mid_body, "creates": ledger.creating,
                  "jobs acknowledged": len(ledger.jobs), "files acknowledged": len(ledger.files)}
@@ -394,7 +386,7 @@ def settle(http: httpx.Client, ray_head, jobs: list[dict],
     def all_settled() -> bool:
         return all(j["status"] in TERMINAL for j in list_all(http, "/v1/fine_tuning/jobs", 100))
 
-    poll(all_settled, "every job to settle", timeout=480, every=2)
+    wait_for(all_settled, "every job to settle", timeout=480, every=2)
     final = {j["id"]: j for j in list_all(http, "/v1/fine_tuning/jobs", 100)}
     for job_id in on_ray_at_kill:  # not cancelled: followed to its end by the new process
         assert final[job_id]["status"] in ("succeeded", "failed"), final[job_id]
@@ -404,7 +396,7 @@ def settle(http: httpx.Client, ray_head, jobs: list[dict],
         return not any(r["status"] in RAY_LIVE for job_id, rs in runs.items()
                        if final[job_id]["status"] == "cancelled" for r in rs)
 
-    poll(cancelled_runs_ended, "the runs of cancelled jobs to end", timeout=120, every=2)
+    wait_for(cancelled_runs_ended, "the runs of cancelled jobs to end", timeout=120, every=2)
     runs = runs_by_job(ray_submissions(ray_head), set(final))
     for job_id, job in final.items():
         messages = events(http, job_id)

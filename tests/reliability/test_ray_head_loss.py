@@ -19,7 +19,7 @@ import shutil
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,10 @@ from devstack.processes import (
     start_ray_head,
 )
 from tests.service.conftest import chat_jsonl
-from tests.support.api_process import KEY, api_env_for, api_process
+from tests.support.api_process import KEY, api_env_for, api_process, wait_for
+from tests.support.jobs import TERMINAL
 
 pytestmark = pytest.mark.slow
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 class RestartableRayHead:
@@ -193,18 +192,9 @@ class Client:
         return sorted(c["step_number"] for c in page["data"])
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def settled(api: Client, job_id: str, timeout: float) -> dict[str, Any]:
-    return wait_for(f"{job_id} to settle",
-                    lambda: (j := api.job(job_id))["status"] in TERMINAL and j, timeout)
+    return wait_for(lambda: (j := api.job(job_id))["status"] in TERMINAL and j,
+                    f"{job_id} to settle", timeout)
 
 
 def ray_runs(head: RestartableRayHead) -> dict[str, str]:
@@ -222,10 +212,10 @@ def test_ray_head_lost_and_restarted(own_ray_head, s3_server, tiny_model_dir, tm
         training_file = api.upload(chat_jsonl(12))
         running = api.create_job(training_file, n_epochs=6)["id"]
         to_cancel = api.create_job(training_file, n_epochs=6)["id"]
-        first = wait_for("a first checkpoint of the running job",
-                         lambda: api.checkpoint_steps(running), 300)[-1]
-        wait_for("the second job's run on Ray",
-                 lambda: api.job(to_cancel)["status"] == "running", 120)
+        first = wait_for(lambda: api.checkpoint_steps(running),
+                         "a first checkpoint of the running job", 300)[-1]
+        wait_for(lambda: api.job(to_cancel)["status"] == "running",
+                 "the second job's run on Ray", 120)
         assert api.job(running)["status"] == "running"
 
         killed = own_ray_head.lose().values()

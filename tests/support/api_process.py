@@ -47,13 +47,14 @@ def api_process(env: dict[str, str], log_dir: Path) -> Iterator[OpenAI]:
         proc.stop()
 
 
-def wait_for(predicate, what: str, timeout: float = 300) -> None:
-    """Poll once a second until ``predicate()`` holds; fail naming ``what`` after ``timeout``."""
+def wait_for(predicate, what: str, timeout: float = 300, every: float = 1.0):
+    """Poll every ``every`` seconds until ``predicate()`` gives something true, and return
+    it; fail naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(1)
+        if result := predicate():
+            return result
+        time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import httpx
 from botocore.exceptions import BotoCoreError
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.context import AppContext
 from service.db import JobRow
@@ -36,7 +36,7 @@ from service.lifecycle import FOLLOWED, JobStatus
 from service.metrics import SchedulerMetrics
 from service.webhooks import enqueue_settled
 
-UNREACHABLE = (httpx.TransportError, BotoCoreError, OperationalError)
+UNREACHABLE = (httpx.TransportError, BotoCoreError, OperationalError, InterfaceError)
 """Ray's dashboard, the bucket or the database not answering: worth a line, not a stack."""
 
 log = logging.getLogger("openft.scheduler")
