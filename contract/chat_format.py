@@ -195,7 +195,7 @@ def iter_numbered_examples(lines: Iterable[bytes | str],
     if n_examples < MIN_EXAMPLES:
         raise InvalidChatFile(
             None,
-            f"Training file has {n_examples} example(s), but must have at least "
+            f"The file has {n_examples} example(s), but must have at least "
             f"{MIN_EXAMPLES} examples.",
             code="invalid_n_examples",
         )

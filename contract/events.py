@@ -78,6 +78,24 @@ class CheckpointEvent(_Event):
     data: CheckpointData
 
 
+class BaselineData(BaseModel):
+    """The model's metrics on the whole validation file before step 1 (``full_valid_loss``,
+    and the method's other ``full_valid_*`` metrics)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    full_valid_loss: float
+
+
+class BaselineEvent(_Event):
+    """Validation of the model as training found it (the base model, or the adapter that
+    continued training starts from): what every checkpoint's ``full_valid_loss`` is judged
+    against. A fresh run writes it once, before step 1; a resumed run does not."""
+
+    type: Literal["baseline"] = "baseline"
+    data: BaselineData
+
+
 class RestartData(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -137,8 +155,8 @@ class ErrorEvent(_Event):
 
 
 TrainingEvent = Annotated[
-    MessageEvent | MetricsEvent | CheckpointEvent | RestartEvent | PausedEvent | ResultEvent
-    | ErrorEvent,
+    MessageEvent | MetricsEvent | BaselineEvent | CheckpointEvent | RestartEvent | PausedEvent
+    | ResultEvent | ErrorEvent,
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[TrainingEvent] = TypeAdapter(TrainingEvent)

@@ -119,6 +119,16 @@ class JobRow(Base):
     run_stop_pending: Mapped[bool] = mapped_column(Boolean, default=False,
                                                    server_default=false())
     """Cancelled, and its Ray run not yet stopped (Ray was away): the scheduler stops it."""
+    base_valid_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """The base model's loss on the whole validation file, before step 1."""
+    best_checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The checkpoint with the lowest full validation loss so far, as the job object shows
+    it (id, step_number, fine_tuned_model_checkpoint, full_valid_loss): on the row so that
+    a job list needs no query per job."""
+
+    data_checks: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """What the data report fails the job on at validation (``fail_on_leakage``,
+    ``fail_on_secrets``); None: nothing."""
 
     __table_args__ = (Index("ix_jobs_org_created", "organization", "created_at"),
                       Index("ix_jobs_org_created_seq", "organization", "created_seq"))

@@ -29,8 +29,10 @@ from service.metrics import install_metrics
 from service.models.router import router as models_router
 from service.outages import install_outage_handlers
 from service.readiness import readyz
+from service.reports.router import router as reports_router
 from service.settings import Settings
 from service.storage import BlobStore
+from service.ui.router import router as ui_router
 from service.webhooks import WebhookSender
 
 log = logging.getLogger("openft")
@@ -96,7 +98,8 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True,
     install_handlers(app)
     install_outage_handlers(app)
     install_metrics(app)
-    for router in (files_router, jobs_router, models_router, chat_router):
+    for router in (files_router, reports_router, jobs_router, models_router, chat_router,
+                   ui_router):
         app.include_router(router)
 
     @app.get("/healthz", include_in_schema=False)

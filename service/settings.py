@@ -176,6 +176,14 @@ class Settings(BaseSettings):
     """Jobs running on Ray at once; more stay ``queued``."""
     scheduler_interval_s: float = 1.0
     """How often the scheduler looks for work and ingests progress."""
+    events_poll_s: float = Field(default=0.5, gt=0)
+    """How often a live event stream (``GET .../events?stream=true``) looks in the database
+    for events after the last one it sent: each look is one short query, with no connection
+    held in between. Events reach the database at the scheduler's pace
+    (``scheduler_interval_s``), so a shorter poll adds little."""
+    events_ping_s: float = Field(default=15.0, gt=0)
+    """Seconds between keep-alive comments on an idle live event stream, so proxies and load
+    balancers that drop quiet connections keep it open."""
 
     @field_validator("data_dir")
     @classmethod

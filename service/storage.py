@@ -20,6 +20,8 @@ class StoredObject:
     key: str
     modified: float
     """Unix time of the object's last write."""
+    size: int = 0
+    """Bytes (what a streamed archive announces before the object's bytes)."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ class BlobStore:
             kwargs["StartAfter"] = start_after
         for page in self._s3.get_paginator("list_objects_v2").paginate(**kwargs):
             for obj in page.get("Contents", []):
-                yield StoredObject(obj["Key"], obj["LastModified"].timestamp())
+                yield StoredObject(obj["Key"], obj["LastModified"].timestamp(), obj["Size"])
 
     def list_uploads(self, prefix: str) -> Iterator[PendingUpload]:
         """Multipart uploads under ``prefix`` begun and neither completed nor aborted."""

@@ -1,9 +1,10 @@
 """What every Ray Train worker runs: fine-tuning (LoRA or full, SFT or DPO) under DeepSpeed ZeRO.
 
 Reads top to bottom: setup (data, objective, model, engine, the checkpoint to start from),
-train (one metrics event per optimizer step from rank 0, validation when due, a checkpoint at
-every epoch end and every ``checkpoint_every_steps``, a stop at a requested pause), save (the
-adapter, or the whole model, to ``models/{model_key}/`` unless paused).
+train (the untrained model's validation loss first, one metrics event per optimizer step from
+rank 0, validation when due, a checkpoint at every epoch end and every
+``checkpoint_every_steps`` with the whole validation file's loss, a stop at a requested
+pause), save (the adapter, or the whole model, to ``models/{model_key}/`` unless paused).
 Ray Train has already joined the workers into a process group (gloo on CPU, nccl on GPU);
 DeepSpeed reuses it.
 """
@@ -23,7 +24,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from contract.bucket import ADAPTER_FILES
-from contract.events import MetricsData, MetricsEvent
+from contract.events import BaselineData, BaselineEvent, MetricsData, MetricsEvent
 from contract.spec import TrainingSpec
 from training import storage
 from training.adapter import save_adapter, upload_adapter
@@ -70,6 +71,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         run = Run(spec, plan, rank, world_size, events)
         checkpoints = Checkpointer(engine, run, run_metrics)
         validation = Validation(objective, data.valid, run, spec.eval_every_steps, micro_batch)
+        if checkpoint is None:  # a resumed run's baseline was written by its first run
+            validation.baseline(engine)
         paused = train(engine, data.train, objective, validation, run, start, checkpoints,
                        pause_check(spec, rank))
     if paused:
@@ -284,10 +287,13 @@ def train(
             step += 1
             metrics = step_metrics(step, plan.total_steps, objective, all_reduced(sums))
             metrics["peak_memory_gib"] = step_peak_memory_gib(spec.use_gpu)
-            metrics.update(validation.at(step, engine))
+            due = checkpoint_due(step, plan, spec.checkpoint_every_steps)
+            metrics.update(validation.at(step, engine, full=due))
             emit_metrics(run.events, metrics)
             paused = step < plan.total_steps and any_rank(pause_requested())
-            if paused or checkpoint_due(step, plan, spec.checkpoint_every_steps):
+            if paused and not due:  # every checkpoint is judged on the whole file
+                metrics.update(validation.full(engine))
+            if paused or due:
                 checkpoints.save(step, metrics, paused=paused)
             if paused:
                 return True
@@ -337,7 +343,9 @@ def emit_metrics(events: EventWriter | None, metrics: dict[str, Any]) -> None:
 
 class Validation:
     """Loss on held-out examples: a rotating sample every ``every`` steps and at the last
-    step (``valid_*``), and the whole file at the last step (``full_valid_*``).
+    step (``valid_*``), and the whole file (``full_valid_*``) before training
+    (:meth:`baseline`) and at each checkpoint's step, the last one included: the service
+    names the checkpoint with the lowest as the job's best.
 
     Every rank evaluates its share of the same sample in the same number of forwards of
     ``batch`` examples (ZeRO-3 gathers weights collectively in each); sums are added over
@@ -353,18 +361,39 @@ class Validation:
         self._every = every or max(1, total // 10)
         self._batch = batch
 
-    def at(self, step: int, model: Any) -> dict[str, float]:
-        """The validation metrics due after ``step``; ``{}`` when none are."""
+    def at(self, step: int, model: Any, full: bool = False) -> dict[str, float]:
+        """The validation metrics due after ``step``, the whole file's too where ``full``
+        (or at the last step); ``{}`` when none are."""
         last = step == self._run.plan.total_steps
-        if not self._examples or not (last or step % self._every == 0):
-            return {}
-        n = len(self._examples)
-        size = min(n, self._run.plan.examples_per_rank_step * self._run.world_size)
-        first = (step // self._every) * size
-        metrics = self._evaluate(model, [(first + k) % n for k in range(size)], "valid")
-        if last:
-            metrics |= self._evaluate(model, list(range(n)), "full_valid")
+        metrics: dict[str, float] = {}
+        if not self._examples:
+            return metrics
+        if last or step % self._every == 0:
+            n = len(self._examples)
+            size = min(n, self._run.plan.examples_per_rank_step * self._run.world_size)
+            first = (step // self._every) * size
+            metrics = self._evaluate(model, [(first + k) % n for k in range(size)], "valid")
+        if full or last:
+            metrics |= self.full(model)
         return metrics
+
+    def full(self, model: Any) -> dict[str, float]:
+        """The whole file's ``full_valid_*`` metrics; ``{}`` without a validation file."""
+        if not self._examples:
+            return {}
+        return self._evaluate(model, list(range(len(self._examples))), "full_valid")
+
+    def baseline(self, model: Any) -> None:
+        """Before step 1: the whole file's metrics of the model as training finds it (the
+        base, or the adapter continued training starts from), as rank 0's ``baseline``
+        event. Every rank evaluates (ZeRO-3 gathers weights collectively)."""
+        metrics = self.full(model)
+        if not metrics or self._run.events is None:
+            return
+        loss = metrics["full_valid_loss"]
+        self._run.events.emit(BaselineEvent(
+            message=f"Validation loss before training: {loss:.4f}",
+            data=BaselineData(**metrics)))
 
     def _evaluate(self, model: Any, indices: list[int], prefix: str) -> dict[str, float]:
         mine = shard(indices, self._run.rank, self._run.world_size)

@@ -120,6 +120,16 @@ class Integration(BaseModel):
     wandb: WandbSettings
 
 
+class DataChecks(BaseModel):
+    """Extension (docs/api.md): fail the job at validation, naming the lines, when its data
+    report finds validation rows that are also training rows, or likely secrets/PII."""
+
+    model_config = STRICT
+
+    fail_on_leakage: bool = False
+    fail_on_secrets: bool = False
+
+
 class CreateJobRequest(BaseModel):
     model_config = STRICT
 
@@ -133,12 +143,20 @@ class CreateJobRequest(BaseModel):
     method: Method | None = None
     metadata: dict[Text, Text] | None = None
     integrations: list[Integration] | None = Field(default=None, max_length=5)
+    data_checks: DataChecks | None = None
 
 
 class JobError(BaseModel):
     code: str
     message: str
     param: str | None = None
+
+
+class BestCheckpoint(BaseModel):
+    id: str
+    step_number: int
+    fine_tuned_model_checkpoint: str
+    full_valid_loss: float
 
 
 class FineTuningJob(BaseModel):
@@ -161,6 +179,10 @@ class FineTuningJob(BaseModel):
     estimated_finish: int | None = None
     method: dict[str, Any]
     metadata: dict[str, str] | None = None
+    best_checkpoint: BestCheckpoint | None = None
+    """Extension: the checkpoint with the lowest full validation loss (docs/api.md)."""
+    base_valid_loss: float | None = None
+    """Extension: the base model's full validation loss before training."""
 
 
 class JobEvent(BaseModel):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import CallerDep, ContextDep, DbDep
-from service.jobs import service
+from service.jobs import live_events, service
 from service.jobs.protocol import CreateJobRequest, FineTuningJob, JobCheckpoint, JobEvent
 from service.pagination import ListPage, limit_query, page
 
@@ -69,9 +70,22 @@ async def resume_job(ctx: ContextDep, db: DbDep, caller: CallerDep,
     return await db.run(lambda s: service.resume(s, ctx.blobs, caller, job_id))
 
 
-@router.get("/{job_id}/events", response_model=ListPage[JobEvent])
-async def list_job_events(db: DbDep, caller: CallerDep, job_id: str,
-                          limit: Limit = 20, after: str | None = None) -> ListPage[JobEvent]:
+@router.get("/{job_id}/events", response_model=ListPage[JobEvent], responses={200: {
+    "content": {live_events.EVENT_STREAM: {}},
+    "description": "With stream=true or Accept: text/event-stream: the events as they are "
+                   "ingested, oldest first, then an `end` message once the job settles."}})
+async def list_job_events(
+        ctx: ContextDep, db: DbDep, caller: CallerDep, job_id: str, limit: Limit = 20,
+        after: str | None = None, stream: bool = False,
+        accept: Annotated[str | None, Header()] = None,
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> ListPage[JobEvent] | Response:
+    if live_events.wants_stream(stream, accept):
+        # Checked before the stream starts, so a 404 or 400 is an ordinary enveloped answer.
+        start = await db.run(
+            lambda s: service.event_position(s, caller, job_id, after, last_event_id))
+        return live_events.response(live_events.database_poll(db, job_id), start,
+                                    ctx.settings.events_poll_s, ctx.settings.events_ping_s)
     return await db.run(
         lambda s: page(service.list_events(s, caller, job_id, limit, after), limit))
 

@@ -61,6 +61,7 @@ def to_object(row: JobRow) -> FineTuningJob:
                 row.method_type: {"hyperparameters": row.method_hyperparameters or hyper}},
         metadata=row.job_metadata, integrations=row.integrations,
         estimated_finish=row.estimated_finish if row.status == JobStatus.RUNNING else None,
+        best_checkpoint=row.best_checkpoint, base_valid_loss=row.base_valid_loss,
     )
 
 
@@ -104,6 +105,7 @@ def create(ctx: AppContext, session: Session, caller: Caller,
             i.model_dump(exclude_none=True) for i in req.integrations],
         model_key=random_tail(12).lower(),
         result_files=[], events_cursor=0,
+        data_checks=None if req.data_checks is None else req.data_checks.model_dump(),
     )
     session.add(row)
     session.flush()
@@ -328,8 +330,59 @@ def list_events(session: Session, caller: Caller, job_id: str, limit: int,
                 after: str | None) -> list[JobEvent]:
     get_row(session, caller, job_id)
     rows = _newest_first(session, JobEventRow, job_id, limit, after, "event")
-    return [JobEvent(id=r.id, created_at=r.created_at, level=r.level, message=r.message,
-                     type=r.type, data=r.data) for r in rows]
+    return [event_object(r) for r in rows]
+
+
+def event_object(r: JobEventRow) -> JobEvent:
+    return JobEvent(id=r.id, created_at=r.created_at, level=r.level, message=r.message,
+                    type=r.type, data=r.data)
+
+
+def event_position(session: Session, caller: Caller, job_id: str, after: str | None,
+                   last_event_id: str | None) -> int:
+    """Where a live stream of the caller's job starts: the ``seq`` of the event it resumes
+    after (0: from the first). ``Last-Event-ID`` wins over ``after``: a reconnecting
+    EventSource sends it with the URL it first opened. The list's order is ``seq``, the
+    insertion order, so "after" is exact even among events of the same second."""
+    get_row(session, caller, job_id)
+    if last_event_id is not None:
+        seq = _event_seq(session, job_id, last_event_id)
+        if seq is None:
+            raise InvalidRequest(f"Last-Event-ID {last_event_id} is not an event of job "
+                                 f"{job_id}.", param="Last-Event-ID", code="invalid_value")
+        return seq
+    if after:
+        seq = _event_seq(session, job_id, after)
+        if seq is None:  # as the list answers an unknown cursor
+            raise NotFound(f"No event {after} in job {job_id}.", param="after")
+        return seq
+    return 0
+
+
+def _event_seq(session: Session, job_id: str, event_id: str) -> int | None:
+    return session.scalar(select(JobEventRow.seq).where(
+        JobEventRow.id == event_id, JobEventRow.job_id == job_id))
+
+
+def events_since(session: Session, job_id: str, after_seq: int,
+                 limit: int) -> tuple[str | None, list[tuple[int, JobEvent]]]:
+    """The job's status, then up to ``limit`` of its events after ``after_seq``, oldest
+    first, each with its ``seq``. The status is read first: events a settling commit adds
+    are then visible to the second read, so a settled status with no events left means
+    the stream has sent everything. Every writer of a job's events holds the job's row lock
+    (the scheduler's claim, a transition's update), so they commit in ``seq`` order and a
+    later poll never finds one behind the cursor."""
+    status = session.scalar(select(JobRow.status).where(JobRow.id == job_id))
+    rows = session.scalars(select(JobEventRow).where(
+        JobEventRow.job_id == job_id, JobEventRow.seq > after_seq)
+        .order_by(JobEventRow.seq).limit(limit))
+    return status, [(r.seq, event_object(r)) for r in rows]
+
+
+def numbers_only(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's metrics without the ones a diverged run could not compute (stored as
+    null): OpenAI types each as a number. The job's warning event says it diverged."""
+    return {k: v for k, v in metrics.items() if v is not None}
 
 
 def list_checkpoints(session: Session, caller: Caller, job_id: str, limit: int,
@@ -338,5 +391,5 @@ def list_checkpoints(session: Session, caller: Caller, job_id: str, limit: int,
     rows = _newest_first(session, CheckpointRow, job_id, limit, after, "checkpoint")
     return [JobCheckpoint(id=r.id, created_at=r.created_at,
                           fine_tuned_model_checkpoint=r.fine_tuned_model_checkpoint,
-                          fine_tuning_job_id=r.job_id, metrics=r.metrics,
+                          fine_tuning_job_id=r.job_id, metrics=numbers_only(r.metrics),
                           step_number=r.step_number) for r in rows]

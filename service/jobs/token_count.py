@@ -76,12 +76,22 @@ class ChatTokenCounter:
         the old file in the API's cache under the same path."""
         return _cached_counter(model_dir, (model_dir / "tokenizer.json").stat().st_mtime_ns)
 
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    def render(self, messages: Sequence[Mapping[str, Any]],
+               tools: Sequence[Mapping[str, Any]] | None = None,
+               generation_prompt: bool = False) -> str:
+        """The template's text for ``messages``, as transformers' ``apply_chat_template``
+        writes it (``tokenize=False``)."""
+        return self._template.render(messages=template_messages(messages),
+                                     tools=list(tools) if tools else None,
+                                     add_generation_prompt=generation_prompt, **self._tokens)
+
     def count(self, example: Mapping[str, Any]) -> int:
         """Tokens of one rendered example, with its tool definitions if it has any."""
-        messages: Sequence[Mapping[str, Any]] = example["messages"]
-        text = self._template.render(messages=template_messages(messages),
-                                     tools=example.get("tools") or None,
-                                     add_generation_prompt=False, **self._tokens)
+        text = self.render(example["messages"], example.get("tools"))
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
 

@@ -12,6 +12,8 @@ import contract.bucket
 import contract.events
 from contract import bucket
 from contract.events import (
+    BaselineData,
+    BaselineEvent,
     CheckpointData,
     CheckpointEvent,
     ErrorData,
@@ -59,6 +61,8 @@ EVENTS = [
     MessageEvent(created_at=1, message="Training started"),
     MetricsEvent(created_at=2, message="Step 1/4", data=MetricsData(
         step=1, total_steps=4, train_loss=1.5, train_mean_token_accuracy=0.25)),
+    BaselineEvent(created_at=2, message="Validation loss before training: 2.1000",
+                  data=BaselineData(full_valid_loss=2.1, full_valid_mean_token_accuracy=0.3)),
     CheckpointEvent(created_at=3, message="Checkpoint", data=CheckpointData(
         step=2, checkpoint_key="jobs/j/checkpoints/step-00000002/",
         adapter_key="models/m-step-00000002/", model_key="m-step-00000002",
@@ -90,6 +94,7 @@ def test_a_batch_is_one_line_per_event():
 
 @pytest.mark.parametrize(("type_", "data"), [
     ("metrics", {"total_steps": 4}),             # no step
+    ("baseline", {"full_valid_mean_token_accuracy": 0.3}),  # no full_valid_loss
     ("checkpoint", {"step": 1}),                # no checkpoint_key
     ("result", {"trained_tokens": 3}),          # no model_key
     ("error", {"message": "x"}),                # no code

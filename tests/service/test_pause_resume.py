@@ -21,7 +21,9 @@ def metric_steps(client, job_id: str) -> list[int]:
 def test_pause_checkpoints_releases_workers_and_resume_continues(api_env, tmp_path, ray_head):
     with api_process(api_env, tmp_path) as client:
         f = client.files.create(file=("t.jsonl", chat_jsonl(12)), purpose="fine-tune")
+        v = client.files.create(file=("v.jsonl", chat_jsonl(10)), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id,
+                                             validation_file=v.id,
                                              hyperparameters={"n_epochs": 8})
         wait_status(client, job.id, {"running"})
         wait_for(lambda: len(metric_steps(client, job.id)) >= 2, "the first steps")
@@ -49,5 +51,14 @@ def test_pause_checkpoints_releases_workers_and_resume_continues(api_env, tmp_pa
         total = max(steps)
         assert sorted(steps) == list(range(1, total + 1))  # continued, nothing repeated
         assert paused_at < total
+        # The base model was measured once, before the first run's step 1, not again on
+        # resume; every checkpoint (the pause's, mid-epoch, too) has the whole file's loss.
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000)]
+        assert sum(m.startswith("Validation loss before training") for m in messages) == 1
+        checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id, limit=100).data
+        assert all(c.metrics.full_valid_loss is not None for c in checkpoints)
+        best = min(checkpoints, key=lambda c: (c.metrics.full_valid_loss, c.step_number))
+        extra = client.fine_tuning.jobs.retrieve(job.id).model_extra or {}
+        assert extra["best_checkpoint"]["id"] == best.id and extra["base_valid_loss"] > 0
         second = httpx.get(f"{ray_head.dashboard_url}/api/jobs/openft-{job.id}-r1").json()
         assert second["status"] == "SUCCEEDED"

@@ -45,7 +45,7 @@ def knob_run(s3_server, ray_head, tiny_model_dir):
     return spec, events
 
 
-def test_validation_loss_at_intervals_and_over_the_whole_file_at_the_end(knob_run):
+def test_validation_loss_at_intervals_and_over_the_whole_file_at_each_checkpoint(knob_run):
     spec, events = knob_run
     metrics = of_type(events, "metrics")
     steps = [m["step"] for m in metrics]
@@ -56,13 +56,21 @@ def test_validation_loss_at_intervals_and_over_the_whole_file_at_the_end(knob_ru
         if "valid_loss" in m:
             assert m["valid_loss"] > 0 and 0 <= m["valid_mean_token_accuracy"] <= 1
     full = [m for m in metrics if "full_valid_loss" in m]
-    assert [m["step"] for m in full] == [9]
-    assert full[0]["full_valid_loss"] > 0 and 0 <= full[0]["full_valid_mean_token_accuracy"] <= 1
+    assert [m["step"] for m in full] == [3, 6, 9]  # each epoch's checkpoint, the last included
+    for m in full:
+        assert m["full_valid_loss"] > 0 and 0 <= m["full_valid_mean_token_accuracy"] <= 1
+    # The model as training found it, over the whole file, before the first step.
+    types = [e["type"] for e in events]
+    assert types.count("baseline") == 1 and types.index("baseline") < types.index("metrics")
+    [base] = of_type(events, "baseline")
+    assert base["full_valid_loss"] > 0 and 0 <= base["full_valid_mean_token_accuracy"] <= 1
     # Held-out capitals share the answer's shape: their loss falls as training goes on.
-    assert full[0]["full_valid_loss"] < metrics[1]["valid_loss"]
-    # The last checkpoint carries the final metrics, validation included.
-    last = of_type(events, "checkpoint")[-1]
-    assert last["step"] == 9 and last["metrics"]["full_valid_loss"] == full[0]["full_valid_loss"]
+    assert full[-1]["full_valid_loss"] < base["full_valid_loss"]
+    # Every checkpoint carries its step's metrics, the whole file's loss included.
+    checkpoints = of_type(events, "checkpoint")
+    assert [c["step"] for c in checkpoints] == [3, 6, 9]
+    assert [c["metrics"]["full_valid_loss"] for c in checkpoints] == [
+        m["full_valid_loss"] for m in full]
 
 
 def test_lora_knobs_shape_the_saved_adapter(knob_run, s3_server, tmp_path):

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from contract.bucket import event_batch_key, events_prefix, model_key_of
 from contract.events import (
+    BaselineEvent,
     CheckpointEvent,
     ErrorEvent,
     MetricsData,
@@ -27,6 +28,7 @@ from contract.events import (
 )
 from service.db import CheckpointRow, JobRow
 from service.ids import new_id, now
+from service.jobs.best import refresh_best
 from service.lifecycle import add_event
 from service.models.naming import checkpoint_name, fine_tuned_model_name
 from service.storage import BlobStore
@@ -61,8 +63,16 @@ def apply(s: Session, job: JobRow, event: TrainingEvent) -> None:
     match event:
         case MetricsEvent(data=data):
             _estimate_finish(job, data)
+        case BaselineEvent(data=data):
+            if job.base_valid_loss is not None:
+                return  # a run restarted before its first checkpoint measured it again
+            job.base_valid_loss = json_safe(data.full_valid_loss)
+            add_event(s, job.id, event.message, level=event.level, created_at=event.created_at,
+                      data=json_safe(data.model_dump(mode="json")))
+            return
         case CheckpointEvent():
             _record_checkpoint(s, job, event)
+            refresh_best(s, job)
         case PausedEvent(data=data):
             job.resume_from = data.checkpoint_key
         case ResultEvent(data=data):

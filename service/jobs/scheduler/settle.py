@@ -15,6 +15,7 @@ from contract.bucket import control_key, results_key
 from service.db import CheckpointRow, JobEventRow, JobRow
 from service.files.service import register
 from service.ids import new_id, now
+from service.jobs.best import judge_final
 from service.lifecycle import FOLLOWED, JobStatus, add_event, transition
 from service.models.naming import checkpoint_name, fine_tuned_model_name
 from service.storage import BlobStore
@@ -68,10 +69,13 @@ def succeed(blobs: BlobStore, s: Session, job: JobRow) -> None:
             metrics={k: v for k, v in last.items() if k != "total_steps"},
             adapter_key=job.model_key,
         ))
+    warning = judge_final(s, job)  # every checkpoint row is here, whatever runs it took
     transition(s, job.id, FOLLOWED, JobStatus.SUCCEEDED,
                "The job has successfully completed", finished_at=now(),
                fine_tuned_model=name, result_files=[result_file])
     add_event(s, job.id, f"New fine-tuned model created: {name}")
+    if warning:
+        add_event(s, job.id, warning, level="warn")
 
 
 def fail(s: Session, job: JobRow, message: str) -> None:

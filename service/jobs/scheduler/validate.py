@@ -3,8 +3,11 @@
 The files are streamed from the bucket line by line (each line capped at
 ``OPENFT_MAX_LINE_BYTES``), every conversation is rendered with the base model's own chat
 template and counted, the ``auto`` hyperparameters are resolved from the counts, and the run's
-:class:`TrainingSpec` is written before the row says ``queued``. Only the counts are kept, so
-a file of any size is validated in bounded memory. Validations run beside the scheduler's tick
+:class:`TrainingSpec` is written before the row says ``queued``. The same pass makes the data
+report (:mod:`service.files.report`: trained tokens, duplicates, leaked validation rows,
+likely secrets), summarised in one event; a job's ``data_checks`` fail it on what the report
+finds. Only counts and a few bytes of hash a row are kept, so a file of any size is validated
+in small memory. Validations run beside the scheduler's tick
 (:mod:`.validation_pool`), so a large file holds up only its own job.
 """
 
@@ -15,17 +18,19 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from jinja2 import TemplateError
 from sqlalchemy.orm import Session
 
 from contract.bucket import adapter_prefix, file_key, spec_key
-from contract.chat_format import InvalidChatFile, as_conversations, iter_numbered_examples
+from contract.chat_format import InvalidChatFile
 from contract.hyperparameters import Hyperparameters
 from contract.lines import split_lines
 from contract.spec import S3Location, TrainingSpec
 from service.base_models.service import BaseModelUnavailable, tokenizer_dir
 from service.context import AppContext
 from service.db import JobRow
+from service.files.report import estimate as report_estimate
+from service.files.report import summary as report_summary
+from service.files.report.build import FileScan, scan_file
 from service.ids import now
 from service.jobs import hyperparameters
 from service.jobs.capacity import ClusterView
@@ -54,20 +59,33 @@ def validate(ctx: AppContext, job_id: str, stop: threading.Event | None = None) 
         job = claim(s, job_id)
         if job is None or job.status != JobStatus.VALIDATING_FILES:
             return
-        tokens: dict[str, FileTokens] = {}
+        limits = hyperparameters.Limits.of(ctx.settings, job.base, model_facts(ctx, job.base))
+        scans: dict[str, FileScan] = {}
+        training = FileTokens()
         for param in FILE_PARAMS:
             file_id = getattr(job, param)
             if file_id is None:
                 continue
             try:
-                tokens[param] = _count_file(ctx, job, file_key(file_id), stop)
+                scans[param] = _scan_file(
+                    ctx, job, file_key(file_id), stop, _scan_limit(job, limits),
+                    scans.get("training_file"),
+                    training if param == "training_file" else FileTokens())
             except InvalidChatFile as e:
                 _fail(s, job, e, param)
                 return
             except BaseModelUnavailable as e:
                 _fail_unavailable(s, job, e)
                 return
-        training = tokens["training_file"]
+        error = report_summary.check_failure(
+            job.data_checks, {p: getattr(job, p) for p in scans}, scans)
+        if error is not None:
+            _announce_report(ctx, s, job, scans, training, hyperparameters.resolve(
+                job.method_hyperparameters, training.n_examples, limits, job.method_type,
+                longest_example=training.longest).n_epochs)
+            transition(s, job.id, [JobStatus.VALIDATING_FILES], JobStatus.FAILED,
+                       error["message"], level="error", finished_at=now(), error=error)
+            return
         cluster = cluster_view(ctx, s)
         if cluster is None:  # the run's shape depends on the cluster: wait until Ray answers
             log.warning("Ray cannot be reached; job %s waits to be validated", job.id)
@@ -84,6 +102,28 @@ def validate(ctx: AppContext, job_id: str, stop: threading.Event | None = None) 
                       "Files validated, moving job to queued state",
                       hyperparameters=resolved.openai_dict(), method=method):
             _announce_summary(s, job.id, summary, truncated, resolved)
+            _announce_report(ctx, s, job, scans, training, resolved.n_epochs)
+
+
+def _scan_limit(job: JobRow, limits: hyperparameters.Limits) -> int:
+    """The ``max_seq_length`` the report counts trained tokens within: the one asked for, or
+    the model's context. ``auto`` resolves to the longest example rounded up, capped at the
+    context, so it cuts exactly the rows the context cuts, at the same length."""
+    asked = job.method_hyperparameters.get("max_seq_length")
+    return asked if isinstance(asked, int) else limits.max_seq_length
+
+
+def _announce_report(ctx: AppContext, s: Session, job: JobRow, scans: dict[str, FileScan],
+                     tokens: FileTokens, epochs: int) -> None:
+    """The data report's summary event (docs/api.md, "Data report")."""
+    training = scans["training_file"]
+    guess = report_estimate.estimate(
+        report_estimate.measured_runs(s, ctx.blobs, job.base),
+        tokens.n_tokens(training.max_seq_length), epochs)
+    message, data = report_summary.summary(training, scans.get("validation_file"), guess)
+    # info, whatever it found: warnings are for what the run itself did wrong (a truncation,
+    # a final model worse than a checkpoint), and a job may opt in to failing instead.
+    add_event(s, job.id, message, data=data)
 
 
 def _resolve(ctx: AppContext, job: JobRow, tokens: FileTokens,
@@ -112,44 +152,26 @@ def training_spec(settings: Settings, job: JobRow, resolved: Hyperparameters,
     )
 
 
-def _count_file(ctx: AppContext, job: JobRow, key: str,
-                stop: threading.Event | None) -> FileTokens:
-    """The tokens of every conversation the file trains on (two per DPO line), read as a
-    stream: one line at a time is held, whatever the file's size.
+def _scan_file(ctx: AppContext, job: JobRow, key: str, stop: threading.Event | None,
+               limit: int, training: FileScan | None, tokens: FileTokens) -> FileScan:
+    """The data report's pass over one file, read as a stream: one line at a time is held,
+    plus a few bytes of counts and hashes a row, whatever the file's size.
 
-    Each conversation is rendered with the base model's own template (the API holds only
-    its tokenizer files); a line the template refuses (some refuse tool-call ids or several
-    calls per turn) fails validation here, naming the line, rather than the run later. Errors
-    are reported in the order of a check of the whole file before any count: a bad line
-    anywhere, then too few examples, then the model or its template; so after the first
-    counting error the rest of the file is still checked, just not counted.
+    Each conversation (two per DPO line) is rendered with the base model's own template (the
+    API holds only its tokenizer files) and its tokens counted, those carrying loss apart; a
+    line the template refuses (some refuse tool-call ids or several calls per turn) fails
+    validation here, naming the line, rather than the run later. Errors are reported in the
+    order of a check of the whole file before any count: a bad line anywhere, then too few
+    examples, then the model or its template (:func:`service.files.report.build.scan_file`).
+    A validation file is compared with the ``training`` file's scan for leaked rows. Each
+    conversation's length goes to ``tokens``.
     """
-    tokens = FileTokens()
-    counter: ChatTokenCounter | None = None
-    deferred: InvalidChatFile | BaseModelUnavailable | None = None
     lines = split_lines(_until(stop, ctx.blobs.iter_chunks(key)), ctx.settings.max_line_bytes)
-    for line, example in iter_numbered_examples(lines, job.method_type):
-        if deferred is not None:
-            continue
-        try:
-            counter = counter or ChatTokenCounter.for_model(
-                tokenizer_dir(ctx.settings, ctx.blobs, job.base))
-            for conversation in as_conversations(example, job.method_type):
-                tokens.add(line, _count(counter, conversation, line, job.base))
-        except (InvalidChatFile, BaseModelUnavailable) as e:
-            deferred = e
-    if deferred is not None:
-        raise deferred
-    return tokens
-
-
-def _count(counter: ChatTokenCounter, conversation: dict[str, Any], line: int,
-           base: str) -> int:
-    try:
-        return counter.count(conversation)
-    except (ValueError, TypeError, TemplateError) as e:
-        raise InvalidChatFile(line, f"cannot be rendered by the chat template of {base}: "
-                              f"{e}") from None
+    return scan_file(
+        lines, lambda: ChatTokenCounter.for_model(
+            tokenizer_dir(ctx.settings, ctx.blobs, job.base)),
+        method=job.method_type, max_seq_length=limit, base=job.base,
+        against=training.index if training is not None else None, sink=tokens)
 
 
 def _until(stop: threading.Event | None, chunks: Iterator[bytes]) -> Iterator[bytes]:

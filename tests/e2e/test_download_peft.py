@@ -1,0 +1,131 @@
+"""A downloaded adapter is the model openft serves: loaded with PEFT on the base model, it
+greedy-generates the same tokens as openft's serving for the same chat prompts.
+
+One stack (``make run``'s launcher) trains a LoRA job on real Ray Train and serves it on vLLM's
+CPU build; the model and each of its checkpoints are downloaded through
+``GET /v1/models/{model}/download``, unpacked, and
+run with transformers + PEFT on the tiny base model the stack serves (a volume-path base: the
+fixture's folder is the stack's base model), rendering prompts with the downloaded tokenizer's
+chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from devstack.processes import free_ports
+from devstack.stack import Stack, running_stack
+from tests.support.jobs import wait_for_terminal
+
+pytestmark = pytest.mark.slow
+
+MAX_TOKENS = 12
+TRAINED = {"What is the capital of France?": "The capital of France is Paris.",
+           "Say hello.": "Hello! How can I help you today?"}
+PROMPTS = [[{"role": "user", "content": q}] for q in TRAINED] + [
+    [{"role": "system", "content": "You are terse."},
+     {"role": "user", "content": "Extract the name as JSON."}]]  # never trained on
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Stack]:
+    ports = ("OPENFT_PORT", "OPENFT_S3_PORT", "OPENFT_RAY_GCS_PORT",
+             "OPENFT_RAY_DASHBOARD_PORT", "OPENFT_SERVING_PORT")
+    env = {**{name: str(port) for name, port in zip(ports, free_ports(len(ports)), strict=True)},
+           "OPENFT_DEFAULT_BASE_MODEL": "false",
+           "OPENFT_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)})}
+    with running_stack(tmp_path_factory.mktemp("download") / "data", env) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> OpenAI:
+    return OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(client: OpenAI) -> list[str]:
+    """The job's fine-tuned model and each of its checkpoints (one per epoch): the early
+    ones half trained, their greedy answers still close to the base model's noise, where a
+    wrong weight or scale would show."""
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in TRAINED.items()] * 8
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    uploaded = client.files.create(file=("chat.jsonl", data), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama", training_file=uploaded.id,
+        hyperparameters={"n_epochs": 3, "learning_rate_multiplier": 5})
+    job = wait_for_terminal(client, job.id, timeout=1200, every=2)
+    assert job.status == "succeeded", job.error
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    return [job.fine_tuned_model, *(c.fine_tuned_model_checkpoint for c in checkpoints)]
+
+
+def served(client: OpenAI, model: str, messages: list[dict]) -> tuple[str, int, str]:
+    out = client.chat.completions.create(model=model, messages=messages,
+                                         max_tokens=MAX_TOKENS, temperature=0)
+    choice = out.choices[0]
+    return choice.message.content or "", out.usage.completion_tokens, choice.finish_reason
+
+
+def downloaded(stack: Stack, model: str, into: Path) -> Path:
+    """The archive fetched as a user would (streamed to a file) and unpacked."""
+    into.mkdir()
+    archive = into / "model.tar.gz"
+    with httpx.stream("GET", f"{stack.base_url}/models/{model}/download", timeout=120,
+                      headers={"Authorization": f"Bearer {stack.api_key}"}) as resp:
+        assert resp.status_code == 200, resp.read()
+        with archive.open("wb") as f:
+            for chunk in resp.iter_bytes():
+                f.write(chunk)
+    with tarfile.open(archive) as tar:
+        (folder,) = {m.name.split("/")[0] for m in tar}
+        tar.extractall(into, filter="data")
+    return into / folder
+
+
+def test_downloaded_adapter_generates_what_serving_answers(
+        stack: Stack, client: OpenAI, fine_tuned: list[str], tiny_model_dir: Path,
+        tmp_path: Path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # fp32, as a user loads it. Serving runs the engine in bf16 on this CPU (vLLM's choice for
+    # `dtype: auto` where the CPU has bf16 units) with fp32 accumulation in its kernels; HF
+    # in bf16 rounds every activation and drifted from serving after 8 tokens of the random
+    # base model's noise, while fp32 agreed on all 12 (and both agreed on every adapter).
+    def generate(model: Any, tokenizer: Any, messages: list[dict],
+                 adapter: bool = True) -> tuple[str, int, str]:
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                               return_tensors="pt", return_dict=True)
+        with torch.no_grad(), (nullcontext() if adapter else model.disable_adapter()):
+            out = model.generate(**prompt, max_new_tokens=MAX_TOKENS, do_sample=False)
+        new = out[0, prompt["input_ids"].shape[1]:].tolist()
+        finish = "stop" if new[-1] == tokenizer.eos_token_id else "length"
+        return tokenizer.decode(new, skip_special_tokens=True), len(new), finish
+
+    for i, name in enumerate(fine_tuned):
+        folder = downloaded(stack, name, tmp_path / str(i))
+        assert {"adapter_config.json", "adapter_model.safetensors", "chat_template.jinja",
+                "tokenizer.json", "README.md"} <= {p.name for p in folder.iterdir()}
+        tokenizer = AutoTokenizer.from_pretrained(folder)  # and its chat template
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, folder).eval()
+        for messages in PROMPTS:
+            assert generate(model, tokenizer, messages) == served(client, name, messages), \
+                (name, messages)
+        if i == 0:  # the final model learned its answers; without the adapter, the base's
+            assert [generate(model, tokenizer, p)[0] for p in PROMPTS[:2]] == list(
+                TRAINED.values())
+            assert generate(model, tokenizer, PROMPTS[0], adapter=False) == served(
+                client, "tiny-llama", PROMPTS[0])
