@@ -1,12 +1,8 @@
 """Turn one chat example into token ids and labels with the tokenizer's own chat template.
 
-Why offsets rather than a marker: every model family spells its turn boundaries differently
-(``<|im_start|>assistant``, ``[/INST]``, ``<|start_header_id|>``...). Rendering the
-conversation twice per assistant turn, once up to the generation prompt and once through the
-turn, tells us where that turn's text lies in the full rendering whatever the template is;
-the tokenizer's offset mapping then tells us which tokens fall inside it. Templates that
-render the beginning of a conversation by what comes last (Mistral v0.3) are handled by
-finding the turn's own text instead (:func:`_locate_turn`).
+Which characters of the rendering are trained is :func:`contract.loss_spans.trained_spans`
+(the service's data report counts from the same function); the tokenizer's offset mapping
+then tells which tokens fall inside them.
 
 An example's ``tools`` (OpenAI's function-tool list beside ``messages``) go to every
 rendering, so tool definitions land where the template puts them and are never trained;
@@ -19,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from contract import loss_spans
 from contract.chat_format import template_messages
 
 IGNORE_INDEX = -100
@@ -77,82 +74,14 @@ def render(
 def trained_spans(
     tokenizer: ChatTokenizer, messages: Sequence[Message], tools: Sequence[Tool] | None = None
 ) -> tuple[str, list[tuple[int, int]]]:
-    """The full rendering and the ``[start, end)`` character span of each trained turn.
+    """The full rendering and the character span of each trained turn
+    (:func:`contract.loss_spans.trained_spans` over ``tokenizer``'s template)."""
 
-    A turn's span starts after the generation prompt that precedes it and ends after the
-    template's end-of-turn text; whitespace the template puts between turns (ChatML's
-    newline after ``<|im_end|>``) is left out, since the model never generates it.
-    Assistant turns with ``"weight": 0`` are skipped.
-    """
-    full = render(tokenizer, messages, tools=tools)
-    spans: list[tuple[int, int]] = []
-    cursor = 0
-    for i, message in enumerate(messages):
-        if message.get("role") != "assistant":
-            continue
-        start, end = _locate_turn(tokenizer, messages, i, tools, full, cursor)
-        cursor = end
-        if message.get("weight", 1) != 0 and end > start:
-            spans.append((start, end))
-    return full, spans
+    def template(messages: Sequence[Message], tools: Sequence[Tool] | None,
+                 generation_prompt: bool) -> str:
+        return render(tokenizer, messages, tools=tools, generation_prompt=generation_prompt)
 
-
-def _locate_turn(
-    tokenizer: ChatTokenizer,
-    messages: Sequence[Message],
-    i: int,
-    tools: Sequence[Tool] | None,
-    full: str,
-    cursor: int,
-) -> tuple[int, int]:
-    """Where assistant turn ``i`` lies in ``full``, searching from ``cursor`` if need be.
-
-    Most templates render a conversation's beginning the same whatever follows, so the turn
-    is where the prefix renderings say. Some write earlier text by what comes last (Mistral
-    v0.3 puts the system prompt in the final user turn and the tool list before the last
-    user turn): then the turn's own text is taken from the prefix rendering and found in
-    ``full`` after the previous assistant turn.
-    """
-    prompt = render(tokenizer, messages[:i], tools=tools, generation_prompt=True) if i else ""
-    through = render(tokenizer, messages[: i + 1], tools=tools)
-    end = len(through.rstrip())
-    if through.startswith(prompt):
-        if full.startswith(through):
-            return len(prompt), end
-        start = len(prompt)
-    else:
-        start = _answer_start(tokenizer, messages, i, tools, through)
-    turn = through[start:end]
-    found = full.find(turn, cursor) if turn else -1
-    if found < 0:
-        raise ValueError(
-            f"cannot locate assistant message {i} in the chat template's rendering"
-        )
-    return found, found + len(turn)
-
-
-def _answer_start(
-    tokenizer: ChatTokenizer,
-    messages: Sequence[Message],
-    i: int,
-    tools: Sequence[Tool] | None,
-    through: str,
-) -> int:
-    """Where the text that depends on assistant message ``i`` begins in ``through``.
-
-    ``through`` is compared with the same conversation whose last turn is a one-character
-    answer no real answer starts with; both end on an assistant turn, so a template that
-    looks at the last message renders everything before the turn alike.
-    """
-    content = messages[i].get("content") or ""
-    stand_in = "\x01" if content.startswith("\x00") else "\x00"
-    other = render(
-        tokenizer, [*messages[:i], {"role": "assistant", "content": stand_in}], tools=tools
-    )
-    return next(
-        (k for k, (a, b) in enumerate(zip(through, other, strict=False)) if a != b),
-        min(len(through), len(other)),
-    )
+    return loss_spans.trained_spans(template, messages, tools)
 
 
 def tokenize_chat(

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 import contract.bucket
 import contract.events
+import contract.loss_spans
 from contract import bucket
 from contract.events import (
     BaselineData,
@@ -35,7 +36,7 @@ from contract.hyperparameters import DEFAULTS, DPO_BETA, Hyperparameters
 from contract.spec import S3Location, TrainingSpec
 
 
-@pytest.mark.parametrize("module", [contract.bucket, contract.events])
+@pytest.mark.parametrize("module", [contract.bucket, contract.events, contract.loss_spans])
 def test_docstring_examples_hold(module):
     assert doctest.testmod(module).failed == 0
 

@@ -1,12 +1,10 @@
 """Which tokens of a conversation carry loss, as training's labels say, without transformers.
 
-Training builds its labels in ``training/chat_template.py``: the conversation is rendered with
-the model's chat template, each trained assistant turn (``weight`` not 0) is located by
-character offsets (the rendering up to its generation prompt, the rendering through it), and
-a token is trained when its text overlaps such a span. The service cannot import training
-(it never loads torch or transformers), so the same steps run here on the template through
-jinja2 and ``tokenizer.json`` through ``tokenizers`` (:class:`ChatRenderer`, which
-``service.jobs.token_count.ChatTokenCounter`` is).
+The trained turns' character spans come from :func:`contract.loss_spans.trained_spans`, the
+function training's labels use; here the template runs through jinja2 and ``tokenizer.json``
+through ``tokenizers`` (:class:`ChatRenderer`, which
+``service.jobs.token_count.ChatTokenCounter`` is), since the service never loads torch or
+transformers. A token is trained when its text overlaps such a span, as in training.
 ``tests/service/test_report_units.py`` pins the two to the same trained-token count per row
 under several template families.
 """
@@ -18,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tokenizers import Tokenizer
+
+from contract import loss_spans
 
 Message = Mapping[str, Any]
 Tool = Mapping[str, Any]
@@ -61,51 +61,14 @@ class RowTokens:
 
 def trained_spans(counter: ChatRenderer, messages: Sequence[Message],
                   tools: Sequence[Tool] | None = None) -> tuple[str, list[tuple[int, int]]]:
-    """The full rendering and the ``[start, end)`` character span of each trained turn
-    (training's function of the same name, step for step)."""
-    full = counter.render(messages, tools)
-    spans: list[tuple[int, int]] = []
-    cursor = 0
-    for i, message in enumerate(messages):
-        if message.get("role") != "assistant":
-            continue
-        start, end = _locate_turn(counter, messages, i, tools, full, cursor)
-        cursor = end
-        if message.get("weight", 1) != 0 and end > start:
-            spans.append((start, end))
-    return full, spans
+    """The full rendering and the character span of each trained turn
+    (:func:`contract.loss_spans.trained_spans`, the function training's labels use)."""
 
+    def template(messages: Sequence[Message], tools: Sequence[Tool] | None,
+                 generation_prompt: bool) -> str:
+        return counter.render(messages, tools, generation_prompt=generation_prompt)
 
-def _locate_turn(counter: ChatRenderer, messages: Sequence[Message], i: int,
-                 tools: Sequence[Tool] | None, full: str, cursor: int) -> tuple[int, int]:
-    """Where assistant turn ``i`` lies in ``full``: where the prefix renderings say, or, for
-    templates that write earlier text by what comes last (Mistral v0.3), the turn's own text
-    found after the previous assistant turn."""
-    prompt = counter.render(messages[:i], tools, generation_prompt=True) if i else ""
-    through = counter.render(messages[: i + 1], tools)
-    end = len(through.rstrip())
-    if through.startswith(prompt):
-        if full.startswith(through):
-            return len(prompt), end
-        start = len(prompt)
-    else:
-        start = _answer_start(counter, messages, i, tools, through)
-    turn = through[start:end]
-    found = full.find(turn, cursor) if turn else -1
-    if found < 0:
-        raise ValueError(f"cannot locate assistant message {i} in the chat template's rendering")
-    return found, found + len(turn)
-
-
-def _answer_start(counter: ChatRenderer, messages: Sequence[Message], i: int,
-                  tools: Sequence[Tool] | None, through: str) -> int:
-    """Where the text that depends on assistant message ``i`` begins in ``through``: the
-    first character that differs from the same conversation ending on a stand-in answer."""
-    content = messages[i].get("content") or ""
-    stand_in = "\x01" if content.startswith("\x00") else "\x00"
-    other = counter.render([*messages[:i], {"role": "assistant", "content": stand_in}], tools)
-    return next((k for k, (a, b) in enumerate(zip(through, other, strict=False)) if a != b),
-                min(len(through), len(other)))
+    return loss_spans.trained_spans(template, messages, tools)
 
 
 def row_tokens(counter: ChatRenderer, conversation: Mapping[str, Any], max_seq_length: int,
