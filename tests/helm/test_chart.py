@@ -258,8 +258,8 @@ def test_ambient_s3_credentials_put_no_keys_in_any_pod(production: Manifests) ->
     assert "eks.amazonaws.com/role-arn" in account["metadata"]["annotations"]
 
 
-def test_production_api_has_replicas_a_pdb_and_an_ingress_on_v1_only(production: Manifests,
-                                                                     default: Manifests) -> None:
+def test_production_api_has_replicas_a_pdb_and_an_ingress_on_v1_and_ui_only(
+        production: Manifests, default: Manifests) -> None:
     [deployment] = of_kind(production, "Deployment")
     assert deployment["spec"]["replicas"] == 2
     [pdb] = of_kind(production, "PodDisruptionBudget")
@@ -268,8 +268,16 @@ def test_production_api_has_replicas_a_pdb_and_an_ingress_on_v1_only(production:
     assert not of_kind(default, "Ingress")
     [ingress] = of_kind(production, "Ingress")
     paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
-    assert [(p["path"], p["pathType"]) for p in paths] == [("/v1", "Prefix")]
-    assert paths[0]["backend"]["service"]["name"] == "rel-openft-api"
+    assert [(p["path"], p["pathType"]) for p in paths] == [("/v1", "Prefix"), ("/ui", "Prefix")]
+    assert {p["backend"]["service"]["name"] for p in paths} == {"rel-openft-api"}
+
+
+def test_the_web_page_can_be_left_off_the_ingress() -> None:
+    manifests = render([CHART / "values-production-gpu.yaml"],
+                       {"api.ingress.webPage": False})
+    [ingress] = of_kind(manifests, "Ingress")
+    paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    assert [p["path"] for p in paths] == ["/v1"]
 
 
 @pytest.mark.parametrize("service_type", ["ClusterIP", "NodePort", "LoadBalancer"])
