@@ -113,7 +113,7 @@ class BlobStore:
 
     def list_objects(self, prefix: str, start_after: str = "") -> Iterator[StoredObject]:
         """Every object under ``prefix`` (after ``start_after``) with its last write time
-        (what a sweep ages)."""
+        (what a sweep ages) and its size."""
         kwargs = {"Bucket": self.bucket, "Prefix": prefix}
         if start_after:
             kwargs["StartAfter"] = start_after

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from service.cli.state import Cli, JsonFlag
+from service.cli.state import Cli, JsonFlag, emit
 
 EXIT, RESET = {"/exit", "/quit"}, "/reset"
 
@@ -64,7 +64,7 @@ def answer(cli: Cli, model: str, history: list[dict[str, str]], options: dict[st
     chat = cli.api.sdk.chat.completions
     if cli.json:
         completion = chat.create(model=model, messages=history, **options)  # type: ignore[arg-type]
-        cli.emit(completion)
+        emit(completion)
         return completion.choices[0].message.content or ""
     parts = []
     for chunk in chat.create(model=model, messages=history, stream=True, **options):  # type: ignore[arg-type]

@@ -64,10 +64,11 @@ def envelope_error(status: int, body: object) -> CliError:
 
 
 def translated(exc: BaseException, base_url: str) -> CliError | None:
-    """The CliError an SDK or httpx exception means to a user; None for a real bug."""
+    """The CliError an SDK exception means to a user; None for a real bug (the streams'
+    httpx errors are CliErrors already)."""
     if isinstance(exc, openai.APIStatusError):
         return envelope_error(exc.status_code, exc.body)
-    if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
+    if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc
         return CliError(f"cannot reach the openft API at {base_url}: {cause}")
     if isinstance(exc, openai.OpenAIError):
@@ -86,8 +87,7 @@ class Api:
         self.sdk = openai.OpenAI(base_url=self.base_url, api_key=config.api_key,
                                  http_client=config.http_client,
                                  max_retries=config.max_retries)
-        self._key = config.api_key
-        self._http = config.http_client or httpx.Client(timeout=STREAM_TIMEOUT)
+        self._http = config.http_client or httpx.Client()
 
     # -- extensions ---------------------------------------------------------------------
 
@@ -140,7 +140,7 @@ class Api:
     def _stream(self, path: str, headers: dict[str, str],
                 params: dict[str, str]) -> Iterator[httpx.Response]:
         url = self.base_url + path
-        headers = {"Authorization": f"Bearer {self._key}", **headers}
+        headers = {**self.sdk.auth_headers, **headers}
         try:
             with self._http.stream("GET", url, headers=headers, params=params,
                                    timeout=STREAM_TIMEOUT) as response:

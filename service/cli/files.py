@@ -37,10 +37,7 @@ def upload(ctx: typer.Context,
     cli = Cli.of(ctx, as_json)
     with file.open("rb") as f:
         created = cli.api.sdk.files.create(file=(file.name, f), purpose=purpose)  # type: ignore[arg-type]
-    if cli.json:
-        cli.emit(created)
-    else:
-        cli.out.print(f"Uploaded {escape(file.name)} as [bold]{escape(created.id)}[/] "
+    cli.show(created, f"Uploaded {escape(file.name)} as [bold]{escape(created.id)}[/] "
                       f"({created.bytes:,} bytes)")
     if report and purpose == "fine-tune":
         _show_report(cli, created.id, model, validation_file)
@@ -55,10 +52,7 @@ def report_(ctx: typer.Context, file_id: str, model: ModelOpt = None,
 
 def _show_report(cli: Cli, file_id: str, model: str | None, validation: str | None) -> None:
     report = cli.api.file_report(file_id, model, validation)
-    if cli.json:
-        cli.emit(report)
-    else:
-        cli.out.print(render.report(report))
+    cli.show(report, render.report(report))
 
 
 @app.command("list")
@@ -69,10 +63,8 @@ def list_(ctx: typer.Context,
     """List your files."""
     cli = Cli.of(ctx, as_json)
     page = cli.api.sdk.files.list(**({"purpose": purpose} if purpose else {}), limit=limit)
-    if cli.json:
-        cli.emit(page_object(page.data, page.has_more))
-    else:
-        cli.out.print(render.files_table(f.to_dict() for f in page.data))
+    cli.show(page_object(page.data, page.has_more),
+             render.files_table(f.to_dict() for f in page.data))
 
 
 @app.command()
@@ -80,7 +72,4 @@ def delete(ctx: typer.Context, file_id: str, as_json: JsonFlag = False) -> None:
     """Delete a file."""
     cli = Cli.of(ctx, as_json)
     deleted = cli.api.sdk.files.delete(file_id)
-    if cli.json:
-        cli.emit(deleted)
-    else:
-        cli.out.print(f"Deleted {escape(deleted.id)}")
+    cli.show(deleted, f"Deleted {escape(deleted.id)}")

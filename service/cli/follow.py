@@ -14,11 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, TextColumn
 from rich.progress import Progress as Bar
 from rich.table import Table
-from rich.text import Text
 
 from service.cli import progress, render
 from service.cli.events import End, job_events
-from service.cli.render import error_text
 from service.cli.state import Cli, emit
 
 SETTLED_OK = "succeeded"
@@ -103,29 +101,23 @@ def follow(cli: Cli, job_id: str, reconnects: int = 5) -> int:
             now = progress.advance(now, item)
             view.event(item, now)
     job = cli.api.sdk.fine_tuning.jobs.retrieve(job_id).to_dict(mode="json")
-    if cli.json:
-        cli.emit(job)
-    else:
-        cli.out.print(outcome(job))
+    cli.show(job, outcome(job))
     if job.get("status") == SETTLED_OK:
         return 0
     error = job.get("error") or {}
     cli.err.print(f"job {job_id} {job.get('status')}"
-                  + (f": {error_text(error)}" if error.get("message") else ""),
+                  + (f": {render.error_text(error)}" if error.get("message") else ""),
                   markup=False, highlight=False)
     return 1
 
 
 def outcome(job: dict[str, Any]) -> Table:
     """The settled job: status, model, best checkpoint (the rest is ``openft jobs get``)."""
-    table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
-    table.add_row("status", render.status(job.get("status")))
-    table.add_row("fine-tuned model", Text(job.get("fine_tuned_model") or "-"))
+    rows: list[tuple[str, Any]] = [("status", render.status(job.get("status"))),
+                                   ("fine-tuned model", job.get("fine_tuned_model"))]
     best = job.get("best_checkpoint")
     if best:
-        table.add_row("best checkpoint", Text(render.best_checkpoint_text(best)))
+        rows.append(("best checkpoint", render.best_checkpoint_text(best)))
     if job.get("trained_tokens"):
-        table.add_row("trained tokens", f"{job['trained_tokens']:,}")
-    return table
+        rows.append(("trained tokens", f"{job['trained_tokens']:,}"))
+    return render.fields_table(rows)

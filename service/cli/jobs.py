@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from service.cli import follow as following
 from service.cli import render
-from service.cli.state import Cli, JsonFlag, page_object
+from service.cli.state import Cli, JsonFlag, emit, page_object
+
+if TYPE_CHECKING:  # the SDK loads its fine-tuning modules only when a command needs them
+    from openai.resources.fine_tuning import Jobs
+    from openai.types.fine_tuning import FineTuningJob
 
 app = typer.Typer(help="Fine-tuning jobs: create, watch live, control.", no_args_is_help=True)
 
@@ -59,10 +64,7 @@ def create(ctx: typer.Context,
         model=model, training_file=training_file,
         method={"type": method.value, method.value: {"hyperparameters": hyper}},  # type: ignore[misc]
         extra_body={"data_checks": checks} if checks else None, **optional)
-    if cli.json:
-        cli.emit(job)
-    else:
-        cli.out.print(f"Created [bold]{escape(job.id)}[/] ({job.status})")
+    cli.show(job, f"Created [bold]{escape(job.id)}[/] ({job.status})")
     if follow:
         raise typer.Exit(following.follow(cli, job.id))
 
@@ -82,45 +84,40 @@ def list_(ctx: typer.Context,
     """List your fine-tuning jobs."""
     cli = Cli.of(ctx, as_json)
     page = cli.api.sdk.fine_tuning.jobs.list(limit=limit)
-    if cli.json:
-        cli.emit(page_object(page.data, page.has_more))
-    else:
-        cli.out.print(render.jobs_table(j.to_dict() for j in page.data))
+    cli.show(page_object(page.data, page.has_more),
+             render.jobs_table(j.to_dict() for j in page.data))
 
 
 @app.command()
 def get(ctx: typer.Context, job_id: JobId, as_json: JsonFlag = False) -> None:
     """Show one job: status, hyperparameters, model, best checkpoint, error."""
-    cli = Cli.of(ctx, as_json)
-    _show_job(cli, cli.api.sdk.fine_tuning.jobs.retrieve(job_id).to_dict(mode="json"))
+    _show_job(ctx, as_json, lambda jobs: jobs.retrieve(job_id))
 
 
 @app.command()
 def cancel(ctx: typer.Context, job_id: JobId, as_json: JsonFlag = False) -> None:
     """Cancel a job."""
-    cli = Cli.of(ctx, as_json)
-    _show_job(cli, cli.api.sdk.fine_tuning.jobs.cancel(job_id).to_dict(mode="json"))
+    _show_job(ctx, as_json, lambda jobs: jobs.cancel(job_id))
 
 
 @app.command()
 def pause(ctx: typer.Context, job_id: JobId, as_json: JsonFlag = False) -> None:
     """Pause a running job at its current step (resume continues from there)."""
-    cli = Cli.of(ctx, as_json)
-    _show_job(cli, cli.api.sdk.fine_tuning.jobs.pause(job_id).to_dict(mode="json"))
+    _show_job(ctx, as_json, lambda jobs: jobs.pause(job_id))
 
 
 @app.command()
 def resume(ctx: typer.Context, job_id: JobId, as_json: JsonFlag = False) -> None:
     """Resume a paused job."""
+    _show_job(ctx, as_json, lambda jobs: jobs.resume(job_id))
+
+
+def _show_job(ctx: typer.Context, as_json: bool,
+              call: Callable[[Jobs], FineTuningJob]) -> None:
+    """Shows the job that ``call`` on the SDK's jobs resource answers."""
     cli = Cli.of(ctx, as_json)
-    _show_job(cli, cli.api.sdk.fine_tuning.jobs.resume(job_id).to_dict(mode="json"))
-
-
-def _show_job(cli: Cli, job: dict[str, Any]) -> None:
-    if cli.json:
-        cli.emit(job)
-    else:
-        cli.out.print(render.job_details(job))
+    job = call(cli.api.sdk.fine_tuning.jobs)
+    cli.show(job, render.job_details(job.to_dict(mode="json")))
 
 
 @app.command()
@@ -130,10 +127,8 @@ def events(ctx: typer.Context, job_id: JobId,
     """List a job's latest events, oldest first (`follow` shows them live)."""
     cli = Cli.of(ctx, as_json)
     page = cli.api.sdk.fine_tuning.jobs.list_events(job_id, limit=limit)
-    if cli.json:
-        cli.emit(page_object(page.data, page.has_more))
-    else:
-        cli.out.print(render.events_table(e.to_dict() for e in reversed(page.data)))
+    cli.show(page_object(page.data, page.has_more),
+             render.events_table(e.to_dict() for e in reversed(page.data)))
 
 
 @app.command()
@@ -143,7 +138,7 @@ def checkpoints(ctx: typer.Context, job_id: JobId,
     cli = Cli.of(ctx, as_json)
     page = cli.api.sdk.fine_tuning.jobs.checkpoints.list(job_id, limit=100)
     if cli.json:
-        cli.emit(page_object(page.data, page.has_more))
+        emit(page_object(page.data, page.has_more))
         return
     job = cli.api.sdk.fine_tuning.jobs.retrieve(job_id).to_dict(mode="json")
     best = (job.get("best_checkpoint") or {}).get("id")

@@ -28,10 +28,7 @@ def list_(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """List the base models and your fine-tuned models."""
     cli = Cli.of(ctx, as_json)
     models = list(cli.api.sdk.models.list())
-    if cli.json:
-        cli.emit(page_object(models, False))
-    else:
-        cli.out.print(render.models_table(m.to_dict() for m in models))
+    cli.show(page_object(models, False), render.models_table(m.to_dict() for m in models))
 
 
 @app.command()
@@ -39,10 +36,7 @@ def delete(ctx: typer.Context, model: ModelArg, as_json: JsonFlag = False) -> No
     """Delete a fine-tuned model: it is no longer listed or served."""
     cli = Cli.of(ctx, as_json)
     deleted = cli.api.sdk.models.delete(model)
-    if cli.json:
-        cli.emit(deleted)
-    else:
-        cli.out.print(f"Deleted {escape(deleted.id)}")
+    cli.show(deleted, f"Deleted {escape(deleted.id)}")
 
 
 @app.command()
@@ -61,7 +55,5 @@ def download(ctx: typer.Context, model: ModelArg,
         path = cli.api.download_model(
             model, output, lambda done, total: bar.update(task, completed=done, total=total))
     size = path.stat().st_size
-    if cli.json:
-        cli.emit({"model": model, "path": str(path), "bytes": size})
-    else:
-        cli.out.print(f"Saved {escape(model)} to [bold]{escape(str(path))}[/] ({size:,} bytes)")
+    cli.show({"model": model, "path": str(path), "bytes": size},
+             f"Saved {escape(model)} to [bold]{escape(str(path))}[/] ({size:,} bytes)")

@@ -44,6 +44,16 @@ def _table(*columns: str) -> Table:
     return table
 
 
+def fields_table(rows: Iterable[tuple[str, Any]]) -> Table:
+    """One object as field / value rows, no header or box."""
+    table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for name, value in rows:
+        table.add_row(name, value if isinstance(value, Text) else _text(value))
+    return table
+
+
 def _text(value: Any, style: str = "") -> Text:
     """A value as a cell: a Text, so that ``[...]`` and ``:name:`` in ids and messages are
     shown as they are, never read as markup or emoji codes."""
@@ -70,9 +80,6 @@ def jobs_table(jobs: Iterable[dict[str, Any]]) -> Table:
 
 def job_details(job: dict[str, Any]) -> Table:
     """One job as field / value rows, extensions (best checkpoint, base loss) included."""
-    table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
     method = job.get("method") or {}
     kind = method.get("type") or "supervised"
     hyper = (method.get(kind) or {}).get("hyperparameters") or job.get("hyperparameters") or {}
@@ -90,13 +97,11 @@ def job_details(job: dict[str, Any]) -> Table:
         rows.append(("base model valid loss", f"{job['base_valid_loss']:.4f}"))
     best = job.get("best_checkpoint")
     if best:
-        rows.append(("best checkpoint", Text(best_checkpoint_text(best))))
+        rows.append(("best checkpoint", best_checkpoint_text(best)))
     error = job.get("error") or {}
     if error.get("message"):
         rows.append(("error", Text(error_text(error), style="red")))
-    for name, value in rows:
-        table.add_row(name, value if isinstance(value, Text) else _text(value))
-    return table
+    return fields_table(rows)
 
 
 def best_checkpoint_text(best: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import click
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 
 from service.cli.client import Api, Config
 
@@ -51,8 +51,12 @@ class Cli:
             self._api = Api(self.config)
         return self._api
 
-    def emit(self, obj: Any) -> None:
-        emit(obj)
+    def show(self, obj: Any, human: RenderableType) -> None:
+        """``obj`` as one line of JSON with ``--json``, else ``human`` for a person."""
+        if self.json:
+            emit(obj)
+        else:
+            self.out.print(human)
 
 
 def emit(obj: Any) -> None:

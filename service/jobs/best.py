@@ -99,20 +99,19 @@ def verdict(final: Scored | None, best: Scored | None, base_loss: float | None) 
            f"{loss}. {advice}."
 
 
-def refresh_best(s: Session, job: JobRow) -> list[CheckpointRow]:
-    """Set ``job.best_checkpoint`` from every checkpoint row of the job; returns the rows."""
+def refresh_best(s: Session, job: JobRow) -> tuple[list[CheckpointRow], Scored | None]:
+    """Set ``job.best_checkpoint`` from every checkpoint row of the job; returns the rows
+    and the best."""
     s.flush()  # the checkpoint row just added counts
     rows = list(s.scalars(select(CheckpointRow).where(CheckpointRow.job_id == job.id)))
     best = best_of(c for c in map(scored, rows) if c is not None)
     job.best_checkpoint = best.as_field() if best is not None else None
-    return rows
+    return rows, best
 
 
 def judge_final(s: Session, job: JobRow) -> str | None:
     """At success: the best checkpoint settled, and the warning owed about the final model
     (the checkpoint of the last step), if any."""
-    rows = refresh_best(s, job)
+    rows, best = refresh_best(s, job)
     final = max(rows, key=lambda r: r.step_number, default=None)
-    best = job.best_checkpoint
-    return verdict(scored(final) if final is not None else None,
-                   Scored(**best) if best is not None else None, job.base_valid_loss)
+    return verdict(scored(final) if final is not None else None, best, job.base_valid_loss)

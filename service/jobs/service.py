@@ -319,11 +319,23 @@ def _newest_first(session: Session, table: type[JobEventRow] | type[CheckpointRo
     """A job's events or checkpoints, newest first, after the cursor ``after`` (an id)."""
     q = select(table).where(table.job_id == job_id)
     if after:
-        anchor = session.scalar(select(table).where(table.id == after, table.job_id == job_id))
-        if anchor is None:
-            raise NotFound(f"No {what} {after} in job {job_id}.", param="after")
-        q = q.where(table.seq < anchor.seq)
+        q = q.where(table.seq < _cursor_seq(session, table, job_id, after, what))
     return list(session.scalars(q.order_by(table.seq.desc()).limit(limit + 1)))
+
+
+def _seq_of(session: Session, table: type[JobEventRow] | type[CheckpointRow], job_id: str,
+            row_id: str) -> int | None:
+    """Where a job's event or checkpoint stands in the job's order; None if it is not one."""
+    return session.scalar(select(table.seq).where(table.id == row_id, table.job_id == job_id))
+
+
+def _cursor_seq(session: Session, table: type[JobEventRow] | type[CheckpointRow], job_id: str,
+                after: str, what: str) -> int:
+    """The ``seq`` of the cursor ``after``; an id that is not the job's is a 404, as OpenAI's."""
+    seq = _seq_of(session, table, job_id, after)
+    if seq is None:
+        raise NotFound(f"No {what} {after} in job {job_id}.", param="after")
+    return seq
 
 
 def list_events(session: Session, caller: Caller, job_id: str, limit: int,
@@ -346,22 +358,12 @@ def event_position(session: Session, caller: Caller, job_id: str, after: str | N
     insertion order, so "after" is exact even among events of the same second."""
     get_row(session, caller, job_id)
     if last_event_id is not None:
-        seq = _event_seq(session, job_id, last_event_id)
+        seq = _seq_of(session, JobEventRow, job_id, last_event_id)
         if seq is None:
             raise InvalidRequest(f"Last-Event-ID {last_event_id} is not an event of job "
                                  f"{job_id}.", param="Last-Event-ID", code="invalid_value")
         return seq
-    if after:
-        seq = _event_seq(session, job_id, after)
-        if seq is None:  # as the list answers an unknown cursor
-            raise NotFound(f"No event {after} in job {job_id}.", param="after")
-        return seq
-    return 0
-
-
-def _event_seq(session: Session, job_id: str, event_id: str) -> int | None:
-    return session.scalar(select(JobEventRow.seq).where(
-        JobEventRow.id == event_id, JobEventRow.job_id == job_id))
+    return _cursor_seq(session, JobEventRow, job_id, after, "event") if after else 0
 
 
 def events_since(session: Session, job_id: str, after_seq: int,

@@ -35,13 +35,12 @@ from contract.bucket import (
     ADAPTER_WEIGHTS,
     DELETED_MARKER,
     adapter_prefix,
-    base_model_file_key,
 )
 from service.auth import Caller
-from service.base_models.service import registered_manifest
+from service.base_models.service import BaseModelUnavailable, tokenizer_dir
 from service.db import CheckpointRow, FileRow
-from service.errors import APIError, ModelNotFound, UpstreamUnavailable
-from service.models.service import owning_job
+from service.errors import APIError, UpstreamUnavailable
+from service.models.service import owned_model
 from service.settings import Settings
 from service.storage import BlobStore
 
@@ -80,7 +79,7 @@ class Member:
     mtime: float = 0.0
 
 
-def tar_gz(folder: str, members: Iterable[Member], mtime: float | None = None) -> Iterator[bytes]:
+def tar_gz(folder: str, members: Iterable[Member]) -> Iterator[bytes]:
     """A gzip-compressed tar of ``members`` under ``folder/``, yielded as it is written.
 
     Each member's bytes are read only when it is its turn, so at most one chunk of one
@@ -96,7 +95,7 @@ def tar_gz(folder: str, members: Iterable[Member], mtime: float | None = None) -
         if packed := gz.compress(data):
             yield packed
 
-    stamp = time.time() if mtime is None else mtime
+    stamp = time.time()
     yield from out(_header(folder, 0, stamp, directory=True))
     for m in members:
         yield from out(_header(f"{folder}/{m.name}", m.size, m.mtime or stamp))
@@ -292,14 +291,10 @@ class Archive:
         return tar_gz(self.folder, self.members)
 
 
-def find(session: Session, settings: Settings, caller: Caller, model_id: str) -> Target:
+def find(session: Session, caller: Caller, model_id: str) -> Target:
     """The fine-tuned model or checkpoint ``model_id`` of the caller's organization; a base
     model, another organization's or a deleted model is not found, as an unknown one."""
-    if model_id in settings.base_model_configs():
-        raise ModelNotFound(model_id)
-    job, model_key = owning_job(session, model_id)
-    if job is None or job.organization != caller.organization or job.model_deleted_at:
-        raise ModelNotFound(model_id)
+    job, model_key = owned_model(session, caller, model_id)
     checkpoints = list(session.scalars(select(CheckpointRow).where(
         CheckpointRow.job_id == job.id).order_by(CheckpointRow.step_number)))
     step = next((c.step_number for c in checkpoints
@@ -359,19 +354,15 @@ def _plain(name: str) -> bool:
 
 
 def _tokenizer_members(settings: Settings, blobs: BlobStore, base: str) -> list[Member]:
-    """The base model's tokenizer and chat template, from its shared volume or the bucket;
-    none when the base model is no longer configured or registered (the card lists what
-    the archive has)."""
-    config = settings.base_model_configs().get(base)
-    if config is not None and config.volume_path is not None:
-        folder = Path(config.volume_path)
-        return [Member(n, (folder / n).stat().st_size, _local(folder / n))
-                for n in TOKENIZER_NAMES if (folder / n).is_file()]
-    manifest = registered_manifest(blobs, base)
-    if manifest is None:
+    """The base model's tokenizer and chat template, from the folder the API counts tokens
+    with (its shared volume, or its files fetched from the bucket); none when the base model
+    is no longer configured or registered (the card lists what the archive has)."""
+    try:
+        folder = tokenizer_dir(settings, blobs, base)
+    except BaseModelUnavailable:
         return []
-    return [Member(f.name, f.size, _object(blobs, base_model_file_key(base, f.name)))
-            for f in manifest.subset(TOKENIZER_NAMES)]
+    return [Member(n, (folder / n).stat().st_size, _local(folder / n))
+            for n in TOKENIZER_NAMES if (folder / n).is_file()]
 
 
 def _object(blobs: BlobStore, key: str) -> Callable[[], Iterable[bytes]]:

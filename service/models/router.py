@@ -34,7 +34,7 @@ async def download_model(ctx: ContextDep, db: DbDep, caller: CallerDep,
     if literal in ctx.settings.base_model_configs():
         # Only a base model id can end so: OpenAI's retrieve route keeps its meaning.
         return await retrieve_model(ctx, db, caller, literal)
-    target = await db.run(lambda s: download.find(s, ctx.settings, caller, model_id))
+    target = await db.run(lambda s: download.find(s, caller, model_id))
     # The bucket is listed before the 200 starts (S3 away: an enveloped 503); Starlette then
     # reads the archive's sync iterator on its thread pool, off the event loop.
     archive = await run_in_threadpool(download.prepare, ctx.settings, ctx.blobs, target)

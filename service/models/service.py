@@ -60,15 +60,22 @@ def resolve(session: Session, settings: Settings, caller: Caller, model_id: str,
     for base in _base_models(settings, started_at):
         if base.public.id == model_id:
             return base
-    job, adapter_key = owning_job(session, model_id)
-    if job is None or job.organization != caller.organization or job.model_deleted_at:
-        raise ModelNotFound(model_id)
+    job, adapter_key = owned_model(session, caller, model_id)
     return ServedModel(
         ModelObject(id=model_id, created=job.finished_at or job.created_at,
                     owned_by=job.organization),
         internal_name(job.base, adapter_key),
         full_finetune=bool(job.method_hyperparameters.get("full_finetune")),
     )
+
+
+def owned_model(session: Session, caller: Caller, model_id: str) -> tuple[JobRow, str]:
+    """The job behind the caller's fine-tuned model or checkpoint ``model_id``, and its
+    adapter; another organization's or a deleted model is not found, as an unknown one."""
+    job, adapter_key = owning_job(session, model_id)
+    if job is None or job.organization != caller.organization or job.model_deleted_at:
+        raise ModelNotFound(model_id)
+    return job, adapter_key
 
 
 def owning_job(session: Session, model_id: str) -> tuple[JobRow | None, str]:

@@ -76,12 +76,11 @@ def build(ctx: AppContext, plan: Plan, max_seq_length: int | None,
     ``max_seq_length`` defaults to the model's context (what ``auto`` never exceeds), so
     ``truncation`` counts the rows no run could keep whole; ``n_epochs`` to the ``auto`` rule.
     """
-    facts = model_facts(ctx, plan.model)
-    limits = hyperparameters.Limits.of(ctx.settings, plan.model, facts)
-    if max_seq_length is not None and max_seq_length > limits.max_seq_length:
-        raise InvalidRequest(f"max_seq_length {max_seq_length} is above this model's context "
-                             f"length ({limits.max_seq_length}).", param="max_seq_length",
-                             code="invalid_value")
+    limits = hyperparameters.Limits.of(ctx.settings, plan.model, model_facts(ctx, plan.model))
+    try:  # the check job creation makes
+        hyperparameters.check_limits({"max_seq_length": max_seq_length}, limits)
+    except hyperparameters.OutOfLimits as e:
+        raise InvalidRequest(str(e), param=e.param, code="invalid_value") from None
     limit = max_seq_length or limits.max_seq_length
     training = _scan(ctx, plan, plan.training, "file_id", limit)
     validation = None

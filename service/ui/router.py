@@ -9,6 +9,7 @@ only from this origin, nothing inline, no framing.
 
 from __future__ import annotations
 
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -47,8 +48,10 @@ HEADERS = {
 }
 
 
+@cache
 def asset_names() -> frozenset[str]:
-    """The files the page is made of; nothing else under ``/ui/`` is served."""
+    """The files the page is made of; nothing else under ``/ui/`` is served. Listed once, on
+    the first request: the folder is package data, fixed while the server runs."""
     return frozenset(p.name for p in STATIC.iterdir()
                      if p.is_file() and p.suffix in MEDIA_TYPES)
 

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.service.conftest import chat_jsonl
 from tests.support.http_stub import http_stub
 
 
@@ -136,6 +137,17 @@ def event_object(n: int, message: str, *, metrics: dict[str, Any] | None = None,
     return {"id": f"ftevent-{n}", "object": "fine_tuning.job.event", "created_at": at,
             "level": level, "message": message, "type": "metrics" if metrics else "message",
             "data": metrics}
+
+
+EMAIL = "jane.doe@example.com"
+
+
+def flagged_jsonl(n: int = 12) -> bytes:
+    """``chat_jsonl(n)`` with what the data report flags: an email on line 4, line 1 again as
+    line ``n + 1``."""
+    rows = chat_jsonl(n).decode().splitlines()
+    rows[3] = rows[3].replace("plus one?", f"plus one? Mail {EMAIL}")
+    return ("\n".join([*rows, rows[0]]) + "\n").encode()
 
 
 REPORT: dict[str, Any] = {

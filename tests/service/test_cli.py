@@ -31,12 +31,14 @@ from service.cli.progress import Progress, advance
 from service.cli.state import Transport
 from service.jobs.scheduler import Scheduler
 from tests.service.cli_stub import (
+    EMAIL,
     REPORT,
     Reply,
     Stub,
     error,
     event_object,
     file_object,
+    flagged_jsonl,
     job_object,
     serving,
     sse,
@@ -252,10 +254,8 @@ def test_files_jobs_and_models_commands_on_the_real_api(tmp_path: Path, in_proce
 
 
 def test_upload_prints_the_real_report(in_process: Transport, tmp_path: Path):
-    rows = chat_jsonl().decode().splitlines()
-    rows[3] = rows[3].replace("plus one?", "plus one? Mail jane.doe@example.com")
     data = tmp_path / "train.jsonl"
-    data.write_text("\n".join([*rows, rows[0]]) + "\n")  # line 13 repeats line 1
+    data.write_bytes(flagged_jsonl(12))
     base = "http://testserver/v1"
     shown = openft("files", "upload", str(data), "--model", "tiny-llama", base_url=base,
                    transport=in_process)
@@ -268,7 +268,7 @@ def test_upload_prints_the_real_report(in_process: Transport, tmp_path: Path):
     assert re.search(rf"│ tokens trained\s+│ {report['tokens']['trained']:,}\s", out), out
     assert re.search(rf"│ tokens untrained\s+│ {report['tokens']['untrained']:,}\s", out), out
     assert re.search(r"│ exact\s+│ 1, 13\s", out), out
-    assert re.search(r"│ 4\s+│ email\s+│", out) and "jane.doe@example.com" not in out, out
+    assert re.search(r"│ 4\s+│ email\s+│", out) and EMAIL not in out, out
 
 
 def test_following_a_cancelled_job_reads_the_real_event_stream(in_process: Transport,

@@ -19,19 +19,11 @@ import pytest
 
 from devstack.processes import free_ports
 from devstack.stack import Stack, running_stack
+from tests.service.cli_stub import EMAIL, flagged_jsonl
 
 pytestmark = pytest.mark.slow
 
 OPENFT = str(Path(sys.executable).parent / "openft")
-EMAIL = "jane.doe@example.com"
-
-
-def chat_rows(n: int) -> bytes:
-    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus one?"},
-                          {"role": "assistant", "content": f"{i + 1}"}]} for i in range(n)]
-    rows[3]["messages"][0]["content"] += f" Write to me at {EMAIL}."
-    rows.append(rows[0])  # an exact duplicate of line 1, as line n + 1
-    return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +52,7 @@ def upload(stack: Stack, path: Path) -> str:
 
 def test_upload_prints_the_data_report(stack: Stack, tmp_path: Path):
     data = tmp_path / "train.jsonl"
-    data.write_bytes(chat_rows(12))
+    data.write_bytes(flagged_jsonl(12))
     shown = openft(stack, "files", "upload", str(data), "--model", "tiny-llama")
     assert shown.returncode == 0, shown.stderr
     file_id = re.search(r"Uploaded train\.jsonl as (file-\S+)", shown.stdout).group(1)
@@ -78,7 +70,7 @@ def test_upload_prints_the_data_report(stack: Stack, tmp_path: Path):
 
 def test_create_follow_shows_progress_to_the_end_and_exits_0(stack: Stack, tmp_path: Path):
     data = tmp_path / "train.jsonl"
-    data.write_bytes(chat_rows(12))
+    data.write_bytes(flagged_jsonl(12))
     file_id = upload(stack, data)
     run = openft(stack, "jobs", "create", "--model", "tiny-llama", "--training-file", file_id,
                  "--suffix", "cli", "--epochs", "1", "--follow", timeout=1500)
@@ -97,7 +89,7 @@ def test_create_follow_shows_progress_to_the_end_and_exits_0(stack: Stack, tmp_p
 
 def test_following_a_failed_job_exits_1_with_its_error(stack: Stack, tmp_path: Path):
     data = tmp_path / "short.jsonl"
-    data.write_bytes(chat_rows(5))  # 6 rows: fewer than the 10 a job needs
+    data.write_bytes(flagged_jsonl(5))  # 6 rows: fewer than the 10 a job needs
     file_id = upload(stack, data)
     created = openft(stack, "jobs", "create", "--model", "tiny-llama", "--training-file",
                      file_id, "--json")

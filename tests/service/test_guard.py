@@ -7,22 +7,19 @@ import asyncio
 import json
 import select
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import uvicorn
 
-from devstack.processes import free_port
 from service.auth import KeyRing, parse_api_keys
 from service.guard import FORM_MARGIN_BYTES, RequestGuard, body_limit
 from service.main import build_context, create_app
 from service.settings import Settings
 from tests.service.conftest import KEY_A
 from tests.service.fake_ray import FakeRay
+from tests.support.asgi_server import served
 
 LIMIT = 1000  # max_upload_bytes of the unit tests' fake app
 
@@ -144,17 +141,8 @@ def server(settings: Settings) -> Iterator[int]:
     small = settings.model_copy(update={"max_upload_bytes": 100_000})
     app = create_app(small, run_scheduler=False,
                      context=lambda s: build_context(s, ray=FakeRay()))
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started
-    yield port
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with served(app) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def read_answer(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import doctest
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,11 +20,9 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import event as sa_event
 
 from contract.events import MetricsData, MetricsEvent, ResultData, ResultEvent
-from devstack.processes import free_port
 from service.jobs import live_events
 from service.jobs.protocol import JobEvent
 from service.jobs.scheduler import Scheduler
@@ -34,6 +31,7 @@ from tests.service.conftest import KEY_A, KEY_B, api_settings
 from tests.service.fake_ray import FakeRay, MemoryBlobs
 from tests.service.test_files_and_auth import assert_envelope
 from tests.service.test_job_transitions import Jobs, metrics
+from tests.support.asgi_server import served
 
 JOBS = "/v1/fine_tuning/jobs"
 POLL_S, PING_S = 0.05, 0.2
@@ -111,21 +109,8 @@ def app(tmp_path: Path, tiny_model_dir: Path, database_url: str, ray, blobs):
 
 @pytest.fixture
 def http(app) -> Iterator[httpx.Client]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with served(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+        yield client
 
 
 @pytest.fixture

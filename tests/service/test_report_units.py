@@ -13,7 +13,7 @@ import pytest
 
 from service.files.report import build, detectors, duplicates, estimate, summary, tokens
 from service.files.report.detectors import iban_valid, luhn_valid, scan
-from service.files.report.duplicates import Index, leaks, normalized
+from service.files.report.duplicates import Index, LeakCheck, normalized
 from service.files.report.estimate import Run
 from service.files.report.tokens import row_tokens
 from service.jobs.token_count import ChatTokenCounter
@@ -182,9 +182,11 @@ def test_validation_rows_leak_exactly_or_nearly():
     index = Index()
     for line, row in enumerate([chat("Hi", "Hello"), chat(LONG, "Rayleigh scattering.")], 1):
         index.add(line, normalized(row))
-    found = leaks(index, [(1, normalized(chat("Hi", "Hello"))),
-                          (2, normalized(chat(LONG + " please", "Rayleigh scattering."))),
-                          (3, normalized(chat("New", "Row")))])
+    check = LeakCheck(index)
+    rows = [(1, normalized(chat("Hi", "Hello"))),
+            (2, normalized(chat(LONG + " please", "Rayleigh scattering."))),
+            (3, normalized(chat("New", "Row")))]
+    found = [leak for leak in (check(line, text) for line, text in rows) if leak is not None]
     assert [(x.line, x.training_lines, x.kind) for x in found] == [
         (1, [1], "exact"), (2, [2], "near")]
 

@@ -24,7 +24,6 @@ import pytest
 from sqlalchemy import select
 
 from devstack.databases import database_for
-from devstack.processes import free_port
 from service.db import CheckpointRow, JobEventRow, JobRow
 from service.ids import new_id, now
 from service.lifecycle import add_event
@@ -32,7 +31,8 @@ from service.main import build_context, create_app
 from service.models.naming import checkpoint_name, fine_tuned_model_name
 from tests.service.conftest import KEY_A, KEY_B, api_settings, chat_jsonl, chat_line
 from tests.service.fake_ray import FakeRay
-from tests.support.browser import Relay, chromium, screenshot, served
+from tests.support.asgi_server import served
+from tests.support.browser import Relay, chromium, screenshot
 from tests.support.http_stub import http_stub
 
 TIMEOUT_MS = 30_000
@@ -81,7 +81,7 @@ def served_api(tmp_path, s3_server, tiny_model_dir, database_url) -> Iterator[tu
                                 serving_url=serving_url)
         app = create_app(settings, run_scheduler=False,
                          context=lambda s: build_context(s, ray=FakeRay()))
-        with served(app, free_port()) as url:
+        with served(app) as url:
             yield url, app
 
 

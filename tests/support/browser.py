@@ -7,8 +7,8 @@ the tests launch ``/usr/bin/chromium``, which ``.ci/run`` installs with apt when
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,36 +46,12 @@ def screenshot(page, tmp_path: Path, name: str, *, full_page: bool = True) -> Pa
     return shot
 
 
-@contextmanager
-def served(app, port: int) -> Iterator[str]:
-    """The ASGI app on a real loopback port (uvicorn in a thread, lifespan included), for a
-    browser to open; yields the base URL and stops the server afterwards."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the API did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 class Relay:
     """A TCP relay on a loopback port in front of ``upstream`` (host, port): the browser
     talks to the API through it, and :meth:`cut` drops every open connection at once, as a
     restarting proxy or a lost network would. New connections are relayed as before."""
 
     def __init__(self, upstream: tuple[str, int]) -> None:
-        import socket
-
         self.upstream = upstream
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -84,8 +60,6 @@ class Relay:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        import socket
-
         while True:
             try:
                 client, _ = self.listener.accept()
@@ -111,8 +85,6 @@ class Relay:
             self._close(source, sink)
 
     def _close(self, *sockets) -> None:
-        import socket
-
         for sock in sockets:
             with self.lock:
                 self.open.discard(sock)

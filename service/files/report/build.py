@@ -13,7 +13,7 @@ import math
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from jinja2 import TemplateError
@@ -22,7 +22,7 @@ from contract.chat_format import InvalidChatFile, as_conversations, iter_numbere
 from service.base_models.service import BaseModelUnavailable
 from service.files.report import protocol as p
 from service.files.report.detectors import scan
-from service.files.report.duplicates import MAX_PAIRS, Index, Leak, leaks, normalized
+from service.files.report.duplicates import MAX_PAIRS, Index, Leak, LeakCheck, normalized
 from service.files.report.tokens import ChatRenderer, RowTokens, row_tokens
 
 PER_ROW_LIMIT = 1000
@@ -35,19 +35,11 @@ TRUNCATED_LINES = 100
 MAX_FINDINGS = 1000
 
 
-class ConversationSink(Protocol):
-    """Takes each conversation's full length (``service.jobs.token_count.FileTokens``)."""
-
-    def add(self, line: int, tokens: int) -> None: ...
-
-
 @dataclass
 class FileScan:
     """What one pass over a file found."""
 
     max_seq_length: int
-    sink: ConversationSink | None = None
-    """Takes each conversation's full length (validation's ``auto`` rule and summary)."""
     trained: int = 0
     untrained: int = 0
     per_row: list[p.RowCount] = field(default_factory=list)
@@ -58,6 +50,7 @@ class FileScan:
     truncated_lines: list[int] = field(default_factory=list)
     previews: list[p.LossPreview] = field(default_factory=list)
     index: Index = field(default_factory=Index)
+    """The file's rows, for its duplicates; empty for a file scanned ``against`` another."""
     findings: list[p.FindingOut] = field(default_factory=list)
     leaks: list[Leak] = field(default_factory=list)
     """Rows also in the training file, for a validation file scanned ``against`` it."""
@@ -66,14 +59,16 @@ class FileScan:
     def rows(self) -> int:
         return len(self.lengths)
 
+    @property
+    def longest(self) -> int | None:
+        """The longest conversation's full length (the ``auto`` ``max_seq_length`` rule)."""
+        return max(self.lengths, default=None)
+
     def add(self, line: int, rows: list[RowTokens]) -> None:
         trained = sum(r.trained for r in rows)
         untrained = sum(r.untrained for r in rows)
         self.trained += trained
         self.untrained += untrained
-        for r in rows:
-            if self.sink is not None:
-                self.sink.add(line, r.length)
         longest = max(r.length for r in rows)
         self.lengths.append(longest)
         if len(self.per_row) < PER_ROW_LIMIT:
@@ -91,20 +86,21 @@ class FileScan:
 
 
 def scan_file(lines: Iterable[bytes], counter: Callable[[], ChatRenderer], *,
-              method: str, max_seq_length: int, base: str, against: Index | None = None,
-              sink: ConversationSink | None = None) -> FileScan:
+              method: str, max_seq_length: int, base: str,
+              against: Index | None = None) -> FileScan:
     """Scan every line of a chat file (``method`` ``supervised`` or ``dpo``).
 
     ``counter`` is called once, at the first example (the base model's tokenizer may have to
     be fetched). Errors come in the order validation reports them: a bad line anywhere, then
     too few examples, then the model or its template (after the first such error the rest is
     still checked, not counted). ``against`` is the training file's index: the rows of this
-    (validation) file found in it are :attr:`FileScan.leaks`.
+    (validation) file found in it are :attr:`FileScan.leaks`, and this file is not indexed
+    for duplicates of its own (the report shows only the training file's).
     """
-    result = FileScan(max_seq_length, sink)
+    result = FileScan(max_seq_length)
     deferred: InvalidChatFile | BaseModelUnavailable | None = None
     chat: ChatRenderer | None = None
-    leak_rows: list[tuple[int, str]] = []
+    leak = LeakCheck(against) if against is not None else None
     for line, example in iter_numbered_examples(lines, method):
         if deferred is not None:
             continue
@@ -116,18 +112,13 @@ def scan_file(lines: Iterable[bytes], counter: Callable[[], ChatRenderer], *,
             deferred = e
             continue
         text = _row_text(example, method)
-        result.index.add(line, text)
+        if leak is None:
+            result.index.add(line, text)
+        elif len(result.leaks) < MAX_PAIRS and (found := leak(line, text)) is not None:
+            result.leaks.append(found)
         _add_findings(result.findings, line, example)
-        if against is not None:
-            leak_rows.append((line, text))
-            if len(leak_rows) >= 256:  # keep what is held small; leaks() caps its own list
-                result.leaks.extend(leaks(against, leak_rows))
-                leak_rows.clear()
     if deferred is not None:
         raise deferred
-    if against is not None:
-        result.leaks.extend(leaks(against, leak_rows))
-        del result.leaks[MAX_PAIRS:]
     return result
 
 

@@ -15,7 +15,7 @@ import hashlib
 import json
 import re
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -117,12 +117,6 @@ class Index:
         groups.sort()
         return groups[:MAX_PAIRS]
 
-    def exact_lines(self, digest: int) -> list[int]:
-        """Lines of the rows with hash ``digest``."""
-        hashes = np.frombuffer(self.hashes, dtype=np.uint64)
-        lines = np.frombuffer(self.lines, dtype=np.uint32)
-        return [int(x) for x in lines[hashes == np.uint64(digest)]]
-
 
 @functools.cache
 def _template() -> MinHash:
@@ -147,20 +141,25 @@ class Leak:
     """``exact`` or ``near``."""
 
 
-def leaks(training: Index, validation: Iterable[tuple[int, str]]) -> list[Leak]:
-    """Validation rows (``(line, normalized text)``) found in the training file, exactly
-    or nearly; at most :data:`MAX_PAIRS`."""
-    out: list[Leak] = []
-    known = np.sort(np.frombuffer(training.hashes, dtype=np.uint64))
-    for line, text in validation:
-        if len(out) >= MAX_PAIRS:
-            break
+class LeakCheck:
+    """Finds validation rows in the training file's finished index. Its hashes are sorted
+    once, with their lines in the same order, so each row costs a binary search (and, when
+    not found exactly, one MinHash query)."""
+
+    def __init__(self, training: Index) -> None:
+        hashes = np.frombuffer(training.hashes, dtype=np.uint64)
+        order = np.argsort(hashes, kind="stable")  # stable: equal hashes keep line order
+        self._hashes = hashes[order]
+        self._lines = np.frombuffer(training.lines, dtype=np.uint32)[order]
+        self._training = training
+
+    def __call__(self, line: int, text: str) -> Leak | None:
+        """The leak of validation row ``line`` (its normalized ``text``), if it is one."""
         digest = np.uint64(exact_hash(text))
-        at = int(np.searchsorted(known, digest))
-        if at < len(known) and known[at] == digest:
-            out.append(Leak(line, training.exact_lines(int(digest)), "exact"))
-            continue
-        similar = training.similar(minhash(text))
-        if similar:
-            out.append(Leak(line, [other for other, _ in similar], "near"))
-    return out
+        start = int(np.searchsorted(self._hashes, digest, side="left"))
+        end = int(np.searchsorted(self._hashes, digest, side="right"))
+        if end > start:
+            return Leak(line, [int(x) for x in self._lines[start:end]], "exact")
+        similar = self._training.similar(minhash(text))
+        return Leak(line, [other for other, _ in similar], "near") if similar else None
+

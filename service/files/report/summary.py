@@ -16,9 +16,8 @@ SHOWN_LINES = 10
 """Lines a message names; the event's data lists up to 100."""
 
 
-def _lines(lines: list[int], total: int | None = None) -> str:
-    total = len(lines) if total is None else total
-    return ", ".join(map(str, lines[:SHOWN_LINES])) + (", ..." if total > SHOWN_LINES else "")
+def _lines(lines: list[int]) -> str:
+    return ", ".join(map(str, lines[:SHOWN_LINES])) + (", ..." if len(lines) > SHOWN_LINES else "")
 
 
 def summary(training: FileScan, validation: FileScan | None,

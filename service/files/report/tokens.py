@@ -17,14 +17,13 @@ from typing import Any, Protocol
 
 from tokenizers import Tokenizer
 
-from contract import loss_spans
-
-Message = Mapping[str, Any]
-Tool = Mapping[str, Any]
+from contract.loss_spans import Message, Tool, trained_spans
 
 
 class ChatRenderer(Protocol):
-    """A base model's chat template and tokenizer, as the service holds them."""
+    """A base model's chat template and tokenizer, as the service holds them: a protocol
+    because the holder, ``ChatTokenCounter``, lives in ``service.jobs``, which imports
+    ``service.files`` (the import contracts forbid the way back)."""
 
     @property
     def tokenizer(self) -> Tokenizer: ...
@@ -59,18 +58,6 @@ class RowTokens:
         return self.trained + self.untrained
 
 
-def trained_spans(counter: ChatRenderer, messages: Sequence[Message],
-                  tools: Sequence[Tool] | None = None) -> tuple[str, list[tuple[int, int]]]:
-    """The full rendering and the character span of each trained turn
-    (:func:`contract.loss_spans.trained_spans`, the function training's labels use)."""
-
-    def template(messages: Sequence[Message], tools: Sequence[Tool] | None,
-                 generation_prompt: bool) -> str:
-        return counter.render(messages, tools, generation_prompt=generation_prompt)
-
-    return loss_spans.trained_spans(template, messages, tools)
-
-
 def row_tokens(counter: ChatRenderer, conversation: Mapping[str, Any], max_seq_length: int,
                with_segments: bool = False) -> RowTokens:
     """Trained and untrained tokens of ``conversation`` within ``max_seq_length``; with
@@ -79,7 +66,8 @@ def row_tokens(counter: ChatRenderer, conversation: Mapping[str, Any], max_seq_l
     A token is trained when its characters overlap a trained span, as in training (a
     SentencePiece ``▁Hello`` starts at the space before the answer).
     """
-    text, spans = trained_spans(counter, conversation["messages"], conversation.get("tools"))
+    text, spans = trained_spans(counter.render, conversation["messages"],
+                                conversation.get("tools"))
     offsets = counter.tokenizer.encode(text, add_special_tokens=False).offsets
     kept = offsets[:max_seq_length]
     flags = _trained_flags(kept, spans)

@@ -33,10 +33,10 @@ from service.files.report import summary as report_summary
 from service.files.report.build import FileScan, scan_file
 from service.ids import now
 from service.jobs import hyperparameters
-from service.jobs.capacity import ClusterView
+from service.jobs.capacity import ClusterView, ModelFacts
 from service.jobs.scheduler.rows import claim
 from service.jobs.service import cluster_view, model_facts
-from service.jobs.token_count import ChatTokenCounter, FileTokens
+from service.jobs.token_count import ChatTokenCounter
 from service.lifecycle import JobStatus, add_event, transition
 from service.settings import Settings
 
@@ -59,30 +59,28 @@ def validate(ctx: AppContext, job_id: str, stop: threading.Event | None = None) 
         job = claim(s, job_id)
         if job is None or job.status != JobStatus.VALIDATING_FILES:
             return
-        limits = hyperparameters.Limits.of(ctx.settings, job.base, model_facts(ctx, job.base))
+        model = model_facts(ctx, job.base)
+        limits = hyperparameters.Limits.of(ctx.settings, job.base, model)
         scans: dict[str, FileScan] = {}
-        training = FileTokens()
         for param in FILE_PARAMS:
             file_id = getattr(job, param)
             if file_id is None:
                 continue
             try:
-                scans[param] = _scan_file(
-                    ctx, job, file_key(file_id), stop, _scan_limit(job, limits),
-                    scans.get("training_file"),
-                    training if param == "training_file" else FileTokens())
+                scans[param] = _scan_file(ctx, job, file_key(file_id), stop,
+                                          _scan_limit(job, limits), scans.get("training_file"))
             except InvalidChatFile as e:
                 _fail(s, job, e, param)
                 return
             except BaseModelUnavailable as e:
                 _fail_unavailable(s, job, e)
                 return
+        training = scans["training_file"]
         error = report_summary.check_failure(
             job.data_checks, {p: getattr(job, p) for p in scans}, scans)
         if error is not None:
-            _announce_report(ctx, s, job, scans, training, hyperparameters.resolve(
-                job.method_hyperparameters, training.n_examples, limits, job.method_type,
-                longest_example=training.longest).n_epochs)
+            _announce_report(ctx, s, job, scans,
+                             _resolve(job, training, limits, model, cluster=None).n_epochs)
             transition(s, job.id, [JobStatus.VALIDATING_FILES], JobStatus.FAILED,
                        error["message"], level="error", finished_at=now(), error=error)
             return
@@ -90,7 +88,7 @@ def validate(ctx: AppContext, job_id: str, stop: threading.Event | None = None) 
         if cluster is None:  # the run's shape depends on the cluster: wait until Ray answers
             log.warning("Ray cannot be reached; job %s waits to be validated", job.id)
             return
-        resolved = _resolve(ctx, job, training, cluster)
+        resolved = _resolve(job, training, limits, model, cluster)
         spec = training_spec(ctx.settings, job, resolved, use_gpu=cluster.use_gpu)
         # The spec is in S3 before the row says queued (results before pointers).
         ctx.blobs.put(spec_key(job.id), spec.model_dump_json(indent=2).encode(),
@@ -102,38 +100,37 @@ def validate(ctx: AppContext, job_id: str, stop: threading.Event | None = None) 
                       "Files validated, moving job to queued state",
                       hyperparameters=resolved.openai_dict(), method=method):
             _announce_summary(s, job.id, summary, truncated, resolved)
-            _announce_report(ctx, s, job, scans, training, resolved.n_epochs)
+            _announce_report(ctx, s, job, scans, resolved.n_epochs)
 
 
 def _scan_limit(job: JobRow, limits: hyperparameters.Limits) -> int:
     """The ``max_seq_length`` the report counts trained tokens within: the one asked for, or
     the model's context. ``auto`` resolves to the longest example rounded up, capped at the
-    context, so it cuts exactly the rows the context cuts, at the same length."""
+    context, so it cuts exactly the rows the context cuts, at the same length: the scan's
+    counts are the resolved run's."""
     asked = job.method_hyperparameters.get("max_seq_length")
     return asked if isinstance(asked, int) else limits.max_seq_length
 
 
 def _announce_report(ctx: AppContext, s: Session, job: JobRow, scans: dict[str, FileScan],
-                     tokens: FileTokens, epochs: int) -> None:
+                     epochs: int) -> None:
     """The data report's summary event (docs/api.md, "Data report")."""
     training = scans["training_file"]
     guess = report_estimate.estimate(
         report_estimate.measured_runs(s, ctx.blobs, job.base),
-        tokens.n_tokens(training.max_seq_length), epochs)
+        training.trained + training.untrained, epochs)
     message, data = report_summary.summary(training, scans.get("validation_file"), guess)
     # info, whatever it found: warnings are for what the run itself did wrong (a truncation,
     # a final model worse than a checkpoint), and a job may opt in to failing instead.
     add_event(s, job.id, message, data=data)
 
 
-def _resolve(ctx: AppContext, job: JobRow, tokens: FileTokens,
-             cluster: ClusterView) -> Hyperparameters:
+def _resolve(job: JobRow, training: FileScan, limits: hyperparameters.Limits,
+             model: ModelFacts | None, cluster: ClusterView | None) -> Hyperparameters:
     """The ``auto`` rule fed with the longest example, the model's shape and the cluster."""
-    model = model_facts(ctx, job.base)
     return hyperparameters.resolve(
-        job.method_hyperparameters, tokens.n_examples,
-        hyperparameters.Limits.of(ctx.settings, job.base, model), job.method_type,
-        longest_example=tokens.longest, model=model, cluster=cluster)
+        job.method_hyperparameters, training.rows, limits, job.method_type,
+        longest_example=training.longest, model=model, cluster=cluster)
 
 
 def training_spec(settings: Settings, job: JobRow, resolved: Hyperparameters,
@@ -153,7 +150,7 @@ def training_spec(settings: Settings, job: JobRow, resolved: Hyperparameters,
 
 
 def _scan_file(ctx: AppContext, job: JobRow, key: str, stop: threading.Event | None,
-               limit: int, training: FileScan | None, tokens: FileTokens) -> FileScan:
+               limit: int, training: FileScan | None) -> FileScan:
     """The data report's pass over one file, read as a stream: one line at a time is held,
     plus a few bytes of counts and hashes a row, whatever the file's size.
 
@@ -163,15 +160,14 @@ def _scan_file(ctx: AppContext, job: JobRow, key: str, stop: threading.Event | N
     validation here, naming the line, rather than the run later. Errors are reported in the
     order of a check of the whole file before any count: a bad line anywhere, then too few
     examples, then the model or its template (:func:`service.files.report.build.scan_file`).
-    A validation file is compared with the ``training`` file's scan for leaked rows. Each
-    conversation's length goes to ``tokens``.
+    A validation file is compared with the ``training`` file's scan for leaked rows.
     """
     lines = split_lines(_until(stop, ctx.blobs.iter_chunks(key)), ctx.settings.max_line_bytes)
     return scan_file(
         lines, lambda: ChatTokenCounter.for_model(
             tokenizer_dir(ctx.settings, ctx.blobs, job.base)),
         method=job.method_type, max_seq_length=limit, base=job.base,
-        against=training.index if training is not None else None, sink=tokens)
+        against=training.index if training is not None else None)
 
 
 def _until(stop: threading.Event | None, chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -181,21 +177,21 @@ def _until(stop: threading.Event | None, chunks: Iterator[bytes]) -> Iterator[by
         yield chunk
 
 
-def _token_summary(settings: Settings, tokens: FileTokens,
+def _token_summary(settings: Settings, training: FileScan,
                    resolved: Hyperparameters) -> tuple[dict[str, Any], tuple[int, list[int]]]:
     """The summary event's data, and the lines that will be truncated (how many, the first
-    100)."""
-    limit = resolved.max_seq_length
-    n_tokens = tokens.n_tokens(limit)
+    100): the scan's, whose limit cuts as ``resolved.max_seq_length`` does
+    (:func:`_scan_limit`)."""
+    n_tokens = training.trained + training.untrained
     trained = n_tokens * resolved.n_epochs
     summary = {
-        "n_examples": tokens.n_examples, "n_tokens": n_tokens,
+        "n_examples": training.rows, "n_tokens": n_tokens,
         "estimated_trained_tokens": trained,
         "estimated_duration_s": int(settings.training_startup_s
                                     + trained / settings.training_tokens_per_s),
-        "max_seq_length": limit,
+        "max_seq_length": resolved.max_seq_length,
     }
-    return summary, tokens.truncated(limit)
+    return summary, (training.truncated, training.truncated_lines)
 
 
 def _announce_summary(s: Session, job_id: str, summary: dict[str, Any],

@@ -9,25 +9,22 @@ export const key = {
   clear: () => sessionStorage.removeItem(KEY),
 };
 
-/** An error answer of the API, from OpenAI's envelope {"error": {message, code, ...}}. */
+/** An error answer of the API: its status and the message of OpenAI's envelope
+ * {"error": {message, ...}}. */
 export class ApiError extends Error {
-  constructor(status, message, code) {
+  constructor(status, message) {
     super(message);
     this.status = status;
-    this.code = code;
   }
 }
 
 /** Fired on window when the key is refused: the page goes back to sign-in. */
 export const KEY_REFUSED = "openft:key-refused";
 
-export function authHeaders(extra = {}) {
-  return { Authorization: `Bearer ${key.get() ?? ""}`, ...extra };
-}
-
 /** fetch under /v1 with the key; an error answer is thrown as ApiError. */
 export async function request(path, { method = "GET", body, headers = {}, signal } = {}) {
-  const init = { method, signal, cache: "no-store", headers: authHeaders(headers) };
+  const init = { method, signal, cache: "no-store",
+    headers: { Authorization: `Bearer ${key.get() ?? ""}`, ...headers } };
   if (body !== undefined) {
     init.body = JSON.stringify(body);
     init.headers["Content-Type"] = "application/json";
@@ -41,18 +38,15 @@ export async function getJSON(path, options) {
   return (await request(path, options)).json();
 }
 
-export async function errorOf(response) {
+async function errorOf(response) {
   let message = `${response.status} ${response.statusText}`;
-  let code = null;
   try {
-    const body = await response.json();
-    message = body?.error?.message ?? message;
-    code = body?.error?.code ?? null;
+    message = (await response.json())?.error?.message ?? message;
   } catch {
     // not JSON (a proxy's page): the status line says enough
   }
   if (response.status === 401) window.dispatchEvent(new CustomEvent(KEY_REFUSED));
-  return new ApiError(response.status, message, code);
+  return new ApiError(response.status, message);
 }
 
 /** A path segment: ids and model names (they hold ":") go in escaped. */

@@ -8,7 +8,7 @@ import { h, num, replace, when } from "./dom.js";
 import { hyperparametersOf, statusBadge } from "./jobs.js";
 import { followEvents } from "./live.js";
 import { downloadButton } from "./models.js";
-import { loadReport, reportPath, reportView } from "./report.js";
+import { reportPath, reportView } from "./report.js";
 
 const SETTLED = new Set(["succeeded", "failed", "cancelled"]);
 const REFRESH_MS = 3000;
@@ -37,6 +37,7 @@ class JobPage {
     this.openChats = new Map(); // checkpoint name -> its chat box, kept across redraws
     this.checkpointsShape = null; // what the checkpoints table shows now
     this.reportPath = null; // the data report shown, for the job's settings then
+    this.redrawQueued = false;
   }
 
   async start() {
@@ -137,7 +138,7 @@ class JobPage {
       replace(this.checkpoints, h("p", { class: "muted" }, "None yet."));
       return;
     }
-    const best = bestOf(this.job, checkpoints);
+    const best = this.job.best_checkpoint?.id ?? null;
     // Redrawn only when something changed: an open chat box keeps its focus and its text.
     const shape = JSON.stringify([best, checkpoints.map((c) => [c.id, c.metrics])]);
     if (shape === this.checkpointsShape) return;
@@ -177,7 +178,7 @@ class JobPage {
     const path = reportPath(this.job);
     this.reportPath = path;
     try {
-      const report = await loadReport(this.job, this.signal);
+      const report = await getJSON(path, { signal: this.signal });
       if (path === this.reportPath) replace(this.report, reportView(report));
     } catch (error) {
       if (this.signal.aborted || path !== this.reportPath) return;
@@ -191,10 +192,9 @@ class JobPage {
     try {
       await followEvents(this.jobId, {
         signal: this.signal,
-        isSettled: () => SETTLED.has(this.job.status),
-        onMode: (mode) => {
-          this.chart.svg.dataset.live = mode;
-          replace(this.live, mode === "stream" ? "Live" : "Refreshing every 2 s");
+        onLive: () => {
+          this.chart.svg.dataset.live = "stream";
+          replace(this.live, "Live");
         },
         onEvent: (event) => this.addEvent(event),
         onEnd: () => replace(this.live, "Job settled"),
@@ -224,16 +224,6 @@ class JobPage {
         : `Step ${c.step}`);
     }, 50);
   }
-}
-
-/** The best checkpoint's id: the job's best_checkpoint; on a server without that field,
- * the checkpoint with the lowest full validation loss. */
-export function bestOf(job, checkpoints) {
-  if ("best_checkpoint" in job) return job.best_checkpoint?.id ?? null;
-  const scored = checkpoints.filter((c) => typeof c.metrics?.full_valid_loss === "number");
-  if (scored.length === 0) return null;
-  return scored.reduce((a, b) => (b.metrics.full_valid_loss < a.metrics.full_valid_loss ? b
-    : a)).id;
 }
 
 function format(value) {

@@ -1,13 +1,9 @@
 // The data report of a training file (GET /v1/files/{id}/report), compact: sizes, tokens,
 // lengths and truncation, duplicates, validation leakage, likely secrets and the estimate.
 
-import { getJSON, seg } from "./api.js";
+import { seg } from "./api.js";
 import { h, num } from "./dom.js";
 import { hyperparametersOf } from "./jobs.js";
-
-export async function loadReport(job, signal) {
-  return getJSON(reportPath(job), { signal });
-}
 
 /** The report's path for a job: its base model, validation file and fixed settings. */
 export function reportPath(job) {
