@@ -209,8 +209,17 @@ def restart_message(step: int) -> str:
 def restore(
     engine: Any, checkpoint: Any, plan: StepPlan, rank: int, world_size: int
 ) -> TrainerState:
-    """Load weights, optimizer, LR schedule and RNG of ``checkpoint`` into this rank."""
+    """Load weights, optimizer, LR schedule and RNG of ``checkpoint`` into this rank.
+
+    Every rank calls this together. The ranks that share a temp dir (a node's, or one machine
+    running several nodes) share one download of a checkpoint Ray Train handed them; the
+    last to leave ``as_directory`` deletes it. Without the barrier a rank that arrives late
+    (rank 0, after :func:`announce_restart`) can find it deleted under it, and the restarted
+    run fails again, using up a retry (``to_directory``: "does not exist, even though it
+    should have been created by another process").
+    """
     with checkpoint.as_directory() as folder:
+        barrier()  # every rank holds the copy before any rank may delete it
         state = read_trainer_state(Path(folder))
         state.check_fits(plan, world_size)
         load_path, _ = engine.load_checkpoint(
