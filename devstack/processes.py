@@ -291,8 +291,31 @@ def start_seaweedfs(
         "-s3.port.iceberg=0", "-s3.port.lance=0",
     ]
     proc = start("seaweedfs", argv, log_dir, env)
-    return ready_or_stopped(proc, lambda: http_ok(f"http://127.0.0.1:{port}/"),
-                            "SeaweedFS S3", 60)
+    return ready_or_stopped(
+        proc, lambda: bucket_answers(f"http://127.0.0.1:{port}", bucket, access_key, secret_key),
+        f"SeaweedFS S3 and its bucket {bucket!r}", 60)
+
+
+def bucket_answers(endpoint_url: str, bucket: str, access_key: str, secret_key: str) -> bool:
+    """True once a signed ``HeadBucket`` finds ``bucket``.
+
+    ``weed mini`` answers S3 on its port about half a second before the bucket named by
+    ``-bucket`` exists: a caller let in on the port alone got a 404 for the bucket, and its
+    ``CreateBucket`` then met ``BucketAlreadyOwnedByYou``.
+    """
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    s3 = boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1",
+                      aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                      config=Config(connect_timeout=2, read_timeout=2,
+                                    retries={"max_attempts": 1}))
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except (ClientError, BotoCoreError):
+        return False
+    return True
 
 
 def detected_gpus() -> int:

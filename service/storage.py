@@ -71,10 +71,15 @@ class BlobStore:
         self._probe.head_bucket(Bucket=self.bucket)
 
     def ensure_bucket(self) -> None:
+        """Create the bucket when it is missing. Another process (an API replica starting
+        beside this one) may create it between the two calls: already ours is done."""
         try:
             self._s3.head_bucket(Bucket=self.bucket)
         except ClientError:
-            self._s3.create_bucket(Bucket=self.bucket)
+            try:
+                self._s3.create_bucket(Bucket=self.bucket)
+            except self._s3.exceptions.BucketAlreadyOwnedByYou:
+                pass
 
     def upload_stream(self, key: str, stream: IO[bytes]) -> None:
         """Multipart upload in chunks: a large file is never held in memory whole."""

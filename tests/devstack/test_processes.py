@@ -39,3 +39,22 @@ def test_a_server_that_never_gets_ready_is_stopped_not_left_behind(tmp_path):
     with pytest.raises(TimeoutError, match="never"):
         ready_or_stopped(proc, lambda: False, "never", timeout=1)
     assert not proc.alive()
+
+
+def test_seaweedfs_is_ready_only_once_its_bucket_answers(tmp_path):
+    """``weed mini`` answers on its port before its ``-bucket`` exists; a caller let in then
+    got a 404 for the bucket (a CI run lost a test to it). Checked at once, on a fresh one."""
+    import boto3
+
+    from devstack.processes import free_port, start_seaweedfs
+
+    port = free_port()
+    proc = start_seaweedfs(tmp_path / "data", port, "fresh", "k", "s", tmp_path)
+    try:
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                          aws_access_key_id="k", aws_secret_access_key="s")
+        s3.head_bucket(Bucket="fresh")
+        s3.put_object(Bucket="fresh", Key="a", Body=b"x")
+        assert s3.get_object(Bucket="fresh", Key="a")["Body"].read() == b"x"
+    finally:
+        proc.stop()
