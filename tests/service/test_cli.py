@@ -287,7 +287,7 @@ def test_following_a_cancelled_job_reads_the_real_event_stream(in_process: Trans
     followed = openft("jobs", "follow", job_id, base_url=base, transport=in_process)
     assert followed.exit_code == 1
     assert followed.stderr.strip() == f"job {job_id} cancelled"
-    assert "Created fine-tuning job" in followed.stdout or "created" in followed.stdout.lower()
+    assert f"Created fine-tuning job: {job_id}" in followed.stdout  # the replayed first event
     assert re.search(r"status\s+cancelled", followed.stdout)
     as_json = openft("jobs", "follow", job_id, "--json", base_url=base, transport=in_process)
     listed = json.loads(openft("jobs", "events", job_id, "--json", "--limit", "100",
