@@ -29,6 +29,7 @@ from tests.support.jobs import wait_for_terminal
 pytestmark = pytest.mark.slow
 
 MAX_TOKENS = 12
+SEED = 1
 TRAINED = {"What is the capital of France?": "The capital of France is Paris.",
            "Say hello.": "Hello! How can I help you today?"}
 PROMPTS = [[{"role": "user", "content": q}] for q in TRAINED] + [
@@ -61,8 +62,11 @@ def fine_tuned(client: OpenAI) -> list[str]:
             for q, a in TRAINED.items()] * 8
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()
     uploaded = client.files.create(file=("chat.jsonl", data), purpose="fine-tune")
+    # A fixed seed: a job without one draws its own (as OpenAI's do), and 48 steps on the
+    # random tiny model leave some draws answering "Say hello." with the other answer (1 seed
+    # in 6 tried; one CI run failed so). One worker on CPU repeats a seed's run exactly.
     job = client.fine_tuning.jobs.create(
-        model="tiny-llama", training_file=uploaded.id,
+        model="tiny-llama", training_file=uploaded.id, seed=SEED,
         hyperparameters={"n_epochs": 3, "learning_rate_multiplier": 5})
     job = wait_for_terminal(client, job.id, timeout=1200, every=2)
     assert job.status == "succeeded", job.error
@@ -70,11 +74,16 @@ def fine_tuned(client: OpenAI) -> list[str]:
     return [job.fine_tuned_model, *(c.fine_tuned_model_checkpoint for c in checkpoints)]
 
 
-def served(client: OpenAI, model: str, messages: list[dict]) -> tuple[str, int, str]:
-    out = client.chat.completions.create(model=model, messages=messages,
-                                         max_tokens=MAX_TOKENS, temperature=0)
+def served(client: OpenAI, model: str, messages: list[dict]) -> tuple[list[int], str]:
+    """The served greedy tokens (as ids: two detokenizers render a cut multi-byte character
+    differently, vLLM's holds it back and HF's writes U+FFFD) and why they stopped."""
+    out = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=MAX_TOKENS, temperature=0, logprobs=True,
+        extra_body={"return_tokens_as_token_ids": True})  # vLLM's: "token_id:<id>"
     choice = out.choices[0]
-    return choice.message.content or "", out.usage.completion_tokens, choice.finish_reason
+    ids = [int(t.token.removeprefix("token_id:")) for t in choice.logprobs.content]
+    assert len(ids) == out.usage.completion_tokens
+    return ids, choice.finish_reason
 
 
 def downloaded(stack: Stack, model: str, into: Path) -> Path:
@@ -105,14 +114,14 @@ def test_downloaded_adapter_generates_what_serving_answers(
     # in bf16 rounds every activation and drifted from serving after 8 tokens of the random
     # base model's noise, while fp32 agreed on all 12 (and both agreed on every adapter).
     def generate(model: Any, tokenizer: Any, messages: list[dict],
-                 adapter: bool = True) -> tuple[str, int, str]:
+                 adapter: bool = True) -> tuple[list[int], str]:
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                return_tensors="pt", return_dict=True)
         with torch.no_grad(), (nullcontext() if adapter else model.disable_adapter()):
             out = model.generate(**prompt, max_new_tokens=MAX_TOKENS, do_sample=False)
         new = out[0, prompt["input_ids"].shape[1]:].tolist()
         finish = "stop" if new[-1] == tokenizer.eos_token_id else "length"
-        return tokenizer.decode(new, skip_special_tokens=True), len(new), finish
+        return new, finish
 
     for i, name in enumerate(fine_tuned):
         folder = downloaded(stack, name, tmp_path / str(i))
@@ -125,7 +134,7 @@ def test_downloaded_adapter_generates_what_serving_answers(
             assert generate(model, tokenizer, messages) == served(client, name, messages), \
                 (name, messages)
         if i == 0:  # the final model learned its answers; without the adapter, the base's
-            assert [generate(model, tokenizer, p)[0] for p in PROMPTS[:2]] == list(
-                TRAINED.values())
+            assert [tokenizer.decode(generate(model, tokenizer, p)[0], skip_special_tokens=True)
+                    for p in PROMPTS[:2]] == list(TRAINED.values())
             assert generate(model, tokenizer, PROMPTS[0], adapter=False) == served(
                 client, "tiny-llama", PROMPTS[0])
