@@ -37,6 +37,12 @@ class InvalidChatFile(ValueError):
         where = f"Line {line} " if line is not None else ""
         super().__init__(f"{where}{reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[int | None, str, str]]:
+        """Rebuilt from its fields, not its message: raised in a Ray worker, it is pickled
+        back to the driver, and ``cls(message)`` failed there ("missing 1 required positional
+        argument"), which hid the line from the user behind a system error."""
+        return type(self), (self.line, self.reason, self.code)
+
 
 Method = str
 """``supervised`` (``messages`` lines) or ``dpo`` (OpenAI's preference lines)."""

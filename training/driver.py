@@ -34,7 +34,7 @@ from contract.events import (
 )
 from contract.spec import TrainingSpec
 from training import storage
-from training.data import read_training_file
+from training.data import read_jsonl, read_training_file
 from training.events import s3_event_writer
 from training.trainer_state import TrainerState, state_key
 
@@ -62,14 +62,14 @@ def read_spec(url: str) -> TrainingSpec:
 
 def run(spec: TrainingSpec, s3: Any) -> int:
     try:
-        num_examples = check_training_file(spec, s3)
+        num_examples = check_files(spec, s3)
         started = started_message(spec, num_examples, resumed_step(spec, s3))
         announce(spec, s3, MessageEvent(message=started))
         outcome = fit(spec, s3)
         if not outcome.paused:
             confirm_adapter(spec, s3)
-    except InvalidChatFile as e:
-        return failed(spec, s3, ErrorData(code=e.code, param="training_file", message=str(e)))
+    except BadFile as e:
+        return failed(spec, s3, ErrorData(code=e.error.code, param=e.param, message=e.message))
     except Exception as e:  # noqa: BLE001 - any other failure is the service's, not the user's
         log.exception("training failed")
         return failed(spec, s3, ErrorData(code="server_error", param=None, message=summary(e)))
@@ -115,9 +115,29 @@ def announce(spec: TrainingSpec, s3: Any, event: TrainingEvent) -> None:
         events.emit(event)
 
 
-def check_training_file(spec: TrainingSpec, s3: Any) -> int:
-    """Fail fast, before any worker starts, on a line the service should have rejected."""
-    return len(read_training_file(spec, s3))
+class BadFile(Exception):
+    """A file of the run that the validator refuses, and the job parameter that named it."""
+
+    def __init__(self, param: str, error: InvalidChatFile):
+        self.param, self.error = param, error
+        self.message = str(error) if param == "training_file" else f"Validation file: {error}"
+        super().__init__(self.message)
+
+
+def check_files(spec: TrainingSpec, s3: Any) -> int:
+    """Fail fast, before any worker starts, on a line the service should have rejected, in
+    the training file or the validation file (a worker's failure reaches the user as the
+    service's error, not as the line of their file); the training examples' count."""
+    try:
+        count = len(read_training_file(spec, s3))
+    except InvalidChatFile as e:
+        raise BadFile("training_file", e) from e
+    if spec.validation_file_key:
+        try:
+            read_jsonl(spec, s3, spec.validation_file_key)
+        except InvalidChatFile as e:
+            raise BadFile("validation_file", e) from e
+    return count
 
 
 def resumed_step(spec: TrainingSpec, s3: Any) -> int | None:

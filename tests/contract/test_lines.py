@@ -121,3 +121,16 @@ def test_the_chat_reader_streams_and_counts_at_the_end():
         next(examples)
     assert caught.value.code == "invalid_n_examples" and "has 2 example(s)" in str(caught.value)
     assert len(read_numbered_examples([chat(i) for i in range(MIN_EXAMPLES)])) == MIN_EXAMPLES
+
+
+def test_a_bad_line_crosses_a_process_boundary_whole():
+    """Raised in a Ray worker, the error is pickled back to the driver: the line, the reason
+    and the code arrive, not a failure to rebuild it."""
+    import pickle
+
+    with pytest.raises(InvalidChatFile) as caught:
+        read_numbered_examples([chat(0), b"{not json", chat(2)])
+    back = pickle.loads(pickle.dumps(caught.value))
+    assert (back.line, back.reason, back.code, str(back)) == (
+        2, caught.value.reason, "invalid_training_file", str(caught.value))
+    assert str(back).startswith("Line 2 is not valid JSON")

@@ -68,10 +68,16 @@ def test_driver_trains_and_uploads_the_adapter(s3_server, ray_head, tiny_model_d
     assert any(k.endswith("/adapter_model.safetensors") for k in checkpoint_keys), checkpoint_keys
 
 
-def test_bad_line_fails_the_job_with_an_error_event(s3_server, ray_head, tiny_model_dir):
-    lines = [chat_line(c, city) for c, city in PAIRS]
-    lines[2] = "{this is not json"
-    spec = make_spec(s3_server, tiny_model_dir, upload_file(s3_server, lines))
+@pytest.mark.parametrize("param", ["training_file", "validation_file"])
+def test_bad_line_fails_the_job_with_an_error_event(s3_server, ray_head, tiny_model_dir, param):
+    """Before any worker starts, in either file: a worker's own failure would reach the user
+    as the service's error, without the line."""
+    good = [chat_line(c, city) for c, city in PAIRS]
+    bad = list(good)
+    bad[2] = "{this is not json"
+    files = {"training_file": good, "validation_file": good, param: bad}
+    spec = make_spec(s3_server, tiny_model_dir, upload_file(s3_server, files["training_file"]),
+                     validation_file_key=upload_file(s3_server, files["validation_file"]))
 
     status, logs, _ = submit(ray_head, s3_server, spec)
 
@@ -80,9 +86,11 @@ def test_bad_line_fails_the_job_with_an_error_event(s3_server, ray_head, tiny_mo
     errors = [e for e in events if e["type"] == "error"]
     assert len(errors) == 1, events
     assert errors[0]["data"]["code"] == "invalid_training_file"
-    assert errors[0]["data"]["param"] == "training_file"
+    assert errors[0]["data"]["param"] == param
     assert "line 3" in errors[0]["data"]["message"].lower()
-    assert not any(e["type"] == "result" for e in events)
+    assert ("validation file" in errors[0]["data"]["message"].lower()) == (
+        param == "validation_file")
+    assert not any(e["type"] in ("result", "metrics") for e in events)
 
 
 def test_a_worker_failure_fails_the_job_with_server_error(s3_server, ray_head, tmp_path):
