@@ -22,6 +22,12 @@ PAIRS = [
     ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Peru", "Lima"), ("Kenya", "Nairobi"),
     ("Chile", "Santiago"), ("Cuba", "Havana"), ("Greece", "Athens"), ("Norway", "Oslo"),
 ]  # fmt: skip
+VALID_PAIRS = [
+    ("Poland", "Warsaw"), ("Austria", "Vienna"), ("Ireland", "Dublin"), ("Sweden", "Stockholm"),
+    ("Portugal", "Lisbon"), ("Finland", "Helsinki"), ("Hungary", "Budapest"),
+    ("Denmark", "Copenhagen"), ("Belgium", "Brussels"), ("Turkey", "Ankara"),
+]  # fmt: skip
+"""Held out: no country or capital of :data:`PAIRS`."""
 
 
 def chat_line(country: str, city: str) -> str:

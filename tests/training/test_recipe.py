@@ -11,17 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.runs import PAIRS, chat_line, make_spec, of_type, read_events, submit
+from tests.training.runs import (
+    PAIRS,
+    VALID_PAIRS,
+    chat_line,
+    make_spec,
+    of_type,
+    read_events,
+    submit,
+)
 from tests.training.runs import upload_file as upload_lines
 
 pytestmark = pytest.mark.slow
-
-VALID_PAIRS = [
-    ("Poland", "Warsaw"), ("Austria", "Vienna"), ("Ireland", "Dublin"), ("Sweden", "Stockholm"),
-    ("Portugal", "Lisbon"), ("Finland", "Helsinki"), ("Hungary", "Budapest"),
-    ("Denmark", "Copenhagen"), ("Belgium", "Brussels"), ("Turkey", "Ankara"),
-]  # fmt: skip
-
 
 def download(s3_server, key: str, out: Path) -> Path:
     s3_server.client().download_file(s3_server.bucket, key, str(out))
