@@ -16,7 +16,7 @@ else
 PIP_INSTALL := $(PIP) install
 endif
 
-.PHONY: run test setup check-accel lint clean-data bench-json bench-train bench-serving
+.PHONY: run test setup check-accel lint clean-data bench-json bench-train bench-serving bench-quality
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -64,6 +64,11 @@ bench-json: $(STAMP)
 bench-train: $(STAMP)
 	$(PIP) install -q -e ".[stack,devstack,$(ACCEL),dev,bench]"
 	RAY_AUTH_MODE=disabled $(PY) -m bench.train_throughput
+
+# The quality suite (bench/quality/README.md): base vs each arm of `auto` vs TRL's defaults.
+bench-quality: $(STAMP)
+	$(PIP) install -q -e ".[stack,devstack,$(ACCEL),dev,bench]"
+	RAY_AUTH_MODE=disabled $(PY) -m bench.quality.run
 
 bench-serving: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m bench.serving
