@@ -19,16 +19,10 @@ from contract.spec import TrainingSpec
 from training.storage import read_bytes
 
 
-def read_training_file(spec: TrainingSpec, s3: Any) -> list[dict[str, Any]]:
-    """Every example of the training file, checked by the validator the API runs.
-
-    Raises :class:`~contract.chat_format.InvalidChatFile` naming the first bad line.
-    """
-    return read_jsonl(spec, s3, spec.training_file_key)
-
-
 def read_jsonl(spec: TrainingSpec, s3: Any, key: str) -> list[dict[str, Any]]:
-    """The examples of one file of the run, lines of the spec's method (chat or DPO)."""
+    """The examples of one file of the run, lines of the spec's method (chat or DPO), checked
+    by the validator the API runs: raises :class:`~contract.chat_format.InvalidChatFile`
+    naming the first bad line."""
     body = read_bytes(s3, spec.s3.bucket, key)
     return read_examples(body.splitlines(), spec.method)
 

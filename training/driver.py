@@ -34,7 +34,7 @@ from contract.events import (
 )
 from contract.spec import TrainingSpec
 from training import storage
-from training.data import read_jsonl, read_training_file
+from training.data import read_jsonl
 from training.events import s3_event_writer
 from training.trainer_state import TrainerState, state_key
 
@@ -128,16 +128,14 @@ def check_files(spec: TrainingSpec, s3: Any) -> int:
     """Fail fast, before any worker starts, on a line the service should have rejected, in
     the training file or the validation file (a worker's failure reaches the user as the
     service's error, not as the line of their file); the training examples' count."""
-    try:
-        count = len(read_training_file(spec, s3))
-    except InvalidChatFile as e:
-        raise BadFile("training_file", e) from e
-    if spec.validation_file_key:
+    files = {"training_file": spec.training_file_key, "validation_file": spec.validation_file_key}
+    counts = {}
+    for param, key in files.items():
         try:
-            read_jsonl(spec, s3, spec.validation_file_key)
+            counts[param] = len(read_jsonl(spec, s3, key)) if key else 0
         except InvalidChatFile as e:
-            raise BadFile("validation_file", e) from e
-    return count
+            raise BadFile(param, e) from e
+    return counts["training_file"]
 
 
 def resumed_step(spec: TrainingSpec, s3: Any) -> int | None:

@@ -11,17 +11,16 @@ task holds values for that method or task only, the task's winning over the meth
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from openai import OpenAI
 
+from bench.json_extraction import wait_for_job
 from bench.quality.tasks import Method, TaskData, to_jsonl
 
 METHODS = ("supervised", "dpo")
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -106,25 +105,19 @@ def upload(client: OpenAI, task: str, data: TaskData) -> str:
 
 
 def train(client: OpenAI, *, model: str, file_id: str, method: Method, values: dict[str, Any],
-          seed: int, suffix: str, timeout: float, poll_s: float = 3.0) -> Trained:
+          seed: int, suffix: str, timeout: float) -> Trained:
     """Create one job and wait for it to settle (printing each status it passes)."""
     job = client.fine_tuning.jobs.create(model=model, training_file=file_id, seed=seed,
                                          suffix=suffix,
                                          method=job_method(method, values))  # type: ignore[arg-type]
     print(f"  job {job.id} ({suffix})", flush=True)
-    started, status = time.monotonic(), ""
-    while time.monotonic() - started < timeout:
-        job = client.fine_tuning.jobs.retrieve(job.id)
-        if job.status != status:
-            status = job.status
-            print(f"  {time.monotonic() - started:7.1f}s  {status}", flush=True)
-        if status in TERMINAL:
-            break
-        time.sleep(poll_s)
-    else:
+    try:
+        job, _ = wait_for_job(client, job.id, timeout)
+    except TimeoutError:
         client.fine_tuning.jobs.cancel(job.id)
         return Trained(job.id, "timed out", None, None, None, None,
                        f"not settled after {timeout:.0f}s (cancelled)")
+    status = job.status
     seconds = float(job.finished_at - job.created_at) if job.finished_at else None
     error = job.error.message if job.error and job.error.message else None
     return Trained(job.id, status, job.fine_tuned_model, job.trained_tokens, seconds,

@@ -21,6 +21,7 @@ list and text holding the JSON object, so a model may answer in whichever shape 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import string
@@ -182,7 +183,5 @@ TASK = Task(name="tool_call", method="supervised",
             metric="function name and parsed arguments exactly", form="a call to a defined tool",
             train_pools=TRAIN, heldout_pools=HELDOUT, draw=draw_native, score=score,
             well_formed=well_formed)
-TEXT_TASK = Task(name="tool_call_text", method="supervised",
-                 metric="function name and parsed arguments exactly",
-                 form="a call to a defined tool", train_pools=TRAIN, heldout_pools=HELDOUT,
-                 draw=draw_text, score=score, well_formed=well_formed)
+TEXT_TASK = dataclasses.replace(TASK, name="tool_call_text", draw=draw_text)
+"""The same calls written as JSON text, for templates that render no tools."""
