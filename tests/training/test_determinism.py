@@ -86,10 +86,13 @@ def held_out_answers(base_dir: Path, adapter_dir: Path) -> list[str]:
     return answers
 
 
-def tensors(folder: Path) -> dict[str, bytes]:
+def tensors(folder: Path) -> dict[str, tuple[str, bytes]]:
+    """Each saved tensor's dtype and raw bytes. Through a ``uint8`` view: on a CPU with bf16
+    (AVX-512 BF16 or AMX) the adapter is saved in bf16, which numpy has no type for."""
+    import torch
     from safetensors.torch import load_file
 
-    return {name: t.numpy().tobytes()
+    return {name: (str(t.dtype), t.contiguous().view(torch.uint8).numpy().tobytes())
             for name, t in load_file(folder / "adapter_model.safetensors").items()}
 
 
