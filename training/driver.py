@@ -164,12 +164,13 @@ def fit(spec: TrainingSpec, s3: Any) -> Outcome:
     Ray Train restarts the workers up to ``spec.max_failures`` times; every failure counts,
     one the user caused as well as a lost process.
     """
-    # Imported here: they bring torch (and the loop DeepSpeed), seconds the driver need not
-    # spend before it has checked the training file and said that the run started.
+    # Imported here: they bring torch, seconds the driver need not spend before it has
+    # checked the training file and said that the run started. The loop itself (DeepSpeed,
+    # PEFT) only the workers import (training.worker_main).
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from training.loop import train_loop_per_worker
+    from training.worker_main import train_loop_per_worker
 
     run_dir = Path(spec.checkpoints_prefix)
     forget_earlier_runs(spec, s3)
