@@ -1,8 +1,10 @@
 """The services outside the cluster, shared by the cluster tests: each module gets its own
-(module scope), under the ``root`` folder the module defines."""
+(module scope), under the ``root`` folder the module defines. And ``make run``'s whole stack
+on the tiny model, one for the modules that only use it (package scope)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,8 @@ import pytest
 from contract.base_models import BaseModelManifest
 from contract.bucket import base_model_manifest_key
 from devstack.databases import fresh_database
-from devstack.processes import free_port, start_seaweedfs
+from devstack.processes import free_port, free_ports, start_seaweedfs
+from devstack.stack import Stack, running_stack
 from tests.conftest import S3Server
 from tests.e2e.pods import BASE_ID, pod_env, run_to_end
 
@@ -44,3 +47,17 @@ def registered(bucket: S3Server, tiny_model_dir: Path, root: Path) -> BaseModelM
                             "--id", BASE_ID, str(tiny_model_dir)], root / "logs", env, 120)
     body = bucket.client().get_object(Bucket=bucket.bucket, Key=base_model_manifest_key(BASE_ID))
     return BaseModelManifest.model_validate_json(body["Body"].read())
+
+
+@pytest.fixture(scope="package")
+def tiny_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Stack]:
+    """``make run``'s launcher serving the tiny model (a volume-path base), started once for
+    the tests that train and chat on it without stopping or restarting it (each its own job):
+    a start is SeaweedFS, a Ray head, vLLM under Ray Serve and the API, a minute or more."""
+    ports = ("OPENFT_PORT", "OPENFT_S3_PORT", "OPENFT_RAY_GCS_PORT",
+             "OPENFT_RAY_DASHBOARD_PORT", "OPENFT_SERVING_PORT")
+    env = {**{name: str(port) for name, port in zip(ports, free_ports(len(ports)), strict=True)},
+           "OPENFT_DEFAULT_BASE_MODEL": "false",
+           "OPENFT_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)})}
+    with running_stack(tmp_path_factory.mktemp("tiny-stack") / "data", env) as stack:
+        yield stack

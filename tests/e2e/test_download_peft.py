@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from devstack.processes import free_ports
-from devstack.stack import Stack, running_stack
+from devstack.stack import Stack
 from tests.support.jobs import wait_for_terminal
 
 pytestmark = pytest.mark.slow
@@ -38,19 +36,8 @@ PROMPTS = [[{"role": "user", "content": q}] for q in TRAINED] + [
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Stack]:
-    ports = ("OPENFT_PORT", "OPENFT_S3_PORT", "OPENFT_RAY_GCS_PORT",
-             "OPENFT_RAY_DASHBOARD_PORT", "OPENFT_SERVING_PORT")
-    env = {**{name: str(port) for name, port in zip(ports, free_ports(len(ports)), strict=True)},
-           "OPENFT_DEFAULT_BASE_MODEL": "false",
-           "OPENFT_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)})}
-    with running_stack(tmp_path_factory.mktemp("download") / "data", env) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def client(stack: Stack) -> OpenAI:
-    return OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
+def client(tiny_stack: Stack) -> OpenAI:
+    return OpenAI(base_url=tiny_stack.base_url, api_key=tiny_stack.api_key, max_retries=0)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +90,7 @@ def downloaded(stack: Stack, model: str, into: Path) -> Path:
 
 
 def test_downloaded_adapter_generates_what_serving_answers(
-        stack: Stack, client: OpenAI, fine_tuned: list[str], tiny_model_dir: Path,
+        tiny_stack: Stack, client: OpenAI, fine_tuned: list[str], tiny_model_dir: Path,
         tmp_path: Path):
     import torch
     from peft import PeftModel
@@ -124,7 +111,7 @@ def test_downloaded_adapter_generates_what_serving_answers(
         return new, finish
 
     for i, name in enumerate(fine_tuned):
-        folder = downloaded(stack, name, tmp_path / str(i))
+        folder = downloaded(tiny_stack, name, tmp_path / str(i))
         assert {"adapter_config.json", "adapter_model.safetensors", "chat_template.jinja",
                 "tokenizer.json", "README.md"} <= {p.name for p in folder.iterdir()}
         tokenizer = AutoTokenizer.from_pretrained(folder)  # and its chat template

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from openai import OpenAI
 
-from devstack.processes import free_ports
-from devstack.stack import Stack, running_stack
 from tests.support.browser import chromium, screenshot
 from tests.support.jobs import wait_for_terminal
 
@@ -37,19 +34,6 @@ def chat_file(n: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Stack]:
-    ports = ("OPENFT_PORT", "OPENFT_S3_PORT", "OPENFT_RAY_GCS_PORT",
-             "OPENFT_RAY_DASHBOARD_PORT", "OPENFT_SERVING_PORT")
-    env = {
-        **{name: str(port) for name, port in zip(ports, free_ports(len(ports)), strict=True)},
-        "OPENFT_DEFAULT_BASE_MODEL": "false",
-        "OPENFT_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)}),
-    }
-    with running_stack(tmp_path_factory.mktemp("ui-stack"), env) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def browser():
     with chromium() as b:
         yield b
@@ -59,10 +43,10 @@ def points(page) -> int:
     return int(page.locator("svg.loss-chart").get_attribute("data-train-points") or 0)
 
 
-def test_watch_a_job_train_then_chat_with_a_checkpoint_and_download(stack, browser, tmp_path):
+def test_watch_a_job_train_then_chat_with_a_checkpoint_and_download(tiny_stack, browser, tmp_path):
     from playwright.sync_api import expect
 
-    client = OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
+    client = OpenAI(base_url=tiny_stack.base_url, api_key=tiny_stack.api_key, max_retries=0)
     training = client.files.create(file=("geo.jsonl", chat_file(24)), purpose="fine-tune")
     validation = client.files.create(file=("geo-valid.jsonl", chat_file(10)),
                                      purpose="fine-tune")
@@ -70,12 +54,12 @@ def test_watch_a_job_train_then_chat_with_a_checkpoint_and_download(stack, brows
         model="tiny-llama", training_file=training.id, validation_file=validation.id,
         suffix="ui", hyperparameters={"n_epochs": 3, "batch_size": 2,
                                       "learning_rate_multiplier": 20})
-    origin = stack.base_url.removesuffix("/v1")
+    origin = tiny_stack.base_url.removesuffix("/v1")
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     page.on("pageerror", lambda e: pytest.fail(f"error on the page: {e}"))
 
     page.goto(f"{origin}/ui/")
-    page.fill("#api-key", stack.api_key)
+    page.fill("#api-key", tiny_stack.api_key)
     page.click("#sign-in-form button[type=submit]")
     page.click(f'a[href="#/jobs/{job.id}"]', timeout=30 * SECOND_MS)
     chart = page.locator("svg.loss-chart")
