@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -50,14 +50,26 @@ def registered(bucket: S3Server, tiny_model_dir: Path, root: Path) -> BaseModelM
 
 
 @pytest.fixture(scope="package")
-def tiny_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Stack]:
-    """``make run``'s launcher serving the tiny model (a volume-path base), started once for
-    the tests that train and chat on it without stopping or restarting it (each its own job):
-    a start is SeaweedFS, a Ray head, vLLM under Ray Serve and the API, a minute or more."""
+def tiny_stack_env(tiny_model_dir: Path) -> Callable[[], dict[str, str]]:
+    """The settings of a ``make run`` stack serving the tiny model (a volume-path base); each
+    call picks its own free ports, so two such stacks can run side by side."""
     ports = ("OPENFT_PORT", "OPENFT_S3_PORT", "OPENFT_RAY_GCS_PORT",
              "OPENFT_RAY_DASHBOARD_PORT", "OPENFT_SERVING_PORT")
-    env = {**{name: str(port) for name, port in zip(ports, free_ports(len(ports)), strict=True)},
-           "OPENFT_DEFAULT_BASE_MODEL": "false",
-           "OPENFT_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)})}
-    with running_stack(tmp_path_factory.mktemp("tiny-stack") / "data", env) as stack:
+
+    def env() -> dict[str, str]:
+        return {**{name: str(port)
+                   for name, port in zip(ports, free_ports(len(ports)), strict=True)},
+                "OPENFT_DEFAULT_BASE_MODEL": "false",
+                "OPENFT_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)})}
+
+    return env
+
+
+@pytest.fixture(scope="package")
+def tiny_stack(tmp_path_factory: pytest.TempPathFactory,
+               tiny_stack_env: Callable[[], dict[str, str]]) -> Iterator[Stack]:
+    """``make run``'s launcher on the tiny model, started once for the tests that train and
+    chat on it without stopping or restarting it (each its own job): a start is SeaweedFS, a
+    Ray head, vLLM under Ray Serve and the API, a minute or more."""
+    with running_stack(tmp_path_factory.mktemp("tiny-stack") / "data", tiny_stack_env()) as stack:
         yield stack

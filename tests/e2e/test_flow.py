@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import boto3
@@ -17,7 +18,6 @@ import httpx
 import pytest
 from openai import BadRequestError, NotFoundError, OpenAI
 
-from devstack.processes import free_ports
 from devstack.stack import running_stack
 from tests.service.openai_spec import template_of, validate_response
 from tests.support.jobs import wait_for_terminal
@@ -62,14 +62,8 @@ def greedy(client: OpenAI, model: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def stack_env(tiny_model_dir: Path) -> dict[str, str]:
-    ports = ("OPENFT_PORT", "OPENFT_S3_PORT", "OPENFT_RAY_GCS_PORT",
-             "OPENFT_RAY_DASHBOARD_PORT", "OPENFT_SERVING_PORT")
-    return {
-        **{name: str(port) for name, port in zip(ports, free_ports(len(ports)), strict=True)},
-        "OPENFT_DEFAULT_BASE_MODEL": "false",
-        "OPENFT_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)}),
-    }
+def stack_env(tiny_stack_env: Callable[[], dict[str, str]]) -> dict[str, str]:
+    return tiny_stack_env()
 
 
 def test_upload_train_serve_and_restart(tmp_path: Path, stack_env: dict[str, str]):

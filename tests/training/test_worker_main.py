@@ -1,6 +1,6 @@
 """The loop function the driver hands Ray Train unpickles without the training libraries: the
-driver and Ray Train's controller, which only pass it on, do not import DeepSpeed, PEFT and
-transformers at every run's start (seconds before the workers start)."""
+driver, which only passes it on, does not import DeepSpeed, PEFT and transformers at every
+run's start."""
 
 from __future__ import annotations
 
