@@ -177,6 +177,23 @@ def trl_settings(record: dict[str, Any]) -> dict[str, Any]:
             for seen in record.values() if TRL in seen}
 
 
+def redacted(argv: Sequence[str]) -> list[str]:
+    """``argv`` as the report prints it: the value of ``--api-key`` replaced, since reports
+    are committed.
+
+    >>> redacted(["--api-key", "sk-1", "--tasks", "classify", "--api-key=sk-2"])
+    ['--api-key', '***', '--tasks', 'classify', '--api-key=***']
+    """
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--api-key":
+            arg = "***"
+        elif arg.startswith("--api-key="):
+            arg = "--api-key=***"
+        out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -209,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arms = [BASE, *(a.name for a in args.arms), TRL]
     trl_reason = next((c[TRL].note for c in cells.values() if c[TRL].note), None)
     result = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "argv": shlex.join(argv),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "argv": shlex.join(redacted(argv)),
         "machine": machine(), "code": code_version(),
         "versions": versions("openai", "torch", "transformers", "peft", "trl", "vllm"),
         "settings": {"base_model": args.base_model, "tasks": args.tasks, "seed": args.seed,

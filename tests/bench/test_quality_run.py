@@ -20,7 +20,7 @@ from bench.quality.report import Cell, metric_table, notes, well_formed_table
 from bench.quality.tasks import TASKS
 
 
-@pytest.mark.parametrize("module", [jobs, report, score, trl_peer])
+@pytest.mark.parametrize("module", [jobs, report, run, score, trl_peer])
 def test_doctests(module: object) -> None:
     assert doctest.testmod(module).failed == 0  # type: ignore[arg-type]
 
@@ -218,3 +218,18 @@ def test_trl_trains_the_folder_the_stack_serves(monkeypatch: pytest.MonkeyPatch
     default = run.parse_args([])
     assert run.base_model_dir(default, run.Path("/data")) == \
         run.Path("/data/models/SmolLM2-135M-Instruct")
+
+
+def test_the_report_never_holds_the_api_key(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path) -> None:
+    """Reports are committed: a run against a running stack names its key on the command line,
+    and the key must not reach ``quality.md`` or ``quality.json``."""
+    monkeypatch.setattr(run, "run_api", lambda *a, **k: None)
+    monkeypatch.setattr(run, "OpenAI", lambda **k: None)
+    key = "sk-openft-secret-key-value"
+    assert run.main(["--base-url", "http://127.0.0.1:9/v1", "--api-key", key, "--no-trl",
+                     "--tasks", "classify", "--results-dir", str(tmp_path)]) == 0
+    for name in ("quality.md", "quality.json"):
+        text = (tmp_path / name).read_text()
+        assert key not in text
+        assert "--api-key '***'" in text or "--api-key ***" in text
