@@ -226,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arms = [BASE, *(a.name for a in args.arms), TRL]
     trl_reason = next((c[TRL].note for c in cells.values() if c[TRL].note), None)
     result = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "argv": shlex.join(redacted(argv)),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "argv": shlex.join(redacted(argv)),
         "machine": machine(), "code": code_version(),
         "versions": versions("openai", "torch", "transformers", "peft", "trl", "vllm"),
         "settings": {"base_model": args.base_model, "tasks": args.tasks, "seed": args.seed,
