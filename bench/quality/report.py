@@ -136,6 +136,27 @@ def notes(cells: Cells) -> list[str]:
     return [f"- `{arm}` on {', '.join(tasks)}: {note}" for (arm, note), tasks in by_note.items()]
 
 
+def provenance(result: Mapping[str, Any]) -> str:
+    """Which run (or runs, for a merged report: ``result["runs"]``) made the numbers.
+
+    >>> one = {"argv": "--tasks classify", "date": "D", "machine": "M", "code": "abc"}
+    >>> print(provenance(one))
+    Run by `python -m bench.quality.run --tasks classify` on D;
+    M; code at abc.
+    >>> print(provenance({"runs": [one, dict(one, argv="--tasks rewrite")]}))
+    Merged by `python -m bench.quality.merge` from 2 runs, each task's row from one of them:
+    - `python -m bench.quality.run --tasks classify` on D; M; code at abc
+    - `python -m bench.quality.run --tasks rewrite` on D; M; code at abc
+    """
+    if "runs" not in result:
+        return (f"Run by `python -m bench.quality.run {result['argv']}` on {result['date']};\n"
+                f"{result['machine']}; code at {result['code']}.")
+    lines = [f"- `python -m bench.quality.run {r['argv']}` on {r['date']}; {r['machine']}; "
+             f"code at {r['code']}" for r in result["runs"]]
+    return "\n".join([f"Merged by `python -m bench.quality.merge` from {len(lines)} runs, each "
+                      "task's row from one of them:", *lines])
+
+
 def render(result: Mapping[str, Any], cells: Cells, arms: Sequence[str]) -> str:
     """The whole ``quality.md``: header, both tables, what each arm was, why cells are empty."""
     s = result["settings"]
@@ -148,8 +169,7 @@ def render(result: Mapping[str, Any], cells: Cells, arms: Sequence[str]) -> str:
                          for arm, values in by_arm.items()) or "- none"
     return f"""# Quality suite: base model, fine-tunes and TRL on {s['base_model']}
 
-Run by `python -m bench.quality.run {result['argv']}` on {result['date']};
-{result['machine']}; code at {result['code']}.
+{provenance(result)}
 Seed {s['seed']}; {s['n_train']} training rows and {s['n_heldout']} held-out items per task;
 temperature 0 (greedy), `max_tokens={s['max_tokens']}`.
 
