@@ -6,7 +6,7 @@ lines) and held-out prompts drawn from other names, values and sentence template
 measures what a fine-tune learned rather than what it memorized. Generation is offline and
 seeded: the same seed writes the same files on any machine, no data set to download.
 
-Sizes suit a 135M model on two CPU cores (about 160 training rows and 36 held-out items per
+Sizes suit a 135M model on two CPU cores (about 160 training rows and 60 held-out items per
 task by default, rows under about 120 tokens). Which tasks to run, training and scoring are the
 runner's job; see ``bench/quality/README.md``.
 """

@@ -26,6 +26,7 @@ from openai import OpenAI
 
 from bench.quality import score
 from bench.quality.tasks import TASKS, Example, TaskData
+from bench.quality.tasks.base import DEFAULT_HELDOUT
 
 ARM = "few_shot"
 
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shots", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-train", type=int, default=160)
-    p.add_argument("--n-heldout", type=int, default=36)
+    p.add_argument("--n-heldout", type=int, default=DEFAULT_HELDOUT)
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)

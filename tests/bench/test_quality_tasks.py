@@ -75,7 +75,17 @@ def test_the_suite_has_the_issues_tasks():
 def test_default_sizes_fit_a_small_cpu_fine_tune(made):
     for data in made.values():
         assert 120 <= len(data.train) <= 200
-        assert 30 <= len(data.heldout) <= 40
+        assert 50 <= len(data.heldout) <= 80
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_score_rests_on_many_shapes_and_no_repeated_item(name, made):
+    """A greedy model answers a repeated prompt the same way, and a shape it gets wrong is
+    wrong for all its items: a score over few shapes or repeats moves in big jumps."""
+    items = made[name].heldout
+    prompts = [json.dumps([i.messages, i.tools], sort_keys=True) for i in items]
+    assert len(set(prompts)) == len(items)
+    assert sum(len(t) for t in TASKS[name].heldout_pools.templates.values()) >= 8
 
 
 @pytest.mark.parametrize("name", NAMES)

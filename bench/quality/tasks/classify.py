@@ -64,22 +64,32 @@ HELDOUT = Pools(
         "billing": (
             "There is a {amount} dollar fee on my statement that nobody explained.",
             "Please send me a corrected invoice, the VAT number is wrong.",
+            "The receipt for the {product} shows a price {amount} dollars higher than the shelf.",
+            "My subscription renewed at {amount} dollars without any notice. Why?",
         ),
         "shipping": (
             "It has been {amount} days and the {product} are nowhere to be seen.",
             "Is it possible to change the delivery date for my {product}?",
+            "The driver says {city} is outside the delivery zone. Is that true?",
+            "Half of the {product} came today, when does the rest arrive?",
         ),
         "refund": (
             "I'd like my {amount} dollars back, the {product} didn't fit.",
             "Returned the {product} last week. When will the money reach my account?",
+            "The {product} smell odd, so I'd rather have the {amount} dollars credited back.",
+            "You promised a refund {amount} days ago and the money is still missing.",
         ),
         "technical": (
             "Checkout freezes on the last step with code {amount}.",
             "After the update the {product} listing is blank in your app.",
+            "The password reset email never comes, I tried {amount} times.",
+            "Your website shows error {amount} whenever I open the {product} page.",
         ),
         "other": (
             "What are your opening hours in {city} on holidays?",
             "Please pass my thanks to {name}, who helped me last week.",
+            "Do you have a store in {city} where I can see the {product} in person?",
+            "{name} is writing a school report on your company. Who founded it?",
         ),
     },
 )

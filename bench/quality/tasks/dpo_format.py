@@ -46,13 +46,16 @@ HELDOUT = Pools(
     values={"name": HELDOUT_PEOPLE, "city": HELDOUT_PLACES, "product": HELDOUT_PRODUCTS},
     templates={
         "context": ("Every morning {name} opens a little kiosk in {city}, offering {product}.",
-                    "The {product} vendor of {city} is a person called {name}."),
-        "city_question": ("Which town is {name}'s business in?",),
-        "city_reply": ("{name}'s business is in {city}.",),
-        "product_question": ("Name the goods {name} offers.",),
-        "product_reply": ("{name} offers {product}.",),
-        "name_question": ("Whose stall has the {product}?",),
-        "name_reply": ("The stall with {product} belongs to {name}.",),
+                    "The {product} vendor of {city} is a person called {name}.",
+                    "Ask anyone in {city}: for {product}, you go to {name}.",
+                    "{name} has traded {product} at the {city} harbour for years."),
+        "city_question": ("Which town is {name}'s business in?", "Where would I find {name}?"),
+        "city_reply": ("{name}'s business is in {city}.", "You would find {name} in {city}."),
+        "product_question": ("Name the goods {name} offers.", "What can I buy from {name}?"),
+        "product_reply": ("{name} offers {product}.", "From {name} you can buy {product}."),
+        "name_question": ("Whose stall has the {product}?", "Who is the {product} seller?"),
+        "name_reply": ("The stall with {product} belongs to {name}.",
+                       "The {product} seller is {name}."),
     },
 )
 

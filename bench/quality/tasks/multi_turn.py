@@ -45,10 +45,14 @@ HELDOUT = Pools(
         "first": (
             "Count with me: {name} drops off {n} {product}.",
             "Opening stock is {n} {product}, says {name}.",
+            "Let's tally {product}. {name} starts us off with {n}.",
+            "First delivery from {name}: {n} {product}.",
         ),
         "more": (
             "Next, {name} tosses in {n} extra.",
             "Plus {n} {product} on top of that.",
+            "{name} finds {n} {product} behind the shelf.",
+            "Throw in {n} more, courtesy of {name}.",
         ),
     },
 )

@@ -50,6 +50,11 @@ HELDOUT = Pools(
         "{items} is what {customer} asked us to bring to {city}.",
         "Could {customer} get {items} delivered in {city}?",
         "Ship-to {city}; buyer {customer}; contents {items}.",
+        "Reminder: {customer} is still waiting on {items} at their {city} address.",
+        "{city} branch, customer {customer}, items: {items}.",
+        "We owe {customer} {items}; they live in {city}.",
+        "Package for {customer} of {city} containing {items}.",
+        "Can {items} go out to {customer} before Friday? The address is in {city}.",
     )},
 )
 

@@ -44,6 +44,11 @@ HELDOUT = Pools(
         "{name} says the secret is fresh {product} and patience.",
         "why {city} is running out of {product}, according to {name}.",
         "local hero {name} returns to {city} on foot!",
+        "a festival of {product} draws {n} thousand visitors to {city}.",
+        "{name} breaks the record for carrying {product} uphill.",
+        "is {city} ready for a museum of {product}?",
+        "thieves took {n} crates of {product} from a warehouse near {city}.",
+        "{name} turns down an offer to leave {city}.",
     )},
 )
 

@@ -70,11 +70,17 @@ TRAIN = Pools(
 HELDOUT = Pools(
     values={"name": HELDOUT_PEOPLE, "city": HELDOUT_PLACES, "product": HELDOUT_PRODUCTS},
     templates={
-        "get_weather": ("Do I need a coat in {city} today?", "Tell me the forecast for {city}."),
+        "get_weather": ("Do I need a coat in {city} today?", "Tell me the forecast for {city}.",
+                        "Will it be sunny in {city} this afternoon?",
+                        "How cold is it over in {city}?"),
         "send_money": ("I owe {name} {amount} bucks, settle it for me.",
-                       "Wire {amount} dollars over to {name}."),
+                       "Wire {amount} dollars over to {name}.",
+                       "{name} lent me {amount} dollars, pay them back.",
+                       "Move {amount} dollars from my account to {name}."),
         "add_to_cart": ("Could you throw {qty} {product} into my order?",
-                        "My order needs {qty} {product} as well."),
+                        "My order needs {qty} {product} as well.",
+                        "Grab {qty} {product} for me.",
+                        "I'll take {qty} {product} too."),
     },
 )
 
