@@ -17,6 +17,7 @@ It needs the base model's tokenizer (transformers), imported only by :func:`main
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -118,13 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    cache: dict[str, bool] = {}
-
-    def is_respelled(word: str) -> bool:
-        if word not in cache:
-            cache[word] = respelled(tokenizer.tokenize, word)
-        return cache[word]
-
+    is_respelled = functools.cache(functools.partial(respelled, tokenizer.tokenize))
     for path in args.results:
         print(f"{path}:\n\n{table(json.loads(path.read_text()), is_respelled)}\n")
     return 0

@@ -25,8 +25,8 @@ from typing import Any
 from openai import OpenAI
 
 from bench.quality import score
+from bench.quality.run import add_item_arguments
 from bench.quality.tasks import TASKS, Example, TaskData
-from bench.quality.tasks.base import DEFAULT_HELDOUT
 
 ARM = "few_shot"
 
@@ -64,13 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base-url", required=True, help="a running openft")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"))
-    p.add_argument("--base-model", default="SmolLM2-135M-Instruct")
     p.add_argument("--tasks", default="nested_json")
     p.add_argument("--shots", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=160)
-    p.add_argument("--n-heldout", type=int, default=DEFAULT_HELDOUT)
-    p.add_argument("--max-tokens", type=int, default=96)
+    add_item_arguments(p)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     client = OpenAI(base_url=args.base_url, api_key=args.api_key)

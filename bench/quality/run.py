@@ -42,20 +42,26 @@ DEFAULT_TASKS = tuple(name for name in TASKS if name != "tool_call")
 """``tool_call`` needs a template that renders tools; SmolLM2's does not (tasks README)."""
 
 
+def add_item_arguments(p: argparse.ArgumentParser) -> None:
+    """What decides the rows and how they are asked: the same flags and defaults for every
+    tool that scores the suite (this runner, ``few_shot``), so their numbers compare."""
+    p.add_argument("--n-train", type=int, default=DEFAULT_TRAIN)
+    p.add_argument("--n-heldout", type=int, default=DEFAULT_HELDOUT)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--base-model", default=DEFAULT_BASE_MODEL)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.quality.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
                    help=f"comma-separated, of {', '.join(TASKS)} (default: all but tool_call)")
-    p.add_argument("--n-train", type=int, default=DEFAULT_TRAIN)
-    p.add_argument("--n-heldout", type=int, default=DEFAULT_HELDOUT)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-tokens", type=int, default=96)
+    add_item_arguments(p)
     p.add_argument("--arm", action="append", type=_arm, dest="arms", metavar="NAME=JSON",
                    help="hyperparameters of one arm, repeatable (default: auto={}); keys named "
                         "after a method or task nest values for it only")
     p.add_argument("--no-trl", action="store_true", help="leave the TRL peer out")
-    p.add_argument("--base-model", default=DEFAULT_BASE_MODEL)
     p.add_argument("--base-model-dir", type=Path,
                    help="the base model's folder for TRL (default: from OPENFT_BASE_MODELS, "
                         "else the stack's converted copy)")

@@ -35,16 +35,3 @@ def test_table_splits_the_copy_rate_by_respelling() -> None:
     assert rows[2] == "| nested_json | auto | 0.50 | 4/4 (1.00) | 1/2 (0.50) |"
     assert len(rows) == 3, "a task whose answers are plain text has no row"
 
-
-def test_a_few_shot_prompt_keeps_the_system_message_first_and_the_question_last() -> None:
-    from bench.quality import few_shot
-    from bench.quality.tasks import TASKS
-
-    data = TASKS["nested_json"].make(0, 6, 2)
-    item = few_shot.prompted(data.heldout[0], data.train[:3])
-    roles = [m["role"] for m in item.messages]
-    assert roles == ["system"] + ["user", "assistant"] * 3 + ["user"]
-    assert item.messages[-1] == data.heldout[0].messages[-1]
-    assert item.expected == data.heldout[0].expected
-    assert all("weight" not in m for m in item.messages)
-    assert doctest.testmod(few_shot).failed == 0
