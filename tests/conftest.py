@@ -35,6 +35,17 @@ def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
+SLOW_PHASE_S = 60.0
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Name every test phase that takes a minute or more as it ends. CI's only record is its
+    printed output, and a run stopped by CI's time limit never reaches ``--durations``; this
+    line says where the time went even then."""
+    if report.duration >= SLOW_PHASE_S:
+        print(f"\n[slow] {report.duration:6.0f} s  {report.when:8}  {report.nodeid}", flush=True)
+
+
 # Ray Train reports faster with a short health-check interval.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
