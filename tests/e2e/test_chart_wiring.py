@@ -183,7 +183,10 @@ def pods(root: Path, manifests: list[kube.Manifest],
         yield p
     finally:
         with ThreadPoolExecutor(max(1, len(p.started))) as pool:
-            list(pool.map(lambda proc: proc.stop(), reversed(p.started)))
+            # Ray's nodes, as the chart starts them, drain for up to 30 s on SIGTERM (Ray 2.60:
+            # Serve's actors on the head never go idle), which the kubelet would wait out; the
+            # teardown is not under test, so 5 s, then SIGKILL (it took 22 s of every run).
+            list(pool.map(lambda proc: proc.stop(timeout=5.0), reversed(p.started)))
 
 
 # --- helm install: hooks, the Ray cluster, serving, the API -----------------------------------
