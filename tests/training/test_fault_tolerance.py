@@ -30,8 +30,10 @@ def reference(s3_server, ray_head, tiny_model_dir):
     client.stop_job(submission_id)  # when a test failed before waiting for it
 
 
-FIELDS = dict(n_epochs=12, zero_stage=2, checkpoint_every_steps=4, max_failures=1)
-"""36 steps, a checkpoint every 4 steps and at every epoch end (3 steps)."""
+FIELDS = dict(n_epochs=6, zero_stage=2, checkpoint_every_steps=4, max_failures=1)
+TOTAL_STEPS = 18
+"""A checkpoint every 4 steps and at every epoch end (3 steps): the kill lands right after
+the first, with 14 steps and 8 checkpoints still to come."""
 
 
 SLOW_CONTROLLER = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}
@@ -75,7 +77,7 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint_and_the_job_succeeds(
     # The failed attempt's metrics have no gap and reach the checkpoint (it flushes them
     # before Ray Train takes the checkpoint); the restart continues right after it.
     assert seen == list(range(1, len(seen) + 1)) and len(seen) >= step, seen
-    assert [m["step"] for m in of_type(after, "metrics")] == list(range(step + 1, 37))
+    assert [m["step"] for m in of_type(after, "metrics")] == list(range(step + 1, TOTAL_STEPS + 1))
     # The restarted attempt first announces the checkpoint it starts from (again, when the
     # failed one got to it: harmless, the service upserts checkpoint rows by step).
     after_checkpoints = of_type(after, "checkpoint")
