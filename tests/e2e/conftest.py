@@ -1,12 +1,13 @@
 """The services outside the cluster, shared by the cluster tests: each module gets its own
 (module scope), under the ``root`` folder the module defines. And ``make run``'s whole stack
-on the tiny model, one for the modules that only use it (package scope)."""
+on the tiny model, one for the package (started once, restarted by test_flow)."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -50,26 +51,55 @@ def registered(bucket: S3Server, tiny_model_dir: Path, root: Path) -> BaseModelM
 
 
 @pytest.fixture(scope="package")
-def tiny_stack_env(tiny_model_dir: Path) -> Callable[[], dict[str, str]]:
-    """The settings of a ``make run`` stack serving the tiny model (a volume-path base); each
-    call picks its own free ports, so two such stacks can run side by side."""
+def tiny_stack_env(tiny_model_dir: Path) -> dict[str, str]:
+    """The settings of a ``make run`` stack serving the tiny model (a volume-path base)."""
     ports = ("OPENFT_PORT", "OPENFT_S3_PORT", "OPENFT_RAY_GCS_PORT",
              "OPENFT_RAY_DASHBOARD_PORT", "OPENFT_SERVING_PORT")
+    return {**{name: str(port) for name, port in zip(ports, free_ports(len(ports)), strict=True)},
+            "OPENFT_DEFAULT_BASE_MODEL": "false",
+            "OPENFT_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)})}
 
-    def env() -> dict[str, str]:
-        return {**{name: str(port)
-                   for name, port in zip(ports, free_ports(len(ports)), strict=True)},
-                "OPENFT_DEFAULT_BASE_MODEL": "false",
-                "OPENFT_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)})}
 
-    return env
+class StackRunner:
+    """``make run``'s launcher on one data dir, started when first asked for and able to stop
+    and start again there: the modules that only use the stack share one start, and
+    test_flow's restart is a stop and a start of that same stack (a start is SeaweedFS, a
+    Ray head, vLLM under Ray Serve and the API, a minute or more)."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir, self.env = data_dir, env
+        self._running: ExitStack | None = None
+        self._stack: Stack | None = None
+
+    def start(self) -> Stack:
+        """The running stack; started here when it is not."""
+        if self._stack is None:
+            self._running = ExitStack()
+            self._stack = self._running.enter_context(running_stack(self.data_dir, self.env))
+        return self._stack
+
+    def stop(self) -> Stack | None:
+        """SIGTERM to the launcher, as Ctrl-C; the stack stopped, with what it left running
+        in ``leftovers`` (None when none was running)."""
+        stack, running = self._stack, self._running
+        self._stack = self._running = None
+        if running is not None:
+            running.close()
+        return stack
 
 
 @pytest.fixture(scope="package")
-def tiny_stack(tmp_path_factory: pytest.TempPathFactory,
-               tiny_stack_env: Callable[[], dict[str, str]]) -> Iterator[Stack]:
-    """``make run``'s launcher on the tiny model, started once for the tests that train and
-    chat on it without stopping or restarting it (each its own job): a start is SeaweedFS, a
-    Ray head, vLLM under Ray Serve and the API, a minute or more."""
-    with running_stack(tmp_path_factory.mktemp("tiny-stack") / "data", tiny_stack_env()) as stack:
-        yield stack
+def tiny_stacks(tmp_path_factory: pytest.TempPathFactory,
+                tiny_stack_env: dict[str, str]) -> Iterator[StackRunner]:
+    runner = StackRunner(tmp_path_factory.mktemp("tiny-stack") / "data", tiny_stack_env)
+    try:
+        yield runner
+    finally:
+        runner.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_stack(tiny_stacks: StackRunner) -> Stack:
+    """The shared tiny-model stack, running (each test trains its own job on it). The data dir,
+    ports and API key stay the same across a restart."""
+    return tiny_stacks.start()

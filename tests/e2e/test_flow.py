@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import boto3
@@ -18,7 +17,8 @@ import httpx
 import pytest
 from openai import BadRequestError, NotFoundError, OpenAI
 
-from devstack.stack import running_stack
+from contract.bucket import adapter_prefix
+from tests.e2e.conftest import StackRunner
 from tests.service.openai_spec import template_of, validate_response
 from tests.support.jobs import wait_for_terminal
 
@@ -60,93 +60,89 @@ def greedy(client: OpenAI, model: str) -> str:
     return out.choices[0].message.content or ""
 
 
-
-@pytest.fixture(scope="module")
-def stack_env(tiny_stack_env: Callable[[], dict[str, str]]) -> dict[str, str]:
-    return tiny_stack_env()
-
-
-def test_upload_train_serve_and_restart(tmp_path: Path, stack_env: dict[str, str]):
-    data_dir = tmp_path / "openft-data"
+def test_upload_train_serve_and_restart(tiny_stacks: StackRunner):
     spec_check = SpecCheck()
-    with running_stack(data_dir, stack_env) as first:
-        client = OpenAI(base_url=first.base_url, api_key=first.api_key, max_retries=0,
-                        http_client=httpx.Client(event_hooks={"response": [spec_check]}))
-        assert "tiny-llama" in [m.id for m in client.models.list()]
-        base_answer = greedy(client, "tiny-llama")
+    first = tiny_stacks.start()  # shared with the other modules
+    client = OpenAI(base_url=first.base_url, api_key=first.api_key, max_retries=0,
+                    http_client=httpx.Client(event_hooks={"response": [spec_check]}))
+    assert "tiny-llama" in [m.id for m in client.models.list()]
+    base_answer = greedy(client, "tiny-llama")
 
-        uploaded = client.files.create(file=("geo.jsonl", training_file()), purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(
-            model="tiny-llama", training_file=uploaded.id, suffix="geo",
-            hyperparameters={"n_epochs": 4, "learning_rate_multiplier": 20},
-        )
-        job = wait_for_terminal(client, job.id, timeout=1200, every=2)
-        events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
-        assert job.status == "succeeded", (job.error, [e.message for e in events][:10])
-        assert job.fine_tuned_model == f"ft:tiny-llama:personal:geo:{job.fine_tuned_model[-12:]}"
-        assert job.trained_tokens and job.trained_tokens > 0
-        assert job.result_files and job.finished_at
+    uploaded = client.files.create(file=("geo.jsonl", training_file()), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama", training_file=uploaded.id, suffix="geo",
+        hyperparameters={"n_epochs": 4, "learning_rate_multiplier": 20},
+    )
+    job = wait_for_terminal(client, job.id, timeout=1200, every=2)
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    assert job.status == "succeeded", (job.error, [e.message for e in events][:10])
+    assert job.fine_tuned_model == f"ft:tiny-llama:personal:geo:{job.fine_tuned_model[-12:]}"
+    assert job.trained_tokens and job.trained_tokens > 0
+    assert job.result_files and job.finished_at
 
-        messages = [e.message for e in events]
-        assert any("started" in m for m in messages) and any("completed" in m for m in messages)
-        metrics = [e.data for e in events if e.type == "metrics"]
-        assert metrics and all("train_loss" in m and "step" in m for m in metrics)
-        checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
-        assert checkpoints[0].fine_tuned_model_checkpoint.startswith(job.fine_tuned_model)
-        # base64, as OpenAI serves result files (cookbook code decodes them)
-        content = client.files.content(job.result_files[0]).content
-        results = base64.b64decode(content).decode().splitlines()
-        assert results[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    messages = [e.message for e in events]
+    assert any("started" in m for m in messages) and any("completed" in m for m in messages)
+    metrics = [e.data for e in events if e.type == "metrics"]
+    assert metrics and all("train_loss" in m and "step" in m for m in metrics)
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert checkpoints[0].fine_tuned_model_checkpoint.startswith(job.fine_tuned_model)
+    # base64, as OpenAI serves result files (cookbook code decodes them)
+    content = client.files.content(job.result_files[0]).content
+    results = base64.b64decode(content).decode().splitlines()
+    assert results[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
 
-        # The adapter objects are in the bucket under the job's model key.
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{stack_env['OPENFT_S3_PORT']}",
-                          aws_access_key_id="openft", aws_secret_access_key="openft-secret",
-                          region_name="us-east-1")
-        listed = s3.list_objects_v2(Bucket="openft", Prefix="models/")
-        keys = {o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", [])}
-        assert {"adapter_config.json", "adapter_model.safetensors"} <= keys
+    # The adapter objects are in the bucket under the job's model key (the name's last part).
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{first.env['OPENFT_S3_PORT']}",
+                      aws_access_key_id="openft", aws_secret_access_key="openft-secret",
+                      region_name="us-east-1")
+    model_key = job.fine_tuned_model.rsplit(":", 1)[-1]
+    listed = s3.list_objects_v2(Bucket="openft", Prefix=adapter_prefix(model_key))
+    keys = {o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", [])}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= keys
 
-        # Hot-loaded on first use, no restart: the answer moves away from the base model's.
-        tuned_answer = greedy(client, job.fine_tuned_model)
-        assert tuned_answer != base_answer
-        chunks = list(client.chat.completions.create(
-            model=job.fine_tuned_model, messages=PROMPT, max_tokens=8, temperature=0,
-            stream=True))
-        assert len(chunks) > 1 and {c.model for c in chunks} == {job.fine_tuned_model}
-        with pytest.raises(NotFoundError):
-            greedy(client, job.fine_tuned_model.replace(":geo:", ":other:"))
-        # Every checkpoint is servable by its own name (the earliest is an epoch-1 adapter).
-        steps = [c.step_number for c in checkpoints]
-        assert len(steps) == 4 and steps == sorted(steps, reverse=True)  # one per epoch
-        greedy(client, checkpoints[-1].fine_tuned_model_checkpoint)
-        model_name, file_id, job_id = job.fine_tuned_model, uploaded.id, job.id
-        # Every answer above that OpenAI's spec describes conformed to it, live run included.
-        job_path = "/v1/fine_tuning/jobs/{fine_tuning_job_id}"
-        assert {"/v1/files", "/v1/fine_tuning/jobs", job_path, f"{job_path}/events",
-                f"{job_path}/checkpoints", "/v1/models"} <= {
-                    template for _, template in spec_check.checked}, spec_check.checked
-    assert first.leftovers == []  # SIGTERM to the launcher stopped every process it started
+    # Hot-loaded on first use, no restart: the answer moves away from the base model's.
+    tuned_answer = greedy(client, job.fine_tuned_model)
+    assert tuned_answer != base_answer
+    chunks = list(client.chat.completions.create(
+        model=job.fine_tuned_model, messages=PROMPT, max_tokens=8, temperature=0,
+        stream=True))
+    assert len(chunks) > 1 and {c.model for c in chunks} == {job.fine_tuned_model}
+    with pytest.raises(NotFoundError):
+        greedy(client, job.fine_tuned_model.replace(":geo:", ":other:"))
+    # Every checkpoint is servable by its own name (the earliest is an epoch-1 adapter).
+    steps = [c.step_number for c in checkpoints]
+    assert len(steps) == 4 and steps == sorted(steps, reverse=True)  # one per epoch
+    greedy(client, checkpoints[-1].fine_tuned_model_checkpoint)
+    model_name, file_id, job_id = job.fine_tuned_model, uploaded.id, job.id
+    # Every answer above that OpenAI's spec describes conformed to it, live run included.
+    job_path = "/v1/fine_tuning/jobs/{fine_tuning_job_id}"
+    assert {"/v1/files", "/v1/fine_tuning/jobs", job_path, f"{job_path}/events",
+            f"{job_path}/checkpoints", "/v1/models"} <= {
+                template for _, template in spec_check.checked}, spec_check.checked
+    stopped = tiny_stacks.stop()
+    assert stopped is not None and stopped.launcher_pid == first.launcher_pid
+    assert stopped.leftovers == []  # SIGTERM to the launcher stopped every process it started
     assert not Path(f"/tmp/openft-ray-{first.launcher_pid}").exists()  # nor left temp files
 
     # A second run on the same data dir finds what the first one made.
-    with running_stack(data_dir, stack_env) as stack:
-        client = OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
-        assert client.files.retrieve(file_id).bytes == len(training_file())
-        assert client.fine_tuning.jobs.retrieve(job_id).status == "succeeded"
-        assert model_name in [m.id for m in client.models.list()]
-        assert greedy(client, model_name) == tuned_answer
+    stack = tiny_stacks.start()  # the later modules go on using it
+    client = OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
+    assert client.files.retrieve(file_id).bytes == len(training_file())
+    assert client.fine_tuning.jobs.retrieve(job_id).status == "succeeded"
+    assert model_name in [m.id for m in client.models.list()]
+    assert greedy(client, model_name) == tuned_answer
 
-        # A prompt longer than the context is the server's 400 in OpenAI's envelope, and
-        # the model still answers afterwards.
-        with pytest.raises(BadRequestError):
-            client.chat.completions.create(
-                model=model_name, max_tokens=4,
-                messages=[{"role": "user", "content": "capital " * 5000}])
-        assert greedy(client, model_name) == tuned_answer
+    # A prompt longer than the context is the server's 400 in OpenAI's envelope, and
+    # the model still answers afterwards.
+    with pytest.raises(BadRequestError):
+        client.chat.completions.create(
+            model=model_name, max_tokens=4,
+            messages=[{"role": "user", "content": "capital " * 5000}])
+    assert greedy(client, model_name) == tuned_answer
 
-        # Deleted: gone from the list and answering 404, base model untouched.
-        assert client.models.delete(model_name).deleted is True
-        assert model_name not in [m.id for m in client.models.list()]
-        with pytest.raises(NotFoundError):
-            greedy(client, model_name)
-        assert greedy(client, "tiny-llama") == base_answer
+    # Deleted: gone from the list and answering 404, base model untouched.
+    assert client.models.delete(model_name).deleted is True
+    assert model_name not in [m.id for m in client.models.list()]
+    with pytest.raises(NotFoundError):
+        greedy(client, model_name)
+    assert greedy(client, "tiny-llama") == base_answer
