@@ -205,8 +205,9 @@ def make_spec(stack: Stack, dry: bool, file_key: str, **knobs: Any) -> Any:
                    if k in knobs}
     # Dry: 3 epochs (9 steps), enough for every verdict; the fixed cost of a run (processes,
     # imports, DeepSpeed's set-up) dominates on CPU, and the steps beyond add only time.
-    hp = dict(n_epochs=8 if not dry else 3, batch_size=4, learning_rate=1e-2, max_seq_length=128, lora_r=8,
-              lora_alpha=16, num_workers=1 if not dry else 2, zero_stage=2,
+    hp = dict(n_epochs=8 if not dry else 3, batch_size=4, learning_rate=1e-2,
+              max_seq_length=128, lora_r=8, lora_alpha=16, num_workers=1 if not dry else 2,
+              zero_stage=2,
               **({"beta": DPO_BETA} if method == "dpo" else {}))
     hp.update(knobs)
     return TrainingSpec(
