@@ -8,6 +8,7 @@ SQLite in the data dir, real training of the tiny model.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def second_ray_head(s3_server) -> Iterator[RayHead]:
         yield RayHead(f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs}", proc, root)
     finally:
         proc.stop()
+        shutil.rmtree(root, ignore_errors=True)  # Ray's sessions and logs, as conftest's head
 
 
 def test_lost_run_resumes_from_its_last_checkpoint(api_env, tmp_path, ray_head,
