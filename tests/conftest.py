@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,10 +110,11 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         proc.stop()
 
 
-@pytest.fixture(scope="session")
-def ray_head(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[RayHead]:
-    """A Ray head whose workers (training, serving replicas) can reach the test S3 server."""
-    root = Path("/tmp") / f"ray-{os.getpid()}"  # Ray's socket paths must stay short
+@contextmanager
+def s3_ray_head(root: Path, s3_server: S3Server) -> Iterator[RayHead]:
+    """A Ray head with 4 CPUs under ``root`` (short: Ray's socket paths live there) whose
+    workers (training, serving replicas) reach the test S3 server; stopped by PID, and its
+    folder (sessions, logs) removed."""
     gcs_port, dash_port = free_ports(2)
     env = dict(os.environ, **s3_server.env)
     proc = start_ray_head(root, gcs_port, dash_port, num_cpus=4, log_dir=root, env=env)
@@ -121,6 +123,12 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> I
     finally:
         proc.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_head(s3_server: S3Server) -> Iterator[RayHead]:
+    with s3_ray_head(Path("/tmp") / f"ray-{os.getpid()}", s3_server) as head:
+        yield head
 
 
 @pytest.fixture(scope="session")

@@ -91,46 +91,53 @@ def downloaded(stack: Stack, model: str, into: Path) -> Path:
     return into / folder
 
 
+def greedy_ids(model: Any, tokenizer: Any, messages: list[dict]) -> list[int]:
+    """HF's greedy answer, as token ids."""
+    import torch
+
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**prompt, max_new_tokens=MAX_TOKENS, do_sample=False)
+    return out[0, prompt["input_ids"].shape[1]:].tolist()
+
+
+def off_greedy(model: Any, tokenizer: Any, messages: list[dict], answer: tuple[list[int], str],
+               adapter: bool = True) -> list[tuple[int, float]]:
+    """The steps (and logit gaps) where the served answer leaves HF's greedy path by more than
+    the serving engine's rounding; a finish that disagrees with its tokens counts as step -1.
+
+    HF runs in fp32, as a user loads it. Serving runs the engine in bf16 where the CPU has bf16
+    units (vLLM's choice for `dtype: auto`), so on the random base model's near-ties the two
+    can pick different tokens: on one AMX machine HF's top two logits at step 11 were 0.5584
+    and 0.5574, a tie in bf16, and serving took the second. So each served token is judged on
+    the served path (teacher-forced): it must be HF's greedy choice up to that rounding.
+    """
+    import torch
+
+    eps = torch.finfo(torch.bfloat16 if cpu_has_bf16_units() else torch.float32).eps
+    ids, finish = answer
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                           return_dict=True)["input_ids"]
+    with torch.no_grad(), (nullcontext() if adapter else model.disable_adapter()):
+        logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:-1]
+    off = []
+    for step, (row, token) in enumerate(zip(logits, ids, strict=True)):
+        top = row.max()
+        if (gap := float(top - row[token])) > 2 * eps * max(float(top.abs()), 1.0):
+            off.append((step, gap))
+    stopped = ids[-1] == tokenizer.eos_token_id
+    if finish != ("stop" if stopped else "length") or (not stopped and len(ids) != MAX_TOKENS):
+        off.append((-1, 0.0))
+    return off
+
+
 def test_downloaded_adapter_generates_what_serving_answers(
         tiny_stack: Stack, client: OpenAI, fine_tuned: list[str], tiny_model_dir: Path,
         tmp_path: Path):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    # fp32, as a user loads it. Serving runs the engine in bf16 where the CPU has bf16 units
-    # (vLLM's choice for `dtype: auto`), so on the random base model's near-ties the two can
-    # pick different tokens: on one AMX machine HF's top two logits at step 11 were 0.5584
-    # and 0.5574, a tie in bf16, and serving took the second. Each served token must be HF's
-    # greedy choice up to the engine's rounding, judged on the served path (teacher-forced).
-    eps = torch.finfo(torch.bfloat16 if cpu_has_bf16_units() else torch.float32).eps
-
-    def generate(model: Any, tokenizer: Any, messages: list[dict]) -> list[int]:
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                               return_tensors="pt", return_dict=True)
-        with torch.no_grad():
-            out = model.generate(**prompt, max_new_tokens=MAX_TOKENS, do_sample=False)
-        return out[0, prompt["input_ids"].shape[1]:].tolist()
-
-    def off_greedy(model: Any, tokenizer: Any, messages: list[dict], answer: tuple[list[int], str],
-                   adapter: bool = True) -> list[tuple[int, float]]:
-        """The steps (and logit gaps) where the served answer leaves HF's greedy path by more
-        than rounding; and a finish that disagrees with its tokens counts as step -1."""
-        ids, finish = answer
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                               return_dict=True)["input_ids"]
-        with torch.no_grad(), (nullcontext() if adapter else model.disable_adapter()):
-            logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:-1]
-        off = []
-        for step, (row, token) in enumerate(zip(logits, ids, strict=True)):
-            top = row.max()
-            if (gap := float(top - row[token])) > 2 * eps * max(float(top.abs()), 1.0):
-                off.append((step, gap))
-        stopped = ids[-1] == tokenizer.eos_token_id
-        if finish != ("stop" if stopped else "length") or (
-                not stopped and len(ids) != MAX_TOKENS):
-            off.append((-1, 0.0))
-        return off
 
     for i, name in enumerate(fine_tuned):
         folder = downloaded(tiny_stack, name, tmp_path / str(i))
@@ -143,7 +150,7 @@ def test_downloaded_adapter_generates_what_serving_answers(
             answer = served(client, name, messages)
             assert off_greedy(model, tokenizer, messages, answer) == [], (name, messages, answer)
         if i == 0:  # the final model learned its answers; without the adapter, the base's
-            assert [tokenizer.decode(generate(model, tokenizer, p), skip_special_tokens=True)
+            assert [tokenizer.decode(greedy_ids(model, tokenizer, p), skip_special_tokens=True)
                     for p in PROMPTS[:2]] == list(TRAINED.values())
             answer = served(client, "tiny-llama", PROMPTS[0])
             assert off_greedy(model, tokenizer, PROMPTS[0], answer, adapter=False) == [], answer

@@ -76,7 +76,8 @@ def test_upload_train_serve_and_restart(tiny_stacks: StackRunner):
     job = wait_for_terminal(client, job.id, timeout=1200, every=2)
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
     assert job.status == "succeeded", (job.error, [e.message for e in events][:10])
-    assert job.fine_tuned_model == f"ft:tiny-llama:personal:geo:{job.fine_tuned_model[-12:]}"
+    model_key = job.fine_tuned_model[-12:]  # the id part; the adapter's folder in the bucket
+    assert job.fine_tuned_model == f"ft:tiny-llama:personal:geo:{model_key}"
     assert job.trained_tokens and job.trained_tokens > 0
     assert job.result_files and job.finished_at
 
@@ -91,11 +92,10 @@ def test_upload_train_serve_and_restart(tiny_stacks: StackRunner):
     results = base64.b64decode(content).decode().splitlines()
     assert results[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
 
-    # The adapter objects are in the bucket under the job's model key (the name's last part).
+    # The adapter objects are in the bucket under the job's model key.
     s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{first.env['OPENFT_S3_PORT']}",
                       aws_access_key_id="openft", aws_secret_access_key="openft-secret",
                       region_name="us-east-1")
-    model_key = job.fine_tuned_model.rsplit(":", 1)[-1]
     listed = s3.list_objects_v2(Bucket="openft", Prefix=adapter_prefix(model_key))
     keys = {o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", [])}
     assert {"adapter_config.json", "adapter_model.safetensors"} <= keys

@@ -8,15 +8,13 @@ SQLite in the data dir, real training of the tiny model.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from devstack.processes import free_ports, start_ray_head
-from tests.conftest import RayHead
+from tests.conftest import RayHead, s3_ray_head
 from tests.service.conftest import chat_jsonl
 from tests.support.api_process import api_process, wait_for, wait_status
 
@@ -25,15 +23,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def second_ray_head(s3_server) -> Iterator[RayHead]:
-    root = Path("/tmp") / f"ray2-{os.getpid()}"
-    gcs, dash = free_ports(2)
-    proc = start_ray_head(root, gcs, dash, num_cpus=4, log_dir=root,
-                          env=dict(os.environ, **s3_server.env))
-    try:
-        yield RayHead(f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs}", proc, root)
-    finally:
-        proc.stop()
-        shutil.rmtree(root, ignore_errors=True)  # Ray's sessions and logs, as conftest's head
+    with s3_ray_head(Path("/tmp") / f"ray2-{os.getpid()}", s3_server) as head:
+        yield head
 
 
 def test_lost_run_resumes_from_its_last_checkpoint(api_env, tmp_path, ray_head,
