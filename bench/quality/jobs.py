@@ -11,6 +11,7 @@ task holds values for that method or task only, the task's winning over the meth
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -104,21 +105,56 @@ def upload(client: OpenAI, task: str, data: TaskData) -> str:
     return file.id
 
 
-def train(client: OpenAI, *, model: str, file_id: str, method: Method, values: dict[str, Any],
-          seed: int, suffix: str, timeout: float) -> Trained:
-    """Create one job and wait for it to settle (printing each status it passes)."""
+def create(client: OpenAI, *, model: str, file_id: str, method: Method,
+           values: dict[str, Any], seed: int, suffix: str) -> str:
+    """Create one job as a user would (``auto`` for every value not in ``values``)."""
     job = client.fine_tuning.jobs.create(model=model, training_file=file_id, seed=seed,
                                          suffix=suffix,
                                          method=job_method(method, values))  # type: ignore[arg-type]
     print(f"  job {job.id} ({suffix})", flush=True)
+    return job.id
+
+
+def resolved_method(client: OpenAI, job_id: str, timeout: float,
+                    poll: float = 1.0) -> dict[str, Any] | None:
+    """The job's ``method`` once validation has filled in every ``auto`` value (the job has
+    left ``validating_files``); None when it failed or was cancelled there instead."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in ("failed", "cancelled"):
+            return None
+        if job.status != "validating_files":
+            return job.method.model_dump() if job.method else None
+        time.sleep(poll)
+    return None
+
+
+def settle(client: OpenAI, job_id: str, timeout: float) -> Trained:
+    """Wait for a job to settle (printing each status it passes)."""
     try:
-        job, _ = wait_for_job(client, job.id, timeout)
+        job, _ = wait_for_job(client, job_id, timeout)
     except TimeoutError:
-        client.fine_tuning.jobs.cancel(job.id)
-        return Trained(job.id, "timed out", None, None, None, None,
+        client.fine_tuning.jobs.cancel(job_id)
+        return Trained(job_id, "timed out", None, None, None, None,
                        f"not settled after {timeout:.0f}s (cancelled)")
     status = job.status
     seconds = float(job.finished_at - job.created_at) if job.finished_at else None
     error = job.error.message if job.error and job.error.message else None
     return Trained(job.id, status, job.fine_tuned_model, job.trained_tokens, seconds,
                    job.method.model_dump() if job.method else None, error)
+
+
+def same_settings(method: Mapping[str, Any] | None,
+                  earlier: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The earlier arm (on the same task, so the same file and seed) whose job resolved to
+    exactly ``method``: its model is the one this job would train, since the same file,
+    seed and settings give the same model (``tests/training/test_determinism.py``).
+
+    >>> m = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}}
+    >>> same_settings(m, {"old": dict(m)}), same_settings(m, {}), same_settings(None, {"x": m})
+    ('old', None, None)
+    """
+    if method is None:
+        return None
+    return next((arm for arm, seen in earlier.items() if seen == method), None)

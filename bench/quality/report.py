@@ -41,6 +41,9 @@ class Cell:
     seconds: float | None = None
     """Training time: the job's ``created_at`` to ``finished_at``, or TRL's ``train()``."""
     note: str = ""
+    same_as: str | None = None
+    """The arm whose model this cell is: this arm's job resolved exactly that arm's
+    hyperparameters on the task, so the runner cancelled it and scored that model once."""
 
 
 def mean(values: Sequence[float | None]) -> float | None:
@@ -136,6 +139,22 @@ def notes(cells: Cells) -> list[str]:
     return [f"- `{arm}` on {', '.join(tasks)}: {note}" for (arm, note), tasks in by_note.items()]
 
 
+def shared(cells: Cells) -> list[str]:
+    """Which cells are another arm's model, one line per pair of arms.
+
+    >>> shared({"rewrite": {"old": Cell(0.5, 1.0), "auto": Cell(0.5, 1.0, same_as="old")},
+    ...         "nested_json": {"auto": Cell(0.4, 1.0, same_as="old")}})
+    ['- `auto` on rewrite, nested_json: resolved what `old` resolved, so the model of `old`']
+    """
+    by_pair: dict[tuple[str, str], list[str]] = {}
+    for task, by_arm in cells.items():
+        for arm, cell in by_arm.items():
+            if cell.same_as:
+                by_pair.setdefault((arm, cell.same_as), []).append(task)
+    return [f"- `{arm}` on {', '.join(tasks)}: resolved what `{twin}` resolved, so the model "
+            f"of `{twin}`" for (arm, twin), tasks in by_pair.items()]
+
+
 def provenance(result: Mapping[str, Any]) -> str:
     """Which run (or runs, for a merged report: ``result["runs"]``) made the numbers.
 
@@ -163,6 +182,7 @@ def render(result: Mapping[str, Any], cells: Cells, arms: Sequence[str]) -> str:
     arm_lines = "\n".join(f"- `{name}`: {described}"
                           for name, described in result["arms_described"].items())
     why = "\n".join(notes(cells)) or "- every arm gave a number on every task"
+    same = "\n".join(shared(cells)) or "- none"
     metrics = "\n".join(f"- `{t}`: {m}" for t, m in result["metrics"].items())
     resolved = "\n".join(f"- `{task}`, `{arm}`: `{json.dumps(values)}`"
                          for task, by_arm in result.get("resolved", {}).items()
@@ -192,6 +212,12 @@ Arms:
 Hyperparameters as each job resolved them (`auto` filled in):
 
 {resolved}
+
+Arms that trained no model of their own (their job resolved an earlier arm's hyperparameters
+on the same file and seed, which train the same model, so the runner cancelled it once queued
+and the table repeats that arm's numbers):
+
+{same}
 
 Metrics:
 

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="hyperparameters of one arm, repeatable (default: auto={}); keys named "
                         "after a method or task nest values for it only")
     p.add_argument("--no-trl", action="store_true", help="leave the TRL peer out")
+    p.add_argument("--no-base", action="store_true",
+                   help="leave the base model's column out (a sweep comparing arms)")
     p.add_argument("--base-model-dir", type=Path,
                    help="the base model's folder for TRL (default: from OPENFT_BASE_MODELS, "
                         "else the stack's converted copy)")
@@ -112,23 +115,42 @@ def run_api(client: OpenAI, args: argparse.Namespace, data: dict[str, TaskData],
     """The base model and every arm on every task, through the API."""
     for name, task_data in data.items():
         task, items = TASKS[name], task_data.heldout
-        print(f"{name}: scoring base model {args.base_model}", flush=True)
-        answers = score.ask(client, args.base_model, items, args.max_tokens, args.concurrency)
-        cells[name][BASE] = score.scored(task, items, answers)
-        record[name] = {BASE: {"answers": score.answers_record(items, answers, task)}}
+        record[name] = {}
+        if args.no_base:
+            cells[name][BASE] = Cell(None, None, note="skipped: --no-base")
+        else:
+            print(f"{name}: scoring base model {args.base_model}", flush=True)
+            answers = score.ask(client, args.base_model, items, args.max_tokens,
+                                args.concurrency)
+            cells[name][BASE] = score.scored(task, items, answers)
+            record[name][BASE] = {"answers": score.answers_record(items, answers, task)}
         file_id = jobs.upload(client, name, task_data)
+        settled: dict[str, dict[str, Any]] = {}
+        """The resolved ``method`` of each arm trained on this task, by arm."""
         for arm in args.arms:
             values = jobs.hyperparameters(arm, task.method, name)
             print(f"{name}: arm {arm.name} {json.dumps(values)}", flush=True)
-            trained = jobs.train(client, model=args.base_model, file_id=file_id,
+            job_id = jobs.create(client, model=args.base_model, file_id=file_id,
                                  method=task.method, values=values, seed=args.seed,
-                                 suffix=f"q-{name.replace('_', '-')}-{arm.name}"[:64],
-                                 timeout=args.job_timeout)
+                                 suffix=f"q-{name.replace('_', '-')}-{arm.name}"[:64])
+            method = jobs.resolved_method(client, job_id, args.job_timeout)
+            twin = jobs.same_settings(method, settled)
+            if twin is not None:
+                # The same file, seed and settings train the same model: score that one once.
+                client.fine_tuning.jobs.cancel(job_id)
+                cells[name][arm.name] = replace(cells[name][twin], same_as=twin)
+                record[name][arm.name] = {"job": {"job_id": job_id, "status": "cancelled",
+                                                  "method": method}, "same_as": twin}
+                print(f"  {arm.name}: resolved as {twin} did; {twin}'s model stands for it",
+                      flush=True)
+                continue
+            trained = jobs.settle(client, job_id, args.job_timeout)
             record[name][arm.name] = {"job": trained.__dict__}
             if trained.status != "succeeded" or not trained.fine_tuned_model:
                 cells[name][arm.name] = Cell(None, None, note=f"failed: job {trained.job_id} "
                                              f"{trained.status}: {trained.error}")
                 continue
+            settled[arm.name] = trained.method or {}
             answers = score.ask(client, trained.fine_tuned_model, items, args.max_tokens,
                                 args.concurrency)
             cells[name][arm.name] = score.scored(task, items, answers, trained.trained_tokens,

@@ -58,7 +58,7 @@ def scored(task: Task, items: Sequence[Example], answers: Sequence[Answer],
     >>> task = TASKS["classify"]
     >>> items = [Example([], "billing"), Example([], "refund")]
     >>> scored(task, items, ["billing", "Refund please"])
-    Cell(metric=0.5, well_formed=0.5, tokens=None, seconds=None, note='')
+    Cell(metric=0.5, well_formed=0.5, tokens=None, seconds=None, note='', same_as=None)
     """
     if len(items) != len(answers) or not items:
         raise ValueError(f"{len(answers)} answers to {len(items)} items")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import doctest
 import json
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionMessage
@@ -233,3 +235,91 @@ def test_the_report_never_holds_the_api_key(monkeypatch: pytest.MonkeyPatch,
         text = (tmp_path / name).read_text()
         assert key not in text
         assert "--api-key '***'" in text or "--api-key ***" in text
+
+
+# --- arms that resolve alike -------------------------------------------------------------
+
+
+class _FakeAPI:
+    """The few calls ``run_api`` makes, in memory: a fast seam beside the real runs of the
+    sweep (``bench/results/quality-sweep/``). A job resolves ``n_epochs`` (``auto``: 3) the way
+    the service's validation does, and a model answers every held-out item right only when it
+    trained 6 epochs, so two arms' numbers differ exactly when their models do."""
+
+    def __init__(self, expected: dict[str, str]) -> None:
+        self.expected = expected
+        self.jobs: dict[str, dict] = {}
+        self.asked: list[str] = []
+        self.files = SimpleNamespace(create=lambda **_: SimpleNamespace(id="file-1"))
+        self.fine_tuning = SimpleNamespace(jobs=SimpleNamespace(
+            create=self._create, retrieve=self._retrieve, cancel=self._cancel))
+        self.chat = SimpleNamespace(completions=SimpleNamespace(create=self._complete))
+
+    def _create(self, *, model: str, method: dict, suffix: str, **_: object) -> SimpleNamespace:
+        given = method.get(method["type"], {}).get("hyperparameters", {})
+        job_id = f"ftjob-{len(self.jobs)}"
+        self.jobs[job_id] = {"status": "queued", "suffix": suffix, "method": {
+            "type": method["type"],
+            method["type"]: {"hyperparameters": {"n_epochs": given.get("n_epochs", 3)}}}}
+        return SimpleNamespace(id=job_id)
+
+    def _retrieve(self, job_id: str) -> SimpleNamespace:
+        job = self.jobs[job_id]
+        epochs = job["method"][job["method"]["type"]]["hyperparameters"]["n_epochs"]
+        status, job["status"] = job["status"], ("succeeded" if job["status"] == "queued"
+                                                else job["status"])
+        return SimpleNamespace(
+            id=job_id, status=status, fine_tuned_model=f"ft:m:{job_id}:e{epochs}",
+            trained_tokens=100 * epochs, created_at=0, finished_at=60 * epochs, error=None,
+            method=SimpleNamespace(model_dump=lambda: job["method"]))
+
+    def _cancel(self, job_id: str) -> None:
+        self.jobs[job_id]["status"] = "cancelled"
+
+    def _complete(self, *, model: str, messages: list[dict], **_: object) -> ChatCompletion:
+        self.asked.append(model)
+        right = self.expected[messages[-1]["content"]]
+        return ChatCompletion.model_validate({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                "role": "assistant", "content": right if model.endswith(":e6") else "?"}}]})
+
+
+def test_an_arm_that_resolves_an_earlier_arms_hyperparameters_reuses_its_model() -> None:
+    args = run.parse_args(["--tasks", "classify", "--n-heldout", "4", "--no-trl",
+                           "--arm", 'old={"n_epochs": 3}', "--arm", "auto={}",
+                           "--arm", 'ep6={"n_epochs": 6}'])
+    data = {"classify": TASKS["classify"].make(0, n_train=8, n_heldout=4)}
+    api = _FakeAPI({item.messages[-1]["content"]: item.expected
+                    for item in data["classify"].heldout})
+    cells: dict[str, dict[str, Cell]] = {"classify": {}}
+    record: dict = {}
+    run.run_api(api, args, data, cells, record)  # type: ignore[arg-type]
+
+    by_arm = cells["classify"]
+    # auto resolved old's 3 epochs: its job was cancelled, old's model stands for it
+    assert [j["status"] for j in api.jobs.values()] == ["succeeded", "cancelled", "succeeded"]
+    assert by_arm["auto"] == replace(by_arm["old"], same_as="old")
+    assert record["classify"]["auto"]["same_as"] == "old"
+    # each model that trained was asked once per item; the base model too
+    assert sorted(set(api.asked)) == ["SmolLM2-135M-Instruct", "ft:m:ftjob-0:e3",
+                                      "ft:m:ftjob-2:e6"]
+    assert len(api.asked) == 3 * 4
+    assert (by_arm["old"].metric, by_arm["ep6"].metric) == (0.0, 1.0)
+    assert by_arm["ep6"].same_as is None
+    assert report.shared(cells) == [
+        "- `auto` on classify: resolved what `old` resolved, so the model of `old`"]
+    assert report.notes(cells) == []
+
+
+def test_no_base_leaves_the_base_model_unasked_and_says_so() -> None:
+    args = run.parse_args(["--tasks", "classify", "--n-heldout", "4", "--no-trl", "--no-base",
+                           "--arm", "auto={}"])
+    data = {"classify": TASKS["classify"].make(0, n_train=8, n_heldout=4)}
+    api = _FakeAPI({item.messages[-1]["content"]: item.expected
+                    for item in data["classify"].heldout})
+    cells: dict[str, dict[str, Cell]] = {"classify": {}}
+    run.run_api(api, args, data, cells, {})  # type: ignore[arg-type]
+    assert "SmolLM2-135M-Instruct" not in api.asked and len(api.asked) == 4
+    assert cells["classify"]["base"].metric is None
+    assert report.notes(cells) == ["- `base` on classify: skipped: --no-base"]
