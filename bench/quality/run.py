@@ -226,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
+    code = code_version()  # the code the run began on: a sweep outlives edits to the tree
     data = {name: TASKS[name].make(args.seed, args.n_train, args.n_heldout)
             for name in args.tasks}
     cells: dict[str, dict[str, Cell]] = {name: {} for name in args.tasks}
@@ -256,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "argv": shlex.join(redacted(argv)),
-        "machine": machine(), "code": code_version(),
+        "machine": machine(), "code": code,
         "versions": versions("openai", "torch", "transformers", "peft", "trl", "vllm"),
         "settings": {"base_model": args.base_model, "tasks": args.tasks, "seed": args.seed,
                      "n_train": args.n_train, "n_heldout": args.n_heldout,
