@@ -128,15 +128,21 @@ def well_formed_table(cells: Cells, arms: Sequence[str]) -> str:
     return _table(cells, arms, lambda c: c.well_formed, with_costs=False)
 
 
+def _tasks_by(cells: Cells, key: Callable[[Cell], str | None]) -> dict[tuple[str, str], list[str]]:
+    """The tasks of each (arm, ``key`` of its cell), for the cells whose key is set."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for task, by_arm in cells.items():
+        for arm, cell in by_arm.items():
+            if value := key(cell):
+                found.setdefault((arm, value), []).append(task)
+    return found
+
+
 def notes(cells: Cells) -> list[str]:
     """Why a cell has no number, one line per task and arm (``- trl on rewrite: skipped: ...``)
     with the same reason given once for all the tasks it concerns."""
-    by_note: dict[tuple[str, str], list[str]] = {}
-    for task, by_arm in cells.items():
-        for arm, cell in by_arm.items():
-            if cell.note:
-                by_note.setdefault((arm, cell.note), []).append(task)
-    return [f"- `{arm}` on {', '.join(tasks)}: {note}" for (arm, note), tasks in by_note.items()]
+    return [f"- `{arm}` on {', '.join(tasks)}: {note}"
+            for (arm, note), tasks in _tasks_by(cells, lambda c: c.note).items()]
 
 
 def shared(cells: Cells) -> list[str]:
@@ -146,13 +152,8 @@ def shared(cells: Cells) -> list[str]:
     ...         "nested_json": {"auto": Cell(0.4, 1.0, same_as="old")}})
     ['- `auto` on rewrite, nested_json: resolved what `old` resolved, so the model of `old`']
     """
-    by_pair: dict[tuple[str, str], list[str]] = {}
-    for task, by_arm in cells.items():
-        for arm, cell in by_arm.items():
-            if cell.same_as:
-                by_pair.setdefault((arm, cell.same_as), []).append(task)
     return [f"- `{arm}` on {', '.join(tasks)}: resolved what `{twin}` resolved, so the model "
-            f"of `{twin}`" for (arm, twin), tasks in by_pair.items()]
+            f"of `{twin}`" for (arm, twin), tasks in _tasks_by(cells, lambda c: c.same_as).items()]
 
 
 def provenance(result: Mapping[str, Any]) -> str:

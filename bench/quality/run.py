@@ -150,7 +150,7 @@ def run_api(client: OpenAI, args: argparse.Namespace, data: dict[str, TaskData],
                 cells[name][arm.name] = Cell(None, None, note=f"failed: job {trained.job_id} "
                                              f"{trained.status}: {trained.error}")
                 continue
-            settled[arm.name] = trained.method or {}
+            settled[arm.name] = method or {}
             answers = score.ask(client, trained.fine_tuned_model, items, args.max_tokens,
                                 args.concurrency)
             cells[name][arm.name] = score.scored(task, items, answers, trained.trained_tokens,

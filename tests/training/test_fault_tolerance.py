@@ -31,9 +31,9 @@ def reference(s3_server, ray_head, tiny_model_dir):
 
 
 FIELDS = dict(n_epochs=6, zero_stage=2, checkpoint_every_steps=4, max_failures=1)
+TOTAL_STEPS = FIELDS["n_epochs"] * 3  # 12 examples, 4 a step
 """A checkpoint every 4 steps and at every epoch end (3 steps): the kill lands right after
 the first, with 14 steps and 8 checkpoints still to come."""
-TOTAL_STEPS = FIELDS["n_epochs"] * 3  # 12 examples, 4 a step
 
 
 SLOW_CONTROLLER = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}
