@@ -54,6 +54,9 @@ BREAKS = [
     ("contract/__init__.py", "import training\n", "contract/ imports nothing of the project"),
     ("serving/__init__.py", "import devstack\n", "Only the dev stack's launcher"),
     ("vllm_cpu/__init__.py", "import serving\n", "vllm_cpu/ is a vLLM plugin"),
+    ("service/cli/jobs.py", "import service.settings\n", "service.cli speaks only HTTP"),
+    ("service/main.py", "import service.cli.render\n",
+     "Nothing of the server imports the command line"),
     ("service/__init__.py", "import torch\n", "The API process never imports the GPU stack"),
     ("contract/bucket.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
      "    import contract.spec\n", "No import cycles inside a package"),
