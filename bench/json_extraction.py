@@ -355,14 +355,11 @@ Every answer is in `json_extraction.json`.
 @contextmanager
 def own_stack(data_dir: Path | None) -> Iterator[tuple[str, str]]:
     """The whole stack (``make run``'s launcher) on free loopback ports; stopped on exit."""
-    from devstack.processes import free_ports
-    from devstack.stack import running_stack
+    from devstack.stack import free_user_ports, running_stack
 
     temporary = data_dir is None
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="openft-bench-"))
-    names = ("OPENFT_PORT", "OPENFT_S3_PORT", "OPENFT_RAY_GCS_PORT", "OPENFT_RAY_DASHBOARD_PORT",
-             "OPENFT_SERVING_PORT")
-    env = {name: str(port) for name, port in zip(names, free_ports(len(names)), strict=True)}
+    env = free_user_ports()
     print(f"starting the stack in {data_dir} (logs in {data_dir}/logs)", flush=True)
     started = time.monotonic()
     try:

@@ -289,12 +289,9 @@ def upload_adapters(s3_port: int, adapters: Sequence[Path]) -> None:
 @contextmanager
 def openft_stack(data_dir: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
     """``make run``'s launcher on free loopback ports: (API URL, key, its env)."""
-    from devstack.processes import free_ports
-    from devstack.stack import running_stack
+    from devstack.stack import free_user_ports, running_stack
 
-    names = ("OPENFT_PORT", "OPENFT_S3_PORT", "OPENFT_RAY_GCS_PORT", "OPENFT_RAY_DASHBOARD_PORT",
-             "OPENFT_SERVING_PORT")
-    env = {name: str(port) for name, port in zip(names, free_ports(len(names)), strict=True)}
+    env = free_user_ports()
     env |= {"OPENFT_S3_ACCESS_KEY": S3_KEYS[0], "OPENFT_S3_SECRET_KEY": S3_KEYS[1],
             "OPENFT_S3_BUCKET": BUCKET, "OPENFT_SERVING_MAX_MODEL_LEN": str(MAX_MODEL_LEN),
             "OPENFT_SERVING_KV_CACHE_GIB": str(KV_CACHE_GIB),

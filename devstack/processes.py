@@ -229,6 +229,22 @@ def served_by(url: str, pid: int) -> bool:
         return False
 
 
+def ray_node_alive(dashboard_url: str) -> bool:
+    """True once Ray's state API lists a node ALIVE: the head's raylet registered with its GCS.
+
+    The dashboard answers seconds before that, and a raylet that never registers (its GCS
+    overloaded on a busy machine) ends ``ray start --block`` while the GCS and dashboard live
+    on: a cluster that answers HTTP and can run nothing.
+    """
+    query = "filter_keys=state&filter_predicates=%3D&filter_values=ALIVE&limit=1"
+    try:
+        with urllib.request.urlopen(f"{dashboard_url}/api/v0/nodes?{query}",  # noqa: S310
+                                    timeout=5) as r:
+            return bool(json.loads(r.read())["data"]["result"]["result"])
+    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -403,9 +419,8 @@ def start_ray_head(
         *_flags(_listener_ports(HEAD_LISTENERS, avoid={gcs_port, dashboard_port})),
     ]
     proc = start("ray-head", argv, log_dir, _ray_env(env))
-    return ready_or_stopped(
-        proc, lambda: http_ok(f"http://127.0.0.1:{dashboard_port}/api/version"),
-        "Ray dashboard", 120)
+    return ready_or_stopped(proc, lambda: ray_node_alive(f"http://127.0.0.1:{dashboard_port}"),
+                            "the Ray head's node to be alive", 120)
 
 
 def start_ray_worker(

@@ -15,7 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.leftovers import stop_leftovers
-from devstack.processes import served_by, start, wait_until
+from devstack.processes import free_ports, served_by, start, wait_until
+
+USER_PORTS = ("OPENFT_PORT", "OPENFT_S3_PORT", "OPENFT_SERVING_PORT")
+"""The settings of the ports a stack's users point at: the API, S3 and serving. Ray's ports
+are left out on purpose: nothing outside the stack points at them, and the launcher picks free
+ones at each start (:func:`devstack.launcher.with_free_ports`)."""
+
+
+def free_user_ports() -> dict[str, str]:
+    """:data:`USER_PORTS`, each on a port free on loopback now: a stack started by a test or a
+    bench never collides with ``make run`` or another stack beside it."""
+    return dict(zip(USER_PORTS, map(str, free_ports(len(USER_PORTS))), strict=True))
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import json
 import os
 import sys
 
@@ -58,3 +59,41 @@ def test_seaweedfs_is_ready_only_once_its_bucket_answers(tmp_path):
         assert s3.get_object(Bucket="fresh", Key="a")["Body"].read() == b"x"
     finally:
         proc.stop()
+
+
+def test_a_ray_head_is_ready_only_once_its_node_is_alive():
+    """The dashboard answers before the head's raylet registers, and a raylet that never does
+    (its GCS overloaded: seen with a stack started beside a training run) leaves a cluster that
+    answers HTTP and runs nothing. The start waits for the node, as the state API lists it."""
+    import http.server
+    import threading
+
+    from devstack.processes import ray_node_alive
+
+    nodes: list[dict] = []
+
+    class Dashboard(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if not self.path.startswith("/api/v0/nodes?") or "filter_values=ALIVE" not in self.path:
+                self.send_error(404)
+                return
+            body = json.dumps({"data": {"result": {"result": nodes}}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Dashboard)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert not ray_node_alive(url)  # the dashboard is up, no node yet
+        nodes.append({"node_id": "n1", "state": "ALIVE"})
+        assert ray_node_alive(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not ray_node_alive(url)  # nothing answers

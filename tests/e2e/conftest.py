@@ -15,8 +15,8 @@ import pytest
 from contract.base_models import BaseModelManifest
 from contract.bucket import base_model_manifest_key
 from devstack.databases import fresh_database
-from devstack.processes import free_port, free_ports, start_seaweedfs
-from devstack.stack import Stack, running_stack
+from devstack.processes import free_port, start_seaweedfs
+from devstack.stack import Stack, free_user_ports, running_stack
 from tests.conftest import S3Server
 from tests.e2e.pods import BASE_ID, pod_env, run_to_end
 
@@ -53,9 +53,7 @@ def registered(bucket: S3Server, tiny_model_dir: Path, root: Path) -> BaseModelM
 @pytest.fixture(scope="package")
 def tiny_stack_env(tiny_model_dir: Path) -> dict[str, str]:
     """The settings of a ``make run`` stack serving the tiny model (a volume-path base)."""
-    ports = ("OPENFT_PORT", "OPENFT_S3_PORT", "OPENFT_RAY_GCS_PORT",
-             "OPENFT_RAY_DASHBOARD_PORT", "OPENFT_SERVING_PORT")
-    return {**{name: str(port) for name, port in zip(ports, free_ports(len(ports)), strict=True)},
+    return {**free_user_ports(),
             "OPENFT_DEFAULT_BASE_MODEL": "false",
             "OPENFT_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)})}
 

@@ -20,13 +20,12 @@ from devstack.leftovers import RunRecord, stop_leftovers
 from devstack.ports import listening_pids
 from devstack.processes import (
     ManagedProcess,
-    free_ports,
     served_by,
     session_pids,
     start,
     wait_until,
 )
-from devstack.stack import Stack, running_stack
+from devstack.stack import Stack, free_user_ports, running_stack
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
@@ -35,8 +34,7 @@ pytestmark = [pytest.mark.slow,
 @pytest.fixture(scope="module")
 def stack_env(tiny_model_dir: Path) -> dict[str, str]:
     """Only the ports users point at are pinned; Ray's are picked free at each start."""
-    names = ("OPENFT_PORT", "OPENFT_S3_PORT", "OPENFT_SERVING_PORT")
-    return {**{n: str(p) for n, p in zip(names, free_ports(len(names)), strict=True)},
+    return {**free_user_ports(),
             "OPENFT_DEFAULT_BASE_MODEL": "false",
             "OPENFT_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)}),
             "OPENFT_SERVING_KV_CACHE_GIB": "1"}

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.processes import free_ports
-from devstack.stack import Stack, running_stack
+from devstack.stack import Stack, free_user_ports, running_stack
 from tests.service.cli_stub import EMAIL, flagged_jsonl
 
 pytestmark = pytest.mark.slow
@@ -28,8 +27,7 @@ OPENFT = str(Path(sys.executable).parent / "openft")
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Stack]:
-    ports = ("OPENFT_PORT", "OPENFT_S3_PORT", "OPENFT_RAY_GCS_PORT", "OPENFT_RAY_DASHBOARD_PORT")
-    env = {**{name: str(port) for name, port in zip(ports, free_ports(len(ports)), strict=True)},
+    env = {**free_user_ports(),
            "OPENFT_SERVING_URL": "http://127.0.0.1:9",  # no vLLM: these tests never chat
            "OPENFT_DEFAULT_BASE_MODEL": "false",
            "OPENFT_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)})}
