@@ -158,3 +158,19 @@ def same_settings(method: Mapping[str, Any] | None,
     if method is None:
         return None
     return next((arm for arm, seen in earlier.items() if seen == method), None)
+
+
+def full_finetune(method: Mapping[str, Any] | None) -> bool:
+    """Whether a job's resolved ``method`` trains every weight (no adapter to serve).
+
+    >>> full_finetune({"type": "supervised",
+    ...                "supervised": {"hyperparameters": {"full_finetune": True}}})
+    True
+    >>> dpo = {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}}
+    >>> full_finetune(dpo), full_finetune(None)
+    (False, False)
+    """
+    if not method:
+        return False
+    section = method.get(method.get("type") or "") or {}
+    return bool((section.get("hyperparameters") or {}).get("full_finetune"))

@@ -32,7 +32,7 @@ from openai import OpenAI
 
 from bench.environment import REPO, code_version, machine, versions
 from bench.json_extraction import own_stack
-from bench.quality import jobs, score, trl_peer
+from bench.quality import jobs, local_model, score, trl_peer
 from bench.quality.report import BASE, TRL, Cell, render
 from bench.quality.tasks import TASKS, TaskData
 from bench.quality.tasks.base import DEFAULT_HELDOUT, DEFAULT_TRAIN
@@ -151,10 +151,23 @@ def run_api(client: OpenAI, args: argparse.Namespace, data: dict[str, TaskData],
                                              f"{trained.status}: {trained.error}")
                 continue
             settled[arm.name] = method or {}
-            answers = score.ask(client, trained.fine_tuned_model, items, args.max_tokens,
-                                args.concurrency)
-            cells[name][arm.name] = score.scored(task, items, answers, trained.trained_tokens,
-                                                 trained.seconds)
+            note = ""
+            if jobs.full_finetune(method):
+                work = Path(tempfile.mkdtemp(prefix=f"openft-quality-{arm.name}-"))
+                try:
+                    folder = local_model.download(client, trained.fine_tuned_model, work)
+                    answers = local_model.answers(folder, items, max_tokens=args.max_tokens,
+                                                  threads=args.threads, work=work / "answers",
+                                                  timeout=args.job_timeout)
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+                note = local_model.NOTE
+            else:
+                answers = score.ask(client, trained.fine_tuned_model, items, args.max_tokens,
+                                    args.concurrency)
+            cells[name][arm.name] = replace(
+                score.scored(task, items, answers, trained.trained_tokens, trained.seconds),
+                note=note)
             record[name][arm.name]["answers"] = score.answers_record(items, answers, task)
             print(f"  {arm.name}: {cells[name][arm.name]}", flush=True)
 

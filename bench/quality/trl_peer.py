@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -53,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.environment import REPO
+from bench.quality.child import run_child
 from bench.quality.tasks import TaskData
 
 MODULE = "bench.quality.trl_peer"
@@ -122,28 +121,11 @@ class PeerRun:
 def run_peer(data: TaskData, model_dir: Path, *, seed: int, max_tokens: int, threads: int,
              work: Path, timeout: float) -> PeerRun:
     """Train and answer one task in a child process; raise with its log tail if it fails."""
-    work.mkdir(parents=True, exist_ok=True)
     config = {"model_dir": str(model_dir), "method": data.method, "rows": trl_rows(data),
               "heldout": [{"messages": i.messages, "tools": i.tools} for i in data.heldout],
-              "seed": seed, "max_tokens": max_tokens, "threads": threads,
-              "output_dir": str(work / "trainer"), "out": str(work / "peer.json")}
-    (work / "config.json").write_text(json.dumps(config))
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
-    log = work / "peer.log"
-    with log.open("w") as out:
-        child = subprocess.Popen([sys.executable, "-m", MODULE, str(work / "config.json")],
-                                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            code = child.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-            raise RuntimeError(f"TRL peer still running after {timeout:.0f}s (killed)") from None
-    if code != 0:
-        tail = log.read_text()[-3000:]
-        raise RuntimeError(f"TRL peer exited with {code}:\n{tail}")
-    result = json.loads((work / "peer.json").read_text())
-    return PeerRun(**result)
+              "seed": seed, "max_tokens": max_tokens, "output_dir": str(work / "trainer")}
+    return PeerRun(**run_child(MODULE, config, work, threads=threads, timeout=timeout,
+                               what="TRL peer"))
 
 
 # --- the child -------------------------------------------------------------------------
@@ -180,8 +162,9 @@ def _trainer(config: dict[str, Any], model: Any, tokenizer: Any, counted: list[i
                     processing_class=tokenizer, peft_config=LoraConfig(task_type="CAUSAL_LM"))
 
 
-def _answer(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]],
+def answer(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]],
             max_tokens: int) -> list[str]:
+    """Greedy answers to ``items`` (``messages`` and ``tools``), as the docstring above says."""
     import torch
 
     eos = model.generation_config.eos_token_id
@@ -228,7 +211,7 @@ def child(config: dict[str, Any]) -> None:
                 "lora_r": peft.r, "lora_alpha": peft.lora_alpha,
                 "lora_target_modules": sorted(peft.target_modules or []),
                 "steps": trainer.state.global_step}
-    answers = _answer(trainer.model, tokenizer, config["heldout"], config["max_tokens"])
+    answers = answer(trainer.model, tokenizer, config["heldout"], config["max_tokens"])
     Path(config["out"]).write_text(json.dumps({
         "answers": answers, "tokens": counted[0], "seconds": round(seconds, 1),
         "settings": settings}))

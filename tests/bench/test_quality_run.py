@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionMessage
 
-from bench.quality import jobs, report, run, score, trl_peer
+from bench.quality import jobs, local_model, report, run, score, trl_peer
 from bench.quality.report import Cell, metric_table, notes, well_formed_table
 from bench.quality.tasks import TASKS
 
@@ -260,7 +260,9 @@ class _FakeAPI:
         job_id = f"ftjob-{len(self.jobs)}"
         self.jobs[job_id] = {"status": "queued", "suffix": suffix, "method": {
             "type": method["type"],
-            method["type"]: {"hyperparameters": {"n_epochs": given.get("n_epochs", 3)}}}}
+            method["type"]: {"hyperparameters": {
+                "n_epochs": given.get("n_epochs", 3),
+                **({"full_finetune": True} if given.get("full_finetune") else {})}}}}
         return SimpleNamespace(id=job_id)
 
     def _retrieve(self, job_id: str) -> SimpleNamespace:
@@ -323,3 +325,30 @@ def test_no_base_leaves_the_base_model_unasked_and_says_so() -> None:
     assert "SmolLM2-135M-Instruct" not in api.asked and len(api.asked) == 4
     assert cells["classify"]["base"].metric is None
     assert report.notes(cells) == ["- `base` on classify: skipped: --no-base"]
+
+
+def test_a_full_fine_tune_is_downloaded_and_answered_locally(monkeypatch, tmp_path) -> None:
+    """The shared deployment serves adapters only (a full fine-tune's chat is a 400), so the
+    runner fetches such a model through the API and answers with transformers instead."""
+    args = run.parse_args(["--tasks", "classify", "--n-heldout", "4", "--no-trl", "--no-base",
+                           "--arm", 'full={"full_finetune": true, "n_epochs": 6}'])
+    data = {"classify": TASKS["classify"].make(0, n_train=8, n_heldout=4)}
+    items = data["classify"].heldout
+    api = _FakeAPI({item.messages[-1]["content"]: item.expected for item in items})
+    fetched: list[str] = []
+
+    def download(client, model, into):
+        fetched.append(model)
+        return tmp_path / "model"
+
+    def answers(model_dir, asked, **_):
+        assert model_dir == tmp_path / "model"
+        return [item.expected for item in asked]
+
+    monkeypatch.setattr(local_model, "download", download)
+    monkeypatch.setattr(local_model, "answers", answers)
+    cells: dict[str, dict[str, Cell]] = {"classify": {}}
+    run.run_api(api, args, data, cells, {})  # type: ignore[arg-type]
+    assert api.asked == [] and fetched == ["ft:m:ftjob-0:e6"]
+    assert cells["classify"]["full"].metric == 1.0
+    assert report.notes(cells)[-1] == f"- `full` on classify: {local_model.NOTE}"
