@@ -229,18 +229,23 @@ def served_by(url: str, pid: int) -> bool:
         return False
 
 
-def ray_node_alive(dashboard_url: str) -> bool:
+def ray_node_alive(dashboard_url: str, token: str | None = None) -> bool:
     """True once Ray's state API lists a node ALIVE: the head's raylet registered with its GCS.
 
     The dashboard answers seconds before that, and a raylet that never registers (its GCS
     overloaded on a busy machine) ends ``ray start --block`` while the GCS and dashboard live
-    on: a cluster that answers HTTP and can run nothing.
+    on: a cluster that answers HTTP and can run nothing. A head with token auth is asked with
+    ``token``; one that refuses the caller anyway (a token Ray read from its own file) can only
+    be seen to answer, so that counts.
     """
     query = "filter_keys=state&filter_predicates=%3D&filter_values=ALIVE&limit=1"
+    request = urllib.request.Request(f"{dashboard_url}/api/v0/nodes?{query}",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(f"{dashboard_url}/api/v0/nodes?{query}",  # noqa: S310
-                                    timeout=5) as r:
+        with urllib.request.urlopen(request, timeout=5) as r:  # noqa: S310 - loopback only
             return bool(json.loads(r.read())["data"]["result"]["result"])
+    except urllib.error.HTTPError as e:
+        return e.code in (401, 403)
     except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -418,9 +423,12 @@ def start_ray_head(
         "--disable-usage-stats",
         *_flags(_listener_ports(HEAD_LISTENERS, avoid={gcs_port, dashboard_port})),
     ]
-    proc = start("ray-head", argv, log_dir, _ray_env(env))
-    return ready_or_stopped(proc, lambda: ray_node_alive(f"http://127.0.0.1:{dashboard_port}"),
-                            "the Ray head's node to be alive", 120)
+    full_env = _ray_env(env)
+    proc = start("ray-head", argv, log_dir, full_env)
+    token = full_env.get("RAY_AUTH_TOKEN") if full_env["RAY_AUTH_MODE"] == "token" else None
+    return ready_or_stopped(
+        proc, lambda: ray_node_alive(f"http://127.0.0.1:{dashboard_port}", token),
+        "the Ray head's node to be alive", 120)
 
 
 def start_ray_worker(

@@ -71,9 +71,13 @@ def test_a_ray_head_is_ready_only_once_its_node_is_alive():
     from devstack.processes import ray_node_alive
 
     nodes: list[dict] = []
+    token: list[str] = []
 
     class Dashboard(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            if token and self.headers.get("Authorization") != f"Bearer {token[0]}":
+                self.send_error(401)
+                return
             if not self.path.startswith("/api/v0/nodes?") or "filter_values=ALIVE" not in self.path:
                 self.send_error(404)
                 return
@@ -92,6 +96,14 @@ def test_a_ray_head_is_ready_only_once_its_node_is_alive():
     try:
         assert not ray_node_alive(url)  # the dashboard is up, no node yet
         nodes.append({"node_id": "n1", "state": "ALIVE"})
+        assert ray_node_alive(url)
+        # a head with token auth (RAY_AUTH_MODE=token): asked with its token
+        token.append("t0k3n")
+        nodes.clear()
+        assert not ray_node_alive(url, token="t0k3n")
+        nodes.append({"node_id": "n1", "state": "ALIVE"})
+        assert ray_node_alive(url, token="t0k3n")
+        # refused (a token Ray read from its own file): it answers, which is all one can see
         assert ray_node_alive(url)
     finally:
         server.shutdown()
