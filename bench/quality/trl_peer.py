@@ -163,8 +163,9 @@ def _trainer(config: dict[str, Any], model: Any, tokenizer: Any, counted: list[i
 
 
 def answer(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]],
-            max_tokens: int) -> list[str]:
-    """Greedy answers to ``items`` (``messages`` and ``tools``), as the docstring above says."""
+           max_tokens: int) -> list[str]:
+    """Greedy answers to ``items`` (``messages`` and ``tools``): the module docstring's
+    "Scoring" paragraph."""
     import torch
 
     eos = model.generation_config.eos_token_id
