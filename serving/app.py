@@ -128,6 +128,7 @@ def llm_config(config: ServingConfig, base: BaseModelSpec, accelerator: Accelera
     # built, so that serving.deploy's config checks and engine_kwargs run without them.
     from ray.serve.llm import LLMConfig
 
+    from serving.ray_llm_private import SkipNodeDownload
     from serving.server import ADAPTER_RECHECK_KEY, OpenFTServer
 
     deployment: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0}}
@@ -153,6 +154,8 @@ def llm_config(config: ServingConfig, base: BaseModelSpec, accelerator: Accelera
         runtime_env={"env_vars": dict(_REPLICA_ENV)},
         experimental_configs={ADAPTER_RECHECK_KEY: config.adapter_recheck_s},
         log_engine_metrics=True,  # see the docstring
+        # The replica fetched the base model to its node already (serving.base_model).
+        callback_config={"callback_class": SkipNodeDownload},
     )
 
 

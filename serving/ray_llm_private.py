@@ -21,6 +21,9 @@ lifecycle (``serving.server``):
   ``_load_model``, the Serve-multiplexed download; ``_llm_config``.
 - ``DEFAULT_ENDPOINTS`` of Ray's ingress module: the routes ``OpenAiIngress`` serves, which
   ``serving.ingress`` must each put behind the serving token (nothing public lists them).
+- ``CallbackBase``: extended as ``SkipNodeDownload``, the documented way
+  (``LLMConfig.callback_config``) to switch off Ray's per-node model download, whose base
+  class Ray exports only privately.
 - ``VLLMEngineConfig`` (what ``LLMConfig.get_engine_config()`` returns and caches): its
   ``hf_model_id`` (vLLM's ``model``) and ``mirror_config`` (what Ray itself would download),
   which the replica points at the base model's folder on its node (``serving.base_model``).
@@ -31,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Container
 from typing import Any
 
+from ray.llm._internal.common.callbacks.base import CallbackBase
 from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
 from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
 from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
@@ -63,6 +67,21 @@ class Engine(VLLMEngine):
                 if serving is not None]
 
 
+class SkipNodeDownload(CallbackBase):
+    """Ray's engine start, without its per-node model download.
+
+    Before vLLM starts, Ray Serve LLM runs one task per node of the engine's placement group
+    to download the model there. openft's replica has already put the base model's folder on
+    its node (``serving.base_model``: fetched once per node, checked against the manifest),
+    and the group is packed on that node, so each task only returns the folder it was given.
+    It still costs a fresh Ray worker process that imports torch and transformers: 16 s of a
+    replica's start on a 2-core CPU, for nothing.
+    """
+
+    async def on_before_node_init(self) -> None:
+        self.ctx.run_init_node = False
+
+
 class AdapterLoader(LoraModelLoader):
     """Ray's adapter downloader, with a way to forget a download."""
 
@@ -75,7 +94,8 @@ class AdapterLoader(LoraModelLoader):
 def use_model_folder(llm_config: Any, folder: str) -> None:
     """Make the engine config Ray derived from ``llm_config`` (built in the deploy driver and
     cached on it) load ``folder``, in place: ``hf_model_id`` becomes vLLM's ``model``, and
-    with no mirror left Ray's per-node download step returns the folder unchanged."""
+    with no mirror left Ray's per-node download step (which ``SkipNodeDownload`` skips
+    anyway) would return the folder unchanged."""
     engine = llm_config.get_engine_config()
     engine.hf_model_id = folder
     engine.mirror_config = None

@@ -26,6 +26,7 @@ DOWNLOAD = "ray.llm._internal.common.utils.download_utils"
 INGRESS = "ray.llm._internal.serve.core.ingress.ingress"
 INGRESS_BUILDER = "ray.llm._internal.serve.core.ingress.builder"
 DP_BUILDER = "ray.llm._internal.serve.serving_patterns.data_parallel.builder"
+CALLBACKS = "ray.llm._internal.common.callbacks.base"
 
 
 def _written_for() -> str:
@@ -144,6 +145,31 @@ def test_the_engine_loads_the_folder_a_replica_points_its_config_at(tmp_path: Pa
     assert download(model_id=str(tmp_path), mirror_config=None) == str(tmp_path), _gone(
         "download_model_files", "no longer passes a local folder through")
     assert sorted(tmp_path.iterdir()) == []  # nothing downloaded into it
+
+
+def test_the_engine_start_skips_rays_per_node_download_when_our_callback_says_so() -> None:
+    """``SkipNodeDownload`` (what every serving config names) clears the flag Ray's engine
+    start reads before it runs its per-node download tasks; were the flag renamed, each
+    replica would quietly pay for the tasks again."""
+    import asyncio
+
+    from serving.app import llm_config
+    from serving.config import ServingConfig
+    from serving.ray_llm_private import SkipNodeDownload
+
+    _attr(CALLBACKS, "CallbackBase")
+    start = inspect.getsource(_attr(ENGINE, "VLLMEngine").start)
+    assert re.search(r"if callback\.ctx\.run_init_node:\s*\n\s*await initialize_node", start), \
+        _gone("VLLMEngine.start's `if callback.ctx.run_init_node: await initialize_node(...)`")
+    assert start.index('"on_before_node_init"') < start.index("run_init_node"), _gone(
+        "the on_before_node_init callback before the per-node download")
+
+    config = ServingConfig.model_validate({"base_models": [{"id": "m"}], "s3_bucket": "b"})
+    callback = llm_config(config, config.base_models[0], "cpu").get_or_create_callback()
+    assert isinstance(callback, SkipNodeDownload)
+    assert callback.ctx.run_init_node, _gone("CallbackCtx.run_init_node's default True")
+    asyncio.run(callback.run_callback("on_before_node_init"))
+    assert callback.ctx.run_init_node is False
 
 
 def test_only_the_adapter_imports_ray_llm_internals_and_vllm() -> None:
