@@ -16,31 +16,26 @@ import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import httpx
 from openai import OpenAI
 
 from bench.environment import REPO
 from bench.quality.child import run_child
 from bench.quality.tasks import Example
+from service.cli.client import Api, Config
 
 MODULE = "bench.quality.local_model"
 NOTE = ("answered by transformers from the model downloaded through the API: a full "
         "fine-tune is not served by the shared deployment")
 
 
-def download(client: OpenAI, model: str, into: Path, timeout: float = 600) -> Path:
-    """The model's folder, fetched with the client's base URL and key and unpacked in ``into``."""
+def download(client: OpenAI, model: str, into: Path) -> Path:
+    """The model's folder, fetched as ``openft models download`` fetches it (the CLI's
+    :meth:`~service.cli.client.Api.download_model`, with the client's base URL and key) and
+    unpacked in ``into``."""
     into.mkdir(parents=True, exist_ok=True)
-    archive = into / "model.tar.gz"
-    url = f"{client.base_url}models/{quote(model, safe=':')}/download"
-    with httpx.stream("GET", url, headers={"Authorization": f"Bearer {client.api_key}"},
-                      timeout=timeout) as response:
-        response.raise_for_status()
-        with archive.open("wb") as out:
-            for chunk in response.iter_bytes():
-                out.write(chunk)
+    api = Api(Config(base_url=str(client.base_url), api_key=client.api_key))
+    archive = api.download_model(model, into / "model.tar.gz", on_progress=lambda *_: None)
     with tarfile.open(archive) as tar:
         tar.extractall(into, filter="data")
     archive.unlink()

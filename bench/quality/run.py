@@ -111,8 +111,9 @@ def base_model_dir(args: argparse.Namespace, data_dir: Path | None) -> Path:
 
 
 def run_api(client: OpenAI, args: argparse.Namespace, data: dict[str, TaskData],
-            cells: dict[str, dict[str, Cell]], record: dict[str, Any]) -> None:
-    """The base model and every arm on every task, through the API."""
+            cells: dict[str, dict[str, Cell]], record: dict[str, Any], work: Path) -> None:
+    """The base model and every arm on every task, through the API; a full fine-tune is
+    downloaded into ``work`` (the run's scratch folder) and removed once answered."""
     for name, task_data in data.items():
         task, items = TASKS[name], task_data.heldout
         record[name] = {}
@@ -153,14 +154,15 @@ def run_api(client: OpenAI, args: argparse.Namespace, data: dict[str, TaskData],
             settled[arm.name] = method or {}
             note = ""
             if jobs.full_finetune(method):
-                work = Path(tempfile.mkdtemp(prefix=f"openft-quality-{arm.name}-"))
+                scratch = work / f"{name}-{arm.name}"
                 try:
-                    folder = local_model.download(client, trained.fine_tuned_model, work)
+                    folder = local_model.download(client, trained.fine_tuned_model, scratch)
                     answers = local_model.answers(folder, items, max_tokens=args.max_tokens,
-                                                  threads=args.threads, work=work / "answers",
+                                                  threads=args.threads,
+                                                  work=scratch / "answers",
                                                   timeout=args.job_timeout)
                 finally:
-                    shutil.rmtree(work, ignore_errors=True)
+                    shutil.rmtree(scratch, ignore_errors=True)
                 note = local_model.NOTE
             else:
                 answers = score.ask(client, trained.fine_tuned_model, items, args.max_tokens,
@@ -254,10 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.api_key:
                 raise SystemExit("--api-key (or OPENAI_API_KEY) is needed with --base-url")
             run_api(OpenAI(base_url=args.base_url, api_key=args.api_key), args, data, cells,
-                    record)
+                    record, work)
         else:
             with own_stack(data_dir) as (base_url, api_key):
-                run_api(OpenAI(base_url=base_url, api_key=api_key), args, data, cells, record)
+                run_api(OpenAI(base_url=base_url, api_key=api_key), args, data, cells, record,
+                        work)
         if args.no_trl:
             for name in args.tasks:
                 cells[name][TRL] = Cell(None, None, note="skipped: --no-trl")

@@ -287,7 +287,7 @@ class _FakeAPI:
                 "role": "assistant", "content": right if model.endswith(":e6") else "?"}}]})
 
 
-def test_an_arm_that_resolves_an_earlier_arms_hyperparameters_reuses_its_model() -> None:
+def test_an_arm_that_resolves_an_earlier_arms_hyperparameters_reuses_its_model(tmp_path) -> None:
     args = run.parse_args(["--tasks", "classify", "--n-heldout", "4", "--no-trl",
                            "--arm", 'old={"n_epochs": 3}', "--arm", "auto={}",
                            "--arm", 'ep6={"n_epochs": 6}'])
@@ -296,7 +296,7 @@ def test_an_arm_that_resolves_an_earlier_arms_hyperparameters_reuses_its_model()
                     for item in data["classify"].heldout})
     cells: dict[str, dict[str, Cell]] = {"classify": {}}
     record: dict = {}
-    run.run_api(api, args, data, cells, record)  # type: ignore[arg-type]
+    run.run_api(api, args, data, cells, record, tmp_path)  # type: ignore[arg-type]
 
     by_arm = cells["classify"]
     # auto resolved old's 3 epochs: its job was cancelled, old's model stands for it
@@ -314,14 +314,14 @@ def test_an_arm_that_resolves_an_earlier_arms_hyperparameters_reuses_its_model()
     assert report.notes(cells) == []
 
 
-def test_no_base_leaves_the_base_model_unasked_and_says_so() -> None:
+def test_no_base_leaves_the_base_model_unasked_and_says_so(tmp_path) -> None:
     args = run.parse_args(["--tasks", "classify", "--n-heldout", "4", "--no-trl", "--no-base",
                            "--arm", "auto={}"])
     data = {"classify": TASKS["classify"].make(0, n_train=8, n_heldout=4)}
     api = _FakeAPI({item.messages[-1]["content"]: item.expected
                     for item in data["classify"].heldout})
     cells: dict[str, dict[str, Cell]] = {"classify": {}}
-    run.run_api(api, args, data, cells, {})  # type: ignore[arg-type]
+    run.run_api(api, args, data, cells, {}, tmp_path)  # type: ignore[arg-type]
     assert "SmolLM2-135M-Instruct" not in api.asked and len(api.asked) == 4
     assert cells["classify"]["base"].metric is None
     assert report.notes(cells) == ["- `base` on classify: skipped: --no-base"]
@@ -339,6 +339,7 @@ def test_a_full_fine_tune_is_downloaded_and_answered_locally(monkeypatch, tmp_pa
 
     def download(client, model, into):
         fetched.append(model)
+        assert into.parent == tmp_path  # the run's scratch folder
         return tmp_path / "model"
 
     def answers(model_dir, asked, **_):
@@ -348,7 +349,7 @@ def test_a_full_fine_tune_is_downloaded_and_answered_locally(monkeypatch, tmp_pa
     monkeypatch.setattr(local_model, "download", download)
     monkeypatch.setattr(local_model, "answers", answers)
     cells: dict[str, dict[str, Cell]] = {"classify": {}}
-    run.run_api(api, args, data, cells, {})  # type: ignore[arg-type]
+    run.run_api(api, args, data, cells, {}, tmp_path)  # type: ignore[arg-type]
     assert api.asked == [] and fetched == ["ft:m:ftjob-0:e6"]
     assert cells["classify"]["full"].metric == 1.0
     assert report.notes(cells)[-1] == f"- `full` on classify: {local_model.NOTE}"
