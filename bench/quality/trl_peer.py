@@ -28,7 +28,8 @@ PEFT default: r 8, alpha 8, dropout 0, PEFT's target modules for the architectur
   (the last assistant message; earlier ones carry ``weight: 0`` in these tasks).
 - Weights loaded in float32 (as openft trains them), ``bf16`` as openft decides on this
   machine (``training.torch_private.cpu_has_bf16`` on a CPU, on with CUDA): TRL's default
-  ``bf16=True`` would otherwise emulate bf16 on a CPU that lacks it.
+  ``bf16=True`` would otherwise emulate bf16 on a CPU that lacks it. Without CUDA also
+  ``use_cpu``: transformers refuses ``bf16`` on a CPU that has it unless told the CPU is meant.
 - torch threads = ``threads`` (the machine's CPUs by default; the stack is stopped first).
 
 Scoring: the tokenizer's chat template with ``add_generation_prompt=True`` (and the item's
@@ -131,12 +132,14 @@ def run_peer(data: TaskData, model_dir: Path, *, seed: int, max_tokens: int, thr
 # --- the child -------------------------------------------------------------------------
 
 
-def _bf16() -> bool:
+def _device_args() -> dict[str, bool]:
+    """``bf16`` and ``use_cpu`` of the trainer's arguments on this machine."""
     import torch
 
     from training.torch_private import cpu_has_bf16
 
-    return bool(torch.cuda.is_available() or cpu_has_bf16())
+    cuda = torch.cuda.is_available()
+    return {"bf16": bool(cuda or cpu_has_bf16()), "use_cpu": not cuda}
 
 
 def _trainer(config: dict[str, Any], model: Any, tokenizer: Any, counted: list[int]) -> Any:
@@ -157,7 +160,7 @@ def _trainer(config: dict[str, Any], model: Any, tokenizer: Any, counted: list[i
             return super().training_step(model, inputs, *rest, **kwargs)
 
     args = args_cls(output_dir=config["output_dir"], seed=config["seed"], report_to="none",
-                    save_strategy="no", disable_tqdm=True, bf16=_bf16())
+                    save_strategy="no", disable_tqdm=True, **_device_args())
     return Counting(model=model, args=args, train_dataset=Dataset.from_list(config["rows"]),
                     processing_class=tokenizer, peft_config=LoraConfig(task_type="CAUSAL_LM"))
 
