@@ -23,7 +23,8 @@ def test_doctests() -> None:
 
 def _run(monkeypatch: pytest.MonkeyPatch, out: Path, tasks: str, *extra: str) -> Path:
     """A real ``bench.quality.run`` on ``tasks`` with the API replaced by fixed scores."""
-    def fake_api(_client: Any, args: Any, data: Any, cells: Any, record: Any) -> None:
+    def fake_api(_client: Any, args: Any, data: Any, cells: Any, record: Any,
+                 _work: Any) -> None:
         for name in data:
             base, auto = SCORES[name]
             cells[name]["base"] = Cell(base, 1.0)
