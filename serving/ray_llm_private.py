@@ -94,8 +94,8 @@ class AdapterLoader(LoraModelLoader):
 def use_model_folder(llm_config: Any, folder: str) -> None:
     """Make the engine config Ray derived from ``llm_config`` (built in the deploy driver and
     cached on it) load ``folder``, in place: ``hf_model_id`` becomes vLLM's ``model``, and
-    with no mirror left Ray's per-node download step (which ``SkipNodeDownload`` skips
-    anyway) would return the folder unchanged."""
+    with no mirror left Ray's engine start resolves nothing else in its place (nor would its
+    per-node download step, which ``SkipNodeDownload`` skips)."""
     engine = llm_config.get_engine_config()
     engine.hf_model_id = folder
     engine.mirror_config = None

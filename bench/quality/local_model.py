@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 from openai import OpenAI
 
 from bench.environment import REPO
@@ -34,8 +35,10 @@ def download(client: OpenAI, model: str, into: Path) -> Path:
     :meth:`~service.cli.client.Api.download_model`, with the client's base URL and key) and
     unpacked in ``into``."""
     into.mkdir(parents=True, exist_ok=True)
-    api = Api(Config(base_url=str(client.base_url), api_key=client.api_key))
-    archive = api.download_model(model, into / "model.tar.gz", on_progress=lambda *_: None)
+    with httpx.Client() as http:  # Api keeps the client it is given open: close it here
+        api = Api(Config(base_url=str(client.base_url), api_key=client.api_key,
+                         http_client=http))
+        archive = api.download_model(model, into / "model.tar.gz", on_progress=lambda *_: None)
     with tarfile.open(archive) as tar:
         tar.extractall(into, filter="data")
     archive.unlink()
